@@ -1,0 +1,41 @@
+# Two commands for everyone: `make serve` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PACS_ARGS ?=
+
+.PHONY: serve test install install-test system-deps bench lint clean
+
+$(BIN)/pacs: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	@touch $@
+
+install: $(BIN)/pacs
+
+## Start the archive on embedded defaults: data in ./pacs-data, AE PACS on 11112, HTTP on 8080.
+serve: install
+	$(BIN)/pacs serve --data-dir ./pacs-data $(PACS_ARGS)
+
+# DCMTK gives the tests real third-party DICOM clients (storescu and friends).
+system-deps:
+	@if ! command -v storescu >/dev/null 2>&1; then \
+		echo "Installing Debian's dcmtk for storescu/findscu/movescu/getscu"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk >/dev/null; \
+	fi
+
+install-test: install system-deps
+	$(BIN)/pip install --quiet -e '.[test]'
+
+## Install what the tests need, then run them.
+test: install-test
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+## Measure ingest against Orthanc (needs Debian's orthanc; installs it if missing).
+bench: install-test
+	@command -v Orthanc >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc >/dev/null)
+	$(BIN)/python benchmarks/ingest.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,1 @@
+"""Benchmark helpers for the pacs server: synthetic CT data and reference DICOM nodes."""

@@ -1,0 +1,5 @@
+import sys
+
+from pacs.cli import main
+
+sys.exit(main())

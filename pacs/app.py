@@ -1,0 +1,80 @@
+"""Wiring: settings → backends → Archive → front ends."""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+import pydicom.config
+import uvicorn
+
+from pacs.config import Settings
+from pacs.core import Archive
+from pacs.dimse import DicomNode
+from pacs.errors import ConfigError
+from pacs.http import create_http_app
+from pacs.index import SqliteIndex
+from storage import FilesystemBlobStore
+
+log = logging.getLogger("pacs")
+
+
+def configure_libraries() -> None:
+    """Library-wide switches, set here and nowhere else."""
+    # Real-world data sets carry values that break VR rules (an IS of '1A'); the
+    # archive stores them as they came, so pydicom should neither warn nor raise.
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+
+
+def build_archive(settings: Settings) -> Archive:
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"data directory {settings.data_dir} cannot be created: {exc}") from None
+    return Archive(
+        SqliteIndex(settings.index_path),
+        FilesystemBlobStore(settings.blob_dir),
+        duplicate_policy=settings.duplicate_policy,
+    )
+
+
+def _bind(host: str, port: int, what: str) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen for {what} on {host}:{port}: {exc.strerror}") from None
+    return sock
+
+
+def serve(settings: Settings) -> None:
+    """Run the DICOM node and the HTTP server until interrupted."""
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # pynetdicom logs every PDU at INFO; keep its chatter for debugging.
+    if settings.log_level != "debug":
+        logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    configure_libraries()
+    # Bind HTTP first and check the DICOM port, so a port in use is one clear line.
+    http_socket = _bind(settings.host, settings.http_port, "HTTP")
+    _bind(settings.host, settings.dicom_port, "DICOM").close()
+    archive = build_archive(settings)
+    node = DicomNode(archive, settings)
+    app = create_http_app(archive, settings, on_startup=node.start, on_shutdown=node.stop)
+    config = uvicorn.Config(
+        app,
+        log_level=settings.log_level,
+        access_log=settings.log_level == "debug",
+        lifespan="on",
+    )
+    server = uvicorn.Server(config)
+    log.info("HTTP listening on http://%s:%d", settings.host, settings.http_port)
+    try:
+        server.run(sockets=[http_socket])
+    finally:
+        archive.index.close()

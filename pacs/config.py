@@ -1,0 +1,263 @@
+"""Settings: defaults, overridden by a TOML file, then ``PACS_*`` variables, then flags.
+
+Loaded once in ``pacs.app`` / ``pacs.cli`` and passed down as a frozen object;
+nothing deeper reads the environment. Every key is listed with its default in
+``docker/pacs.example.toml``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pacs.core.archive import DuplicatePolicy
+from pacs.errors import ConfigError
+
+ENV_PREFIX = "PACS_"
+
+_NODE = re.compile(r"(?P<ae>[^@]{1,16})@(?P<host>[A-Za-z0-9.\-:\[\]_]+):(?P<port>\d{1,5})")
+_HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_\-]{0,62})(\.[A-Za-z0-9_\-]{1,63})*")
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """A remote DICOM application entity the archive knows."""
+
+    ae_title: str
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    data_dir: Path = Path("pacs-data")
+    ae_title: str = "PACS"
+    dicom_port: int = 11112
+    http_port: int = 8080
+    host: str = "127.0.0.1"
+    nodes: tuple[Node, ...] = ()
+    duplicate_policy: DuplicatePolicy = DuplicatePolicy.KEEP
+    max_associations: int = 64
+    max_pdu_size: int = 1 << 20
+    """Largest PDU we accept; large PDUs cut per-fragment overhead on fast links."""
+    network_timeout: float = 120.0
+    """Seconds an association may stay silent before it is aborted."""
+    dimse_timeout: float = 120.0
+    acse_timeout: float = 30.0
+    log_level: str = "info"
+
+    @property
+    def index_path(self) -> Path:
+        return self.data_dir / "index.sqlite"
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.data_dir / "blobs"
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+
+
+def load_settings(
+    flags: Mapping[str, Any] | None = None,
+    config_file: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Build ``Settings`` with precedence flag > environment > file > default.
+
+    ``flags`` holds only the options given on the command line (``None`` values
+    are ignored). Raises ``ConfigError`` with a one-line message on any bad value.
+    """
+    environ = os.environ if environ is None else environ
+    raw: dict[str, Any] = {}
+    config_file = config_file or environ.get(ENV_PREFIX + "CONFIG")
+    if config_file:
+        raw.update(_read_toml(Path(config_file)))
+    for name in _FIELDS:
+        env_name = ENV_PREFIX + name.upper()
+        if env_name in environ:
+            raw[name] = environ[env_name]
+    for name, value in (flags or {}).items():
+        if value is not None and value != []:
+            raw[name] = value
+    return _build(raw)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    unknown = sorted(set(data) - set(_FIELDS))
+    if unknown:
+        raise ConfigError(f"config file {path}: unknown setting {unknown[0]!r}")
+    return data
+
+
+def _build(raw: dict[str, Any]) -> Settings:
+    values: dict[str, Any] = {}
+    for name, value in raw.items():
+        if name not in _FIELDS:
+            raise ConfigError(f"unknown setting {name!r}")
+        values[name] = _CONVERTERS.get(name, _as_str)(name, value)
+    settings = Settings(**values)
+    if settings.dicom_port == settings.http_port:
+        raise ConfigError(f"dicom_port and http_port are both {settings.dicom_port}")
+    return settings
+
+
+def _as_str(name: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{name} must be a string, not {value!r}")
+    return value
+
+
+def _as_port(name: str, value: Any) -> int:
+    port = _as_int(name, value)
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"{name} must be between 1 and 65535, not {port}")
+    return port
+
+
+def _as_int(name: str, value: Any) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be an integer, not {value!r}") from None
+    if isinstance(value, bool) or number < 0:
+        raise ConfigError(f"{name} must be a non-negative integer, not {value!r}")
+    return number
+
+
+def _as_positive_int(name: str, value: Any) -> int:
+    number = _as_int(name, value)
+    if number == 0:
+        raise ConfigError(f"{name} must be at least 1")
+    return number
+
+
+def _as_seconds(name: str, value: Any) -> float:
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a number of seconds, not {value!r}") from None
+    if not seconds > 0:
+        raise ConfigError(f"{name} must be positive, not {value!r}")
+    return seconds
+
+
+def check_ae_title(name: str, value: Any) -> str:
+    """PS3.5 Table 6.2-1 (AE): 1 to 16 characters, no backslash or control characters."""
+    title = _as_str(name, value).strip()
+    if not title or len(title) > 16 or "\\" in title or any(ord(c) < 32 or ord(c) > 126 for c in title):
+        raise ConfigError(
+            f"{name} {value!r} is not a valid AE title (1-16 printable ASCII characters,"
+            " no backslash)"
+        )
+    return title
+
+
+def _as_host(name: str, value: Any) -> str:
+    host = _as_str(name, value).strip()
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        return host.strip("[]")
+    except ValueError:
+        pass
+    if not _HOSTNAME.fullmatch(host):
+        raise ConfigError(f"{name} {value!r} is not an IP address or host name")
+    return host
+
+
+def _as_path(name: str, value: Any) -> Path:
+    return Path(_as_str(name, value)).expanduser()
+
+
+def parse_node(text: str) -> Node:
+    match = _NODE.fullmatch(text.strip())
+    if not match:
+        raise ConfigError(f"node {text!r} is not of the form AE@HOST:PORT")
+    return Node(
+        ae_title=check_ae_title("node AE title", match["ae"]),
+        host=_as_host("node host", match["host"]),
+        port=_as_port("node port", match["port"]),
+    )
+
+
+def _as_nodes(name: str, value: Any) -> tuple[Node, ...]:
+    if isinstance(value, str):
+        value = [part for part in re.split(r"[,\s]+", value) if part]
+    if not isinstance(value, list):
+        raise ConfigError(f"{name} must be a list of nodes")
+    nodes = []
+    for item in value:
+        if isinstance(item, str):
+            nodes.append(parse_node(item))
+        elif isinstance(item, dict):
+            unknown = set(item) - {"ae_title", "host", "port"}
+            if unknown:
+                raise ConfigError(f"node {item!r}: unknown key {sorted(unknown)[0]!r}")
+            try:
+                nodes.append(
+                    Node(
+                        ae_title=check_ae_title("node ae_title", item["ae_title"]),
+                        host=_as_host("node host", item["host"]),
+                        port=_as_port("node port", item["port"]),
+                    )
+                )
+            except KeyError as exc:
+                raise ConfigError(f"node {item!r} lacks {exc.args[0]!r}") from None
+        else:
+            raise ConfigError(f"node {item!r} is neither AE@HOST:PORT nor a table")
+    titles = [n.ae_title for n in nodes]
+    duplicates = {t for t in titles if titles.count(t) > 1}
+    if duplicates:
+        raise ConfigError(f"node {sorted(duplicates)[0]} is defined twice")
+    return tuple(nodes)
+
+
+def _as_policy(name: str, value: Any) -> DuplicatePolicy:
+    try:
+        return DuplicatePolicy(_as_str(name, value).lower())
+    except ValueError:
+        choices = ", ".join(p.value for p in DuplicatePolicy)
+        raise ConfigError(f"{name} must be one of {choices}, not {value!r}") from None
+
+
+def _as_log_level(name: str, value: Any) -> str:
+    level = _as_str(name, value).lower()
+    if level not in ("debug", "info", "warning", "error"):
+        raise ConfigError(f"{name} must be debug, info, warning or error, not {value!r}")
+    return level
+
+
+_CONVERTERS = {
+    "data_dir": _as_path,
+    "ae_title": check_ae_title,
+    "dicom_port": _as_port,
+    "http_port": _as_port,
+    "host": _as_host,
+    "nodes": _as_nodes,
+    "duplicate_policy": _as_policy,
+    "max_associations": _as_positive_int,
+    "max_pdu_size": _as_int,
+    "network_timeout": _as_seconds,
+    "dimse_timeout": _as_seconds,
+    "acse_timeout": _as_seconds,
+    "log_level": _as_log_level,
+}
+
+__all__ = ["ENV_PREFIX", "Node", "Settings", "load_settings", "parse_node"]

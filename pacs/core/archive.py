@@ -1,0 +1,311 @@
+"""The archive: the one object every front end calls.
+
+It owns the rules that keep the blob store and the index in agreement. It
+never imports a network library: DIMSE and DICOMweb translate their requests
+into these calls and the results back into statuses.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import logging
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import read_dataset
+from pydicom.filewriter import write_dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from pacs.core import encoding
+from pacs.core.attributes import check_request, index_values, required_uids
+from pacs.errors import (
+    ConflictError,
+    InvalidDatasetError,
+    NotFoundError,
+    StorageError,
+    StorageFullError,
+)
+from pacs.index.base import Index, InstanceRecord, StoredInstance
+from pacs.index.schema import Level
+from pacs.types import ArchiveStatistics, Caller, StoreOutcome, StoreResult
+from storage import BlobNotFoundError, BlobStore, BlobStoreError, BlobStoreFullError
+
+log = logging.getLogger(__name__)
+
+
+class DuplicatePolicy(enum.Enum):
+    """What to do when a SOP Instance UID arrives again with *different* content.
+
+    Identical content is always accepted as a no-op success, since modalities
+    re-send after a lost acknowledgement. For different content:
+
+    - ``KEEP`` (default): keep the first copy and answer success, as Orthanc does
+      with ``OverwriteInstances: false``; the event is logged. No acknowledged
+      image is ever overwritten.
+    - ``REPLACE``: the new copy replaces the old, as dcm4chee-arc does when its
+      checksum differs and the archive is set to overwrite.
+    - ``REJECT``: refuse the new copy with a failure status, so the sender knows.
+    """
+
+    KEEP = "keep"
+    REPLACE = "replace"
+    REJECT = "reject"
+
+
+def blob_key(study_instance_uid: str, series_instance_uid: str, sop_instance_uid: str,
+             content_hash: str) -> str:
+    """Layout by study/series/instance; the content hash keeps two different
+    copies of one UID from ever overwriting each other mid-flight."""
+    return f"{study_instance_uid}/{series_instance_uid}/{sop_instance_uid}.{content_hash[:16]}.dcm"
+
+
+class Archive:
+    """Ingest and retrieve DICOM instances. Thread-safe."""
+
+    def __init__(
+        self,
+        index: Index,
+        blobs: BlobStore,
+        *,
+        duplicate_policy: DuplicatePolicy = DuplicatePolicy.KEEP,
+    ) -> None:
+        self.index = index
+        self.blobs = blobs
+        self.duplicate_policy = duplicate_policy
+
+    # -- ingest --------------------------------------------------------------
+
+    def ingest(
+        self,
+        dataset_bytes: bytes,
+        transfer_syntax_uid: str,
+        caller: Caller,
+        *,
+        sop_class_uid: str | None = None,
+        sop_instance_uid: str | None = None,
+    ) -> StoreResult:
+        """Store one encoded data set (as a C-STORE request carries it).
+
+        The bytes are kept exactly as received, in ``transfer_syntax_uid``, behind
+        a new File Meta Information group. The instance is acknowledged (this
+        method returns) only once the blob is fsynced and the index transaction
+        committed (PS3.4 B.2.3 requires success to mean stored).
+
+        Parameters
+        ----------
+        sop_class_uid, sop_instance_uid
+            The Affected SOP Class/Instance UIDs of the request, if any: a data
+            set that disagrees with them is rejected (``DatasetMismatchError``).
+
+        Raises
+        ------
+        InvalidDatasetError
+            Truncated or malformed encoding, missing or malformed UIDs.
+        ConflictError
+            Same SOP Instance UID with different content under policy ``REJECT``.
+        StorageError, StorageFullError
+            The blob store or index could not make the instance durable.
+        """
+        enc = encoding.Encoding.of(transfer_syntax_uid)
+        plain = encoding.inflate(dataset_bytes) if enc.deflated else dataset_bytes
+        layout = encoding.walk(plain, enc)
+        try:
+            dataset = read_dataset(
+                encoding.header_stream(plain, layout), enc.implicit_vr, enc.little_endian
+            )
+        except Exception as exc:  # pydicom signals bad encodings with assorted types
+            raise InvalidDatasetError(f"data set cannot be parsed: {exc}") from None
+        uids = required_uids(dataset)
+        check_request(uids, sop_class_uid, sop_instance_uid)
+        values = index_values(dataset)
+
+        content_hash = hashlib.sha256(dataset_bytes).hexdigest()
+        existing = self.index.find_instance(uids["SOPInstanceUID"])
+        if existing is not None:
+            early = self._resolve_duplicate(existing, content_hash)
+            if early is not None:
+                return early
+
+        meta = encoding.file_meta_bytes(
+            uids["SOPClassUID"], uids["SOPInstanceUID"], transfer_syntax_uid, caller.ae_title
+        )
+        key = blob_key(
+            uids["StudyInstanceUID"],
+            uids["SeriesInstanceUID"],
+            uids["SOPInstanceUID"],
+            content_hash,
+        )
+        # Offsets only make sense where the blob holds the data set uncompressed.
+        pixel_offset = None if enc.deflated or layout.pixel_data_offset is None else (
+            len(meta) + layout.pixel_data_offset
+        )
+        record = InstanceRecord(
+            values=values,
+            blob_key=key,
+            transfer_syntax_uid=transfer_syntax_uid,
+            size=len(meta) + len(dataset_bytes),
+            content_hash=content_hash,
+            pixel_data_offset=pixel_offset,
+            pixel_data_length=None if pixel_offset is None else layout.pixel_data_length,
+            source_ae_title=caller.ae_title,
+            stored_at=datetime.now(UTC).isoformat(timespec="milliseconds"),
+        )
+        self._put_blob(key, meta, dataset_bytes)
+        try:
+            if existing is not None and self.duplicate_policy is DuplicatePolicy.REPLACE:
+                old = self.index.replace_instance(record)
+                outcome = StoreOutcome.REPLACED
+                if old is not None and old.blob_key != key:
+                    self._delete_blob_quietly(old.blob_key)
+            else:
+                raced = self.index.add_instance(record)
+                outcome = StoreOutcome.STORED
+                if raced is not None:
+                    # Another association stored the same UID between our lookup
+                    # and our insert: settle it as if it had been there first.
+                    if raced.blob_key != key:
+                        self._delete_blob_quietly(key)
+                    early = self._resolve_duplicate(raced, content_hash)
+                    assert early is not None  # REPLACE would not reach add_instance
+                    return early
+        except Exception as exc:
+            # Never leave a blob the index does not know: the sender was not told
+            # "success", so the instance must not half-exist.
+            if existing is None or existing.blob_key != key:
+                self._delete_blob_quietly(key)
+            if isinstance(exc, StorageError):
+                raise
+            raise _index_error(exc) from exc
+        log.info("stored %s from %s (%s)", uids["SOPInstanceUID"], caller, outcome.value)
+        return self._result(outcome, uids, transfer_syntax_uid, record.size)
+
+    def ingest_part10(self, data: bytes, caller: Caller) -> StoreResult:
+        """Store a Part 10 file (or a bare Implicit VR Little Endian data set)."""
+        meta, offset = encoding.split_part10(data)
+        if meta:
+            raw_ts = meta.get(0x00020010)
+            if not raw_ts:
+                raise InvalidDatasetError("file meta information has no Transfer Syntax UID")
+            transfer_syntax_uid = encoding.uid_value(raw_ts)
+        else:
+            # Pre-Part-10 files (ACR-NEMA style, still found in old archives) are
+            # Implicit VR Little Endian by definition (PS3.5 10.1).
+            transfer_syntax_uid = ImplicitVRLittleEndian
+        if not caller.ae_title and 0x00020016 in meta:
+            caller = Caller(
+                ae_title=encoding.uid_value(meta[0x00020016]),
+                address=caller.address,
+                user=caller.user,
+            )
+        return self.ingest(data[offset:], transfer_syntax_uid, caller)
+
+    def ingest_dataset(self, dataset: Dataset, caller: Caller) -> StoreResult:
+        """Encode a pydicom data set in its file meta's transfer syntax and store it."""
+        meta = getattr(dataset, "file_meta", None)
+        transfer_syntax_uid = str(
+            getattr(meta, "TransferSyntaxUID", None) or ExplicitVRLittleEndian
+        )
+        enc = encoding.Encoding.of(transfer_syntax_uid)
+        if enc.deflated:
+            raise InvalidDatasetError("encode deflated data sets with pydicom before ingest")
+        buffer = DicomBytesIO()
+        buffer.is_little_endian = enc.little_endian
+        buffer.is_implicit_VR = enc.implicit_vr
+        write_dataset(buffer, dataset)
+        return self.ingest(buffer.getvalue(), transfer_syntax_uid, caller)
+
+    def _resolve_duplicate(
+        self, existing: StoredInstance, content_hash: str
+    ) -> StoreResult | None:
+        """Answer for a UID already stored, or ``None`` to go on and store."""
+        uids = {
+            "StudyInstanceUID": existing.study_instance_uid,
+            "SeriesInstanceUID": existing.series_instance_uid,
+            "SOPInstanceUID": existing.sop_instance_uid,
+            "SOPClassUID": existing.sop_class_uid,
+        }
+        if existing.content_hash == content_hash:
+            return self._result(
+                StoreOutcome.DUPLICATE, uids, existing.transfer_syntax_uid, existing.size
+            )
+        if self.duplicate_policy is DuplicatePolicy.REJECT:
+            raise ConflictError(
+                f"SOP Instance UID {existing.sop_instance_uid} is already stored"
+                " with different content"
+            )
+        if self.duplicate_policy is DuplicatePolicy.KEEP:
+            log.warning(
+                "kept the stored copy of %s; the new copy differs and was not stored",
+                existing.sop_instance_uid,
+            )
+            return self._result(
+                StoreOutcome.KEPT_EXISTING, uids, existing.transfer_syntax_uid, existing.size
+            )
+        return None
+
+    @staticmethod
+    def _result(
+        outcome: StoreOutcome, uids: dict[str, str], transfer_syntax_uid: str, size: int
+    ) -> StoreResult:
+        return StoreResult(
+            outcome=outcome,
+            study_instance_uid=uids["StudyInstanceUID"],
+            series_instance_uid=uids["SeriesInstanceUID"],
+            sop_instance_uid=uids["SOPInstanceUID"],
+            sop_class_uid=uids["SOPClassUID"],
+            transfer_syntax_uid=transfer_syntax_uid,
+            size=size,
+        )
+
+    def _put_blob(self, key: str, meta: bytes, dataset_bytes: bytes) -> None:
+        try:
+            self.blobs.put(key, (meta, dataset_bytes))
+        except BlobStoreFullError as exc:
+            raise StorageFullError(str(exc)) from exc
+        except BlobStoreError as exc:
+            raise StorageError(str(exc)) from exc
+
+    def _delete_blob_quietly(self, key: str) -> None:
+        try:
+            self.blobs.delete(key)
+        except BlobStoreError:
+            log.exception("could not remove blob %s; it is unreferenced", key)
+
+    # -- retrieve ------------------------------------------------------------
+
+    def instance(self, sop_instance_uid: str) -> StoredInstance:
+        stored = self.index.find_instance(sop_instance_uid)
+        if stored is None:
+            raise NotFoundError(f"no instance {sop_instance_uid}")
+        return stored
+
+    def read_instance(self, sop_instance_uid: str) -> bytes:
+        """The stored Part 10 file, whole. Prefer ``iter_instance`` for large objects."""
+        stored = self.instance(sop_instance_uid)
+        try:
+            return self.blobs.get(stored.blob_key)
+        except BlobNotFoundError:
+            raise StorageError(f"blob of {sop_instance_uid} is missing") from None
+
+    def iter_instance(self, sop_instance_uid: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        stored = self.instance(sop_instance_uid)
+        return self.blobs.iter_chunks(stored.blob_key, chunk_size)
+
+    def entity(self, level: Level, uid: str) -> dict[str, object]:
+        row = self.index.entity(level, uid)
+        if row is None:
+            raise NotFoundError(f"no {level.value.lower()} {uid}")
+        return row
+
+    def statistics(self) -> ArchiveStatistics:
+        return self.index.statistics()
+
+
+def _index_error(exc: Exception) -> StorageError:
+    text = str(exc)
+    if "full" in text.lower() or "disk" in text.lower():
+        return StorageFullError(f"index cannot record the instance: {text}")
+    return StorageError(f"index cannot record the instance: {text}")

@@ -1,0 +1,293 @@
+"""Reading and writing encoded DICOM without decoding pixel data.
+
+The archive keeps the data set exactly as the sender encoded it. These helpers
+walk the encoded bytes to check that they are complete (PS3.5 section 7), find
+where Pixel Data starts, and build the Part 10 file meta (PS3.10 section 7.1).
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+from io import BytesIO
+
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ImplicitVRLittleEndian,
+)
+
+from pacs.errors import InvalidDatasetError
+
+# A 2.25 (UUID-derived, PS3.5 B.2) root of our own: no registered OID needed.
+IMPLEMENTATION_CLASS_UID = "2.25.252894703297567797333250391299420438754"
+IMPLEMENTATION_VERSION_NAME = "PACS_010"
+PREAMBLE = b"\x00" * 128 + b"DICM"
+
+# VRs whose explicit-VR header has 2 reserved bytes and a 4-byte length (PS3.5 7.1.2).
+_LONG_VRS = frozenset(
+    b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split()
+)
+_UNDEFINED = 0xFFFFFFFF
+_ITEM = 0xFFFEE000
+_ITEM_END = 0xFFFEE00D
+_SEQUENCE_END = 0xFFFEE0DD
+_PIXEL_DATA = 0x7FE00010
+_PIXEL_DATA_TAGS = frozenset((0x7FE00008, 0x7FE00009, 0x7FE00010))
+_MAX_DEPTH = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Encoding:
+    implicit_vr: bool
+    little_endian: bool
+    deflated: bool
+
+    @classmethod
+    def of(cls, transfer_syntax_uid: str) -> Encoding:
+        return cls(
+            implicit_vr=transfer_syntax_uid == ImplicitVRLittleEndian,
+            little_endian=transfer_syntax_uid != ExplicitVRBigEndian,
+            deflated=transfer_syntax_uid == DeflatedExplicitVRLittleEndian,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """Where the parts of an encoded data set are."""
+
+    header_end: int
+    """Offset of the first pixel-data element (or the end): everything before is metadata."""
+    pixel_data_offset: int | None
+    """Offset of the Pixel Data (7FE0,0010) value, if present."""
+    pixel_data_length: int | None
+    """Its value length; 0xFFFFFFFF when encapsulated."""
+
+
+def inflate(data: bytes) -> bytes:
+    """Decompress a Deflated Explicit VR Little Endian data set (raw deflate, RFC 1951)."""
+    try:
+        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        plain = inflater.decompress(data) + inflater.flush()
+    except zlib.error as exc:
+        raise InvalidDatasetError(f"deflated data set cannot be inflated: {exc}") from None
+    if not inflater.eof:
+        raise InvalidDatasetError("deflated data set is truncated")
+    return plain
+
+
+def walk(data: bytes | memoryview, encoding: Encoding) -> Layout:
+    """Check that ``data`` is a complete sequence of data elements and locate Pixel Data.
+
+    Only element headers are read: values, pixel data included, are skipped by
+    length, so this costs the same for a 1 KB and a 1 GB data set. Raises
+    ``InvalidDatasetError`` naming the offset where the encoding breaks.
+    """
+    view = memoryview(data)
+    walker = _Walker(view, encoding)
+    walker.elements(0, len(view), depth=0, top_level=True)
+    return Layout(
+        header_end=walker.header_end if walker.header_end is not None else len(view),
+        pixel_data_offset=walker.pixel_offset,
+        pixel_data_length=walker.pixel_length,
+    )
+
+
+class _Walker:
+    def __init__(self, view: memoryview, encoding: Encoding) -> None:
+        self.view = view
+        self.implicit = encoding.implicit_vr
+        order = "<" if encoding.little_endian else ">"
+        self.tag_length = struct.Struct(order + "HHL")
+        self.tag_vr_short = struct.Struct(order + "HH2sH")
+        self.long_length = struct.Struct(order + "L")
+        self.header_end: int | None = None
+        self.pixel_offset: int | None = None
+        self.pixel_length: int | None = None
+
+    def _fail(self, offset: int, what: str) -> InvalidDatasetError:
+        return InvalidDatasetError(f"malformed data set at byte {offset}: {what}")
+
+    def elements(self, start: int, end: int, depth: int, top_level: bool = False) -> int:
+        """Walk elements from ``start`` to ``end`` (or to an item delimiter); return the stop."""
+        if depth > _MAX_DEPTH:
+            raise self._fail(start, "sequences nested too deeply")
+        view, position = self.view, start
+        while position < end:
+            if end - position < 8:
+                raise self._fail(position, "truncated element header")
+            group, element, length = self.tag_length.unpack_from(view, position)
+            tag = group << 16 | element
+            if tag == _ITEM_END:
+                return position + 8
+            if tag in (_ITEM, _SEQUENCE_END):
+                raise self._fail(position, f"unexpected delimiter ({group:04X},{element:04X})")
+            header = 8
+            vr = b""
+            if not self.implicit:
+                group, element, vr, length = self.tag_vr_short.unpack_from(view, position)
+                if vr in _LONG_VRS:
+                    if end - position < 12:
+                        raise self._fail(position, "truncated element header")
+                    (length,) = self.long_length.unpack_from(view, position + 8)
+                    header = 12
+                elif not (vr.isalpha() and vr.isupper()):
+                    raise self._fail(position, f"invalid VR {bytes(vr)!r}")
+            value_start = position + header
+            if top_level and tag in _PIXEL_DATA_TAGS and self.header_end is None:
+                self.header_end = position
+            if tag == _PIXEL_DATA and top_level:
+                self.pixel_offset, self.pixel_length = value_start, length
+            if length == _UNDEFINED:
+                if tag == _PIXEL_DATA:
+                    position = self.fragments(value_start, end)
+                elif vr == b"UN":
+                    # PS3.5 6.2.2: an undefined-length UN holds implicit VR LE items.
+                    saved = self.implicit
+                    self.implicit = True
+                    position = self.items(value_start, end, depth)
+                    self.implicit = saved
+                elif vr in (b"SQ", b""):
+                    position = self.items(value_start, end, depth)
+                else:
+                    raise self._fail(position, f"undefined length on VR {bytes(vr)!r}")
+            else:
+                position = value_start + length
+                if position > end:
+                    raise self._fail(
+                        value_start,
+                        f"value of ({group:04X},{element:04X}) runs {position - end} bytes past"
+                        " the end",
+                    )
+        if depth > 0 and position != end:
+            raise self._fail(position, "item overruns its length")
+        if top_level and position != end:
+            raise self._fail(position, "trailing bytes")
+        return position
+
+    def items(self, start: int, end: int, depth: int) -> int:
+        """Walk the items of an undefined-length sequence; return the offset after it."""
+        position = start
+        while True:
+            if end - position < 8:
+                raise self._fail(position, "truncated sequence")
+            group, element, length = self.tag_length_le_or_be(position)
+            tag = group << 16 | element
+            position += 8
+            if tag == _SEQUENCE_END:
+                return position
+            if tag != _ITEM:
+                raise self._fail(position - 8, f"expected an item, found ({group:04X},{element:04X})")
+            if length == _UNDEFINED:
+                position = self.elements(position, end, depth + 1)
+                if self.view[position - 8 : position].tobytes()[:4] not in (
+                    b"\xfe\xff\x0d\xe0",
+                    b"\xff\xfe\xe0\x0d",
+                ):
+                    raise self._fail(position, "item without delimiter")
+            else:
+                if position + length > end:
+                    raise self._fail(position, "item runs past the end")
+                self.elements(position, position + length, depth + 1)
+                position += length
+
+    def fragments(self, start: int, end: int) -> int:
+        """Skip the items of encapsulated Pixel Data (PS3.5 A.4)."""
+        position = start
+        while True:
+            if end - position < 8:
+                raise self._fail(position, "truncated encapsulated pixel data")
+            group, element, length = self.tag_length_le_or_be(position)
+            tag = group << 16 | element
+            position += 8
+            if tag == _SEQUENCE_END:
+                return position
+            if tag != _ITEM or length == _UNDEFINED:
+                raise self._fail(position - 8, "bad fragment in encapsulated pixel data")
+            position += length
+            if position > end:
+                raise self._fail(position - length, "pixel data fragment runs past the end")
+
+    def tag_length_le_or_be(self, position: int) -> tuple[int, int, int]:
+        # Delimiters always have a 4-byte length, in either VR mode.
+        group, element, length = self.tag_length.unpack_from(self.view, position)
+        return group, element, length
+
+
+def split_part10(data: bytes) -> tuple[dict[int, bytes], int]:
+    """Parse the File Meta Information of a Part 10 file.
+
+    Returns the meta elements (tag to raw value) and the offset where the data
+    set starts. Files without a preamble (bare data sets, as old archives wrote
+    them) have no meta: ``({}, 0)``.
+    """
+    if len(data) < 132 or data[128:132] != b"DICM":
+        return {}, 0
+    view = memoryview(data)
+    position = 132
+    elements: dict[int, bytes] = {}
+    while position + 8 <= len(data):
+        group, element = struct.unpack_from("<HH", view, position)
+        if group != 0x0002:
+            break
+        vr = bytes(view[position + 4 : position + 6])
+        if vr in _LONG_VRS:
+            (length,) = struct.unpack_from("<L", view, position + 8)
+            header = 12
+        else:
+            (length,) = struct.unpack_from("<H", view, position + 6)
+            header = 8
+        if length == _UNDEFINED or position + header + length > len(data):
+            raise InvalidDatasetError(f"malformed file meta information at byte {position}")
+        elements[group << 16 | element] = bytes(view[position + header : position + header + length])
+        position += header + length
+    return elements, position
+
+
+def uid_value(raw: bytes) -> str:
+    return raw.rstrip(b"\x00 ").decode("ascii", "replace").strip()
+
+
+def file_meta_bytes(
+    sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str, source_ae_title: str
+) -> bytes:
+    """Encode the preamble, prefix and File Meta Information group (PS3.10 7.1).
+
+    Written by hand rather than through pydicom: it runs once per stored
+    instance and the group is a handful of fixed elements.
+    """
+    body = b"".join(
+        (
+            _meta_element(0x0001, b"OB", b"\x00\x01"),
+            _meta_element(0x0002, b"UI", _ui(sop_class_uid)),
+            _meta_element(0x0003, b"UI", _ui(sop_instance_uid)),
+            _meta_element(0x0010, b"UI", _ui(transfer_syntax_uid)),
+            _meta_element(0x0012, b"UI", _ui(IMPLEMENTATION_CLASS_UID)),
+            _meta_element(0x0013, b"SH", _text(IMPLEMENTATION_VERSION_NAME)),
+            _meta_element(0x0016, b"AE", _text(source_ae_title)) if source_ae_title else b"",
+        )
+    )
+    group_length = _meta_element(0x0000, b"UL", struct.pack("<L", len(body)))
+    return PREAMBLE + group_length + body
+
+
+def _ui(uid: str) -> bytes:
+    value = uid.encode("ascii")
+    return value + b"\x00" if len(value) % 2 else value
+
+
+def _text(text: str) -> bytes:
+    value = text.encode("ascii", "replace")
+    return value + b" " if len(value) % 2 else value
+
+
+def _meta_element(element: int, vr: bytes, value: bytes) -> bytes:
+    if vr in _LONG_VRS:
+        return struct.pack("<HH2sHL", 0x0002, element, vr, 0, len(value)) + value
+    return struct.pack("<HH2sH", 0x0002, element, vr, len(value)) + value
+
+
+def header_stream(data: bytes | memoryview, layout: Layout) -> BytesIO:
+    """A file object over the metadata part only, so parsing never touches pixels."""
+    return BytesIO(bytes(memoryview(data)[: layout.header_end]))

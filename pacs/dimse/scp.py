@@ -1,0 +1,134 @@
+"""The archive's DICOM node: Verification and Storage SCP.
+
+pynetdicom runs every association in its own thread, so handlers call the
+(thread-safe, synchronous) archive directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pydicom.uid import AllTransferSyntaxes
+from pynetdicom import AE, evt
+from pynetdicom.presentation import AllStoragePresentationContexts
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
+
+from pacs.config import Settings
+from pacs.core import Archive
+from pacs.core.encoding import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from pacs.dimse import status
+from pacs.errors import PacsError
+from pacs.types import Caller
+
+log = logging.getLogger(__name__)
+
+# The ErrorComment element is LO: at most 64 characters (PS3.7 C.4, PS3.5 6.2).
+_ERROR_COMMENT_LENGTH = 64
+
+
+def handle_c_echo(event: evt.Event) -> int:
+    """PS3.4 A.4: Verification always succeeds once the association is up."""
+    return status.SUCCESS
+
+
+def handle_c_store(event: evt.Event, archive: Archive) -> int | Dataset:
+    """PS3.4 B.2.3: store the data set and answer with the outcome's status."""
+    request = event.request
+    requestor = event.assoc.requestor
+    caller = Caller(ae_title=requestor.ae_title, address=requestor.address)
+    try:
+        archive.ingest(
+            request.DataSet.getvalue(),
+            event.context.transfer_syntax,
+            caller,
+            sop_class_uid=request.AffectedSOPClassUID,
+            sop_instance_uid=request.AffectedSOPInstanceUID,
+        )
+    except PacsError as exc:
+        code = status.store_status(exc)
+        log.warning(
+            "C-STORE %s from %s refused (0x%04X): %s",
+            request.AffectedSOPInstanceUID, caller, code, exc,
+        )
+        return _failure(code, str(exc))
+    except Exception:
+        # Outermost edge: keep the association and the server up, log once.
+        log.exception("C-STORE %s from %s failed", request.AffectedSOPInstanceUID, caller)
+        return _failure(status.PROCESSING_FAILURE, "internal error while storing")
+    return status.SUCCESS
+
+
+def _failure(code: int, comment: str) -> Dataset:
+    response = Dataset()
+    response.Status = code
+    response.ErrorComment = comment[:_ERROR_COMMENT_LENGTH]
+    return response
+
+
+def _disable_nagle(event: evt.Event) -> None:
+    # pynetdicom leaves Nagle's algorithm on: every small DIMSE response would
+    # then wait for the peer's delayed ACK (~40 ms), capping a store at ~25/s.
+    sock = event.assoc.dul.socket.socket if event.assoc.dul.socket else None
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class DicomNode:
+    """The AE that listens for associations; started and stopped with the app."""
+
+    def __init__(self, archive: Archive, settings: Settings) -> None:
+        self.archive = archive
+        self.settings = settings
+        self.ae = _build_ae(settings)
+        self._server: ThreadedAssociationServer | None = None
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            return self.settings.dicom_port
+        return int(self._server.server_address[1])
+
+    def start(self) -> None:
+        handlers: list[Any] = [
+            (evt.EVT_CONN_OPEN, _disable_nagle),
+            (evt.EVT_C_ECHO, handle_c_echo),
+            (evt.EVT_C_STORE, handle_c_store, [self.archive]),
+        ]
+        self._server = self.ae.start_server(
+            (self.settings.host, self.settings.dicom_port), block=False, evt_handlers=handlers
+        )
+        log.info(
+            "DICOM node %s listening on %s:%d",
+            self.settings.ae_title, self.settings.host, self.port,
+        )
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+        self.ae.shutdown()
+
+
+def _build_ae(settings: Settings) -> AE:
+    ae = AE(ae_title=settings.ae_title)
+    ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
+    ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
+    ae.maximum_associations = settings.max_associations
+    ae.maximum_pdu_size = settings.max_pdu_size
+    ae.network_timeout = settings.network_timeout
+    ae.dimse_timeout = settings.dimse_timeout
+    ae.acse_timeout = settings.acse_timeout
+    # Orthanc accepts any called AE title by default (DicomCheckCalledAet=false):
+    # modalities are often configured with a slightly different one.
+    ae.require_called_aet = False
+    transfer_syntaxes = list(AllTransferSyntaxes)
+    ae.add_supported_context(Verification, transfer_syntaxes)
+    # Only known storage SOP classes: unknown abstract syntaxes are refused at
+    # negotiation (UNRESTRICTED_STORAGE_SERVICE stays off).
+    for context in AllStoragePresentationContexts:
+        ae.add_supported_context(context.abstract_syntax, transfer_syntaxes)
+    return ae

@@ -1,0 +1,51 @@
+"""Domain errors raised by the archive core.
+
+Front ends catch these and translate them, each with one mapping table
+(DIMSE statuses in ``pacs.dimse``, HTTP codes in ``pacs.http``)::
+
+    PacsError
+     ├── ConfigError                     bad setting; printed as one line at start-up
+     ├── InvalidDatasetError             cannot understand the data set
+     │    └── DatasetMismatchError       data set disagrees with the request
+     ├── ConflictError                   same SOP Instance UID, different content
+     ├── NotFoundError                   no such patient/study/series/instance
+     ├── UnsupportedTransferSyntaxError  no codec for the transfer syntax
+     └── StorageError                    blob store or index failed
+          └── StorageFullError           no space left
+"""
+
+
+class PacsError(Exception):
+    """Base of every error the archive raises on purpose."""
+
+
+class ConfigError(PacsError):
+    """A setting has a wrong value; the message is shown to the operator as is."""
+
+
+class InvalidDatasetError(PacsError):
+    """The data set cannot be parsed or lacks what the archive requires."""
+
+
+class DatasetMismatchError(InvalidDatasetError):
+    """The data set contradicts its request, e.g. a SOP Class UID that differs."""
+
+
+class ConflictError(PacsError):
+    """A SOP Instance UID is already stored with different content."""
+
+
+class NotFoundError(PacsError):
+    """The requested entity does not exist."""
+
+
+class UnsupportedTransferSyntaxError(PacsError):
+    """No installed codec handles this transfer syntax."""
+
+
+class StorageError(PacsError):
+    """Writing to or reading from the blob store or index failed."""
+
+
+class StorageFullError(StorageError):
+    """The blob store or the index has no space left."""

@@ -1,0 +1,84 @@
+"""The Starlette application: system endpoints now, DICOMweb and viewer later.
+
+Endpoints are ``async``; the synchronous archive is reached through a thread
+pool so that a slow disk never stalls the event loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+import pacs
+from pacs.config import Settings
+from pacs.core import Archive
+
+
+class JSONResponse(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+def create_http_app(
+    archive: Archive,
+    settings: Settings,
+    on_startup: Callable[[], None] | None = None,
+    on_shutdown: Callable[[], None] | None = None,
+) -> Starlette:
+    """Build the app; ``on_startup``/``on_shutdown`` run in its lifespan (the DICOM node)."""
+    started = time.time()
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def system(request: Request) -> Response:
+        stats = await run_in_threadpool(archive.statistics)
+        disk = await run_in_threadpool(shutil.disk_usage, settings.data_dir)
+        return JSONResponse(
+            {
+                "name": "pacs",
+                "version": pacs.__version__,
+                "ae_title": settings.ae_title,
+                "dicom_port": settings.dicom_port,
+                "http_port": settings.http_port,
+                "uptime_seconds": round(time.time() - started, 1),
+                "counts": {
+                    "patients": stats.patients,
+                    "studies": stats.studies,
+                    "series": stats.series,
+                    "instances": stats.instances,
+                },
+                "storage": {
+                    "stored_bytes": stats.stored_bytes,
+                    "disk_free_bytes": disk.free,
+                    "disk_total_bytes": disk.total,
+                },
+            }
+        )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if on_startup is not None:
+            await run_in_threadpool(on_startup)
+        try:
+            yield
+        finally:
+            if on_shutdown is not None:
+                await run_in_threadpool(on_shutdown)
+
+    return Starlette(
+        routes=[Route("/health", health), Route("/system", system)],
+        lifespan=lifespan,
+    )

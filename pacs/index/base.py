@@ -1,0 +1,85 @@
+"""The index protocol and the records it exchanges with the core."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from pacs.index.schema import Level
+from pacs.types import ArchiveStatistics
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceRecord:
+    """Everything the index keeps about one stored instance."""
+
+    values: Mapping[str, Any]
+    """Column name (see ``schema.ATTRIBUTES``) to value; missing attributes are absent."""
+    blob_key: str
+    transfer_syntax_uid: str
+    size: int
+    content_hash: str
+    """SHA-256 of the encoded data set (without file meta), hex."""
+    pixel_data_offset: int | None
+    """Offset in the blob of the Pixel Data value, when it can be read in place."""
+    pixel_data_length: int | None
+    """Length of that value; 0xFFFFFFFF for encapsulated (undefined length) data."""
+    source_ae_title: str
+    stored_at: str
+    """UTC time of storage, ISO 8601."""
+
+    @property
+    def sop_instance_uid(self) -> str:
+        return str(self.values["sop_instance_uid"])
+
+
+@dataclass(frozen=True, slots=True)
+class StoredInstance:
+    """The index's answer about an instance that is already stored."""
+
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    blob_key: str
+    size: int
+    content_hash: str
+
+
+class Index(Protocol):
+    """Thread-safe store of the archive's metadata.
+
+    Each write method is one transaction: either all of an instance's rows and
+    counters change, or none do.
+    """
+
+    def find_instance(self, sop_instance_uid: str) -> StoredInstance | None: ...
+
+    def add_instance(self, record: InstanceRecord) -> StoredInstance | None:
+        """Insert the instance and any new patient/study/series rows.
+
+        Returns ``None`` when inserted, or the instance already stored under the
+        same SOP Instance UID (then nothing changes).
+        """
+        ...
+
+    def replace_instance(self, record: InstanceRecord) -> StoredInstance | None:
+        """Replace the instance with the same SOP Instance UID; return the old one."""
+        ...
+
+    def remove_instance(self, sop_instance_uid: str) -> StoredInstance | None:
+        """Delete the instance, and its series/study/patient when left empty."""
+        ...
+
+    def entity(self, level: Level, uid: str) -> dict[str, Any] | None:
+        """One row with its computed counts, or ``None``.
+
+        ``uid`` is the Patient ID at PATIENT level, else the entity's instance UID.
+        """
+        ...
+
+    def statistics(self) -> ArchiveStatistics: ...
+
+    def close(self) -> None: ...

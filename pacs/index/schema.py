@@ -1,0 +1,144 @@
+"""Which DICOM attributes the index keeps, at which level.
+
+The lists cover the required and common optional keys of C-FIND
+(PS3.4 C.6.1.1 and C.6.2.1) and the QIDO-RS matching and return attributes
+(PS3.18 Table 10.6.1-5), so that a query can be answered from the index
+without opening a blob. Every backend derives its tables from these lists.
+
+Person names are stored decoded (Unicode, after Specific Character Set) and,
+beside each, a ``*_norm`` column in NFC case-folded form for case-insensitive
+matching.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+
+
+class Level(enum.Enum):
+    PATIENT = "PATIENT"
+    STUDY = "STUDY"
+    SERIES = "SERIES"
+    IMAGE = "IMAGE"
+
+
+class Kind(enum.Enum):
+    TEXT = "text"
+    """Any string VR; multiple values joined with a backslash, as in DICOM."""
+    PERSON_NAME = "pn"
+    INTEGER = "int"
+    """IS/US/SL values used for sorting and counting (first value only)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Attribute:
+    keyword: str
+    level: Level
+    kind: Kind = Kind.TEXT
+    path: tuple[str, ...] = ()
+    """Keywords of sequences to descend through (first item) to reach ``keyword``."""
+    name: str = ""
+    """Column name when the derived one would be ambiguous or unwieldy."""
+
+    @property
+    def column(self) -> str:
+        return self.name or _snake(self.keyword)
+
+
+def _snake(keyword: str) -> str:
+    keyword = keyword.replace("IDs", "Ids")
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", keyword).lower()
+
+
+def norm_column(attribute: Attribute) -> str:
+    return attribute.column + "_norm"
+
+
+P, ST, SE, IM = Level.PATIENT, Level.STUDY, Level.SERIES, Level.IMAGE
+PN, INT = Kind.PERSON_NAME, Kind.INTEGER
+
+ATTRIBUTES: tuple[Attribute, ...] = (
+    # Patient (PS3.4 C.6.1.1.2; QIDO-RS study attributes)
+    Attribute("PatientName", P, PN),
+    Attribute("PatientID", P),
+    Attribute("IssuerOfPatientID", P),
+    Attribute("PatientBirthDate", P),
+    Attribute("PatientBirthTime", P),
+    Attribute("PatientSex", P),
+    Attribute("OtherPatientIDs", P),
+    Attribute("OtherPatientNames", P, PN),
+    Attribute("EthnicGroup", P),
+    Attribute("PatientComments", P),
+    # Study (PS3.4 C.6.1.1.3; PS3.18 Table 10.6.1-5)
+    Attribute("StudyInstanceUID", ST),
+    Attribute("StudyDate", ST),
+    Attribute("StudyTime", ST),
+    Attribute("AccessionNumber", ST),
+    Attribute("StudyID", ST),
+    Attribute("ReferringPhysicianName", ST, PN),
+    Attribute("StudyDescription", ST),
+    Attribute("NameOfPhysiciansReadingStudy", ST, PN),
+    Attribute("AdmittingDiagnosesDescription", ST),
+    Attribute("PatientAge", ST),
+    Attribute("PatientSize", ST),
+    Attribute("PatientWeight", ST),
+    Attribute("Occupation", ST),
+    Attribute("AdditionalPatientHistory", ST),
+    Attribute("InstitutionName", ST),
+    Attribute("TimezoneOffsetFromUTC", ST),
+    Attribute(
+        "LocalNamespaceEntityID",
+        ST,
+        path=("IssuerOfAccessionNumberSequence",),
+        name="issuer_of_accession_number",
+    ),
+    # Series (PS3.4 C.6.1.1.4; PS3.18 Table 10.6.1-5)
+    Attribute("SeriesInstanceUID", SE),
+    Attribute("Modality", SE),
+    Attribute("SeriesNumber", SE, INT),
+    Attribute("SeriesDescription", SE),
+    Attribute("SeriesDate", SE),
+    Attribute("SeriesTime", SE),
+    Attribute("BodyPartExamined", SE),
+    Attribute("Laterality", SE),
+    Attribute("ProtocolName", SE),
+    Attribute("PerformedProcedureStepStartDate", SE),
+    Attribute("PerformedProcedureStepStartTime", SE),
+    # Request Attributes Sequence (0040,0275), first item only, as QIDO-RS matches it.
+    Attribute("ScheduledProcedureStepID", SE, path=("RequestAttributesSequence",)),
+    Attribute("RequestedProcedureID", SE, path=("RequestAttributesSequence",)),
+    Attribute("StationName", SE),
+    Attribute("Manufacturer", SE),
+    Attribute("ManufacturerModelName", SE),
+    Attribute("InstitutionalDepartmentName", SE),
+    Attribute("OperatorsName", SE, PN),
+    Attribute("PerformingPhysicianName", SE, PN),
+    # Instance (PS3.4 C.6.1.1.5; PS3.18 Table 10.6.1-5)
+    Attribute("SOPInstanceUID", IM),
+    Attribute("SOPClassUID", IM),
+    Attribute("InstanceNumber", IM, INT),
+    Attribute("ContentDate", IM),
+    Attribute("ContentTime", IM),
+    Attribute("AcquisitionNumber", IM, INT),
+    Attribute("AcquisitionDateTime", IM),
+    Attribute("ImageType", IM),
+    Attribute("ImageComments", IM),
+    Attribute("Rows", IM, INT),
+    Attribute("Columns", IM, INT),
+    Attribute("BitsAllocated", IM, INT),
+    Attribute("BitsStored", IM, INT),
+    Attribute("PixelRepresentation", IM, INT),
+    Attribute("SamplesPerPixel", IM, INT),
+    Attribute("PhotometricInterpretation", IM),
+    Attribute("NumberOfFrames", IM, INT),
+    Attribute("CompletionFlag", IM),
+    Attribute("VerificationFlag", IM),
+)
+
+BY_KEYWORD: dict[str, Attribute] = {a.keyword: a for a in ATTRIBUTES if not a.path}
+
+
+def attributes_at(level: Level) -> tuple[Attribute, ...]:
+    return tuple(a for a in ATTRIBUTES if a.level is level)

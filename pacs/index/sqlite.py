@@ -1,0 +1,424 @@
+"""The embedded index on SQLite.
+
+One writer connection serialised by a lock (SQLite allows a single writer at a
+time anyway) and one reader connection per thread; WAL mode lets readers run
+while an ingest commits. ``synchronous=FULL`` makes every commit durable before
+the archive acknowledges the instance.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import unicodedata
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from pacs.index.base import InstanceRecord, StoredInstance
+from pacs.index.schema import ATTRIBUTES, Kind, Level, attributes_at, norm_column
+from pacs.types import ArchiveStatistics
+
+SCHEMA_VERSION = 1
+
+_TABLES = {
+    Level.PATIENT: "patients",
+    Level.STUDY: "studies",
+    Level.SERIES: "series",
+    Level.IMAGE: "instances",
+}
+_PARENT_COLUMN = {Level.STUDY: "patient_pk", Level.SERIES: "study_pk", Level.IMAGE: "series_pk"}
+_COUNTERS = {
+    Level.PATIENT: (
+        "number_of_patient_related_studies",
+        "number_of_patient_related_series",
+        "number_of_patient_related_instances",
+    ),
+    Level.STUDY: ("number_of_study_related_series", "number_of_study_related_instances"),
+    Level.SERIES: ("number_of_series_related_instances",),
+}
+_EXTRA_COLUMNS = {
+    Level.STUDY: ("modalities_in_study TEXT", "sop_classes_in_study TEXT", "created_at TEXT"),
+    Level.SERIES: ("created_at TEXT",),
+    Level.IMAGE: (
+        "transfer_syntax_uid TEXT NOT NULL",
+        "blob_key TEXT NOT NULL",
+        "size INTEGER NOT NULL",
+        "content_hash TEXT NOT NULL",
+        "pixel_data_offset INTEGER",
+        "pixel_data_length INTEGER",
+        "source_ae_title TEXT",
+        "stored_at TEXT NOT NULL",
+    ),
+}
+# Columns searched often enough to deserve an index (study list, C-FIND by ID or date).
+_SEARCH_INDEXES = {
+    Level.PATIENT: ("patient_name_norm", "patient_birth_date"),
+    Level.STUDY: ("study_date", "accession_number", "study_id", "patient_pk"),
+    Level.SERIES: ("modality", "study_pk"),
+    Level.IMAGE: ("series_pk", "sop_class_uid"),
+}
+_UNIQUE = {
+    Level.PATIENT: "UNIQUE (patient_id, issuer_of_patient_id)",
+    Level.STUDY: "UNIQUE (study_instance_uid)",
+    Level.SERIES: "UNIQUE (series_instance_uid)",
+    Level.IMAGE: "UNIQUE (sop_instance_uid)",
+}
+
+
+def _columns(level: Level) -> list[str]:
+    names = []
+    for attribute in attributes_at(level):
+        names.append(attribute.column)
+        if attribute.kind is Kind.PERSON_NAME:
+            names.append(norm_column(attribute))
+    return names
+
+
+def _create_statements() -> list[str]:
+    statements = []
+    for level, table in _TABLES.items():
+        columns = ["pk INTEGER PRIMARY KEY"]
+        if level in _PARENT_COLUMN:
+            parent = _TABLES[list(_TABLES)[list(_TABLES).index(level) - 1]]
+            columns.append(f"{_PARENT_COLUMN[level]} INTEGER NOT NULL REFERENCES {parent}(pk)")
+        for attribute in attributes_at(level):
+            sql_type = "INTEGER" if attribute.kind is Kind.INTEGER else "TEXT"
+            # Patient identity columns hold '' rather than NULL so UNIQUE applies.
+            not_null = (
+                " NOT NULL DEFAULT ''"
+                if attribute.column in ("patient_id", "issuer_of_patient_id")
+                else ""
+            )
+            if attribute.column.endswith("_uid") and level is not Level.PATIENT:
+                if attribute.level is level and attribute.column != "sop_class_uid":
+                    not_null = " NOT NULL"
+            columns.append(f"{attribute.column} {sql_type}{not_null}")
+            if attribute.kind is Kind.PERSON_NAME:
+                columns.append(f"{norm_column(attribute)} TEXT")
+        columns += [f"{counter} INTEGER NOT NULL DEFAULT 0" for counter in _COUNTERS.get(level, ())]
+        columns += list(_EXTRA_COLUMNS.get(level, ()))
+        columns.append(_UNIQUE[level])
+        statements.append(f"CREATE TABLE {table} ({', '.join(columns)})")
+        for column in _SEARCH_INDEXES[level]:
+            statements.append(f"CREATE INDEX {table}_{column} ON {table} ({column})")
+    return statements
+
+
+def normalise_name(value: str) -> str:
+    """Fold a person name for case-insensitive matching, keeping diacritics (NFC)."""
+    return unicodedata.normalize("NFC", value).casefold()
+
+
+class SqliteIndex:
+    def __init__(self, path: str | Path) -> None:
+        self._path = str(path)
+        self._in_memory = self._path == ":memory:"
+        self._write_lock = threading.RLock()
+        self._local = threading.local()
+        self._writer = self._connect()
+        self._migrate()
+
+    def _connect(self) -> sqlite3.Connection:
+        connection = sqlite3.connect(
+            self._path, isolation_level=None, check_same_thread=False, timeout=30
+        )
+        connection.row_factory = sqlite3.Row
+        if not self._in_memory:
+            connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=FULL")
+        connection.execute("PRAGMA foreign_keys=ON")
+        connection.execute("PRAGMA busy_timeout=30000")
+        return connection
+
+    def _migrate(self) -> None:
+        with self._transaction() as db:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise RuntimeError(
+                    f"index schema version {version} is newer than this server ({SCHEMA_VERSION})"
+                )
+            if version < 1:
+                for statement in _create_statements():
+                    db.execute(statement)
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._write_lock:
+            self._writer.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._writer
+            except BaseException:
+                self._writer.execute("ROLLBACK")
+                raise
+            self._writer.execute("COMMIT")
+
+    def _reader(self) -> sqlite3.Connection:
+        if self._in_memory:
+            return self._writer
+        connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = self._connect()
+            self._local.connection = connection
+        return connection
+
+    @contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        if self._in_memory:
+            with self._write_lock:
+                yield self._writer
+        else:
+            yield self._reader()
+
+    # -- reads ---------------------------------------------------------------
+
+    _STORED_SELECT = """
+        SELECT st.study_instance_uid, se.series_instance_uid, i.sop_instance_uid,
+               i.sop_class_uid, i.transfer_syntax_uid, i.blob_key, i.size, i.content_hash
+        FROM instances i
+        JOIN series se ON se.pk = i.series_pk
+        JOIN studies st ON st.pk = se.study_pk
+        WHERE i.sop_instance_uid = ?
+    """
+
+    def find_instance(self, sop_instance_uid: str) -> StoredInstance | None:
+        with self._reading() as db:
+            return self._find(db, sop_instance_uid)
+
+    def _find(self, db: sqlite3.Connection, sop_instance_uid: str) -> StoredInstance | None:
+        row = db.execute(self._STORED_SELECT, (sop_instance_uid,)).fetchone()
+        return StoredInstance(*row) if row else None
+
+    def entity(self, level: Level, uid: str) -> dict[str, Any] | None:
+        key = {
+            Level.PATIENT: "patient_id",
+            Level.STUDY: "study_instance_uid",
+            Level.SERIES: "series_instance_uid",
+            Level.IMAGE: "sop_instance_uid",
+        }[level]
+        with self._reading() as db:
+            row = db.execute(f"SELECT * FROM {_TABLES[level]} WHERE {key} = ?", (uid,)).fetchone()
+        return dict(row) if row else None
+
+    def statistics(self) -> ArchiveStatistics:
+        with self._reading() as db:
+            row = db.execute(
+                """SELECT (SELECT count(*) FROM patients), (SELECT count(*) FROM studies),
+                          (SELECT count(*) FROM series), count(*), coalesce(sum(size), 0)
+                   FROM instances"""
+            ).fetchone()
+        return ArchiveStatistics(*row)
+
+    # -- writes --------------------------------------------------------------
+
+    def add_instance(self, record: InstanceRecord) -> StoredInstance | None:
+        with self._transaction() as db:
+            existing = self._find(db, record.sop_instance_uid)
+            if existing is not None:
+                return existing
+            self._insert(db, record)
+            return None
+
+    def replace_instance(self, record: InstanceRecord) -> StoredInstance | None:
+        with self._transaction() as db:
+            old = self._find(db, record.sop_instance_uid)
+            if old is not None:
+                self._delete(db, old.sop_instance_uid)
+            self._insert(db, record)
+            return old
+
+    def remove_instance(self, sop_instance_uid: str) -> StoredInstance | None:
+        with self._transaction() as db:
+            old = self._find(db, sop_instance_uid)
+            if old is not None:
+                self._delete(db, sop_instance_uid)
+            return old
+
+    def _insert(self, db: sqlite3.Connection, record: InstanceRecord) -> None:
+        values = dict(record.values)
+        for attribute in ATTRIBUTES:
+            if attribute.kind is Kind.PERSON_NAME and values.get(attribute.column):
+                values[norm_column(attribute)] = normalise_name(str(values[attribute.column]))
+        values.setdefault("patient_id", "")
+        values.setdefault("issuer_of_patient_id", "")
+
+        patient_pk = self._pk(
+            db,
+            "SELECT pk FROM patients WHERE patient_id = ? AND issuer_of_patient_id = ?",
+            (values["patient_id"], values["issuer_of_patient_id"]),
+        ) or self._insert_row(db, Level.PATIENT, values, {})
+
+        new_study = False
+        row = db.execute(
+            "SELECT pk FROM studies WHERE study_instance_uid = ?", (values["study_instance_uid"],)
+        ).fetchone()
+        if row:
+            # A study belongs to the patient that brought its first instance, as in
+            # Orthanc; later instances with other demographics do not move it.
+            study_pk = row[0]
+            patient_pk = db.execute(
+                "SELECT patient_pk FROM studies WHERE pk = ?", (study_pk,)
+            ).fetchone()[0]
+        else:
+            study_pk = self._insert_row(
+                db,
+                Level.STUDY,
+                values,
+                {"patient_pk": patient_pk, "created_at": record.stored_at},
+            )
+            new_study = True
+
+        new_series = False
+        series_pk = self._pk(
+            db,
+            "SELECT pk FROM series WHERE series_instance_uid = ?",
+            (values["series_instance_uid"],),
+        )
+        if series_pk is None:
+            series_pk = self._insert_row(
+                db, Level.SERIES, values, {"study_pk": study_pk, "created_at": record.stored_at}
+            )
+            new_series = True
+
+        self._insert_row(
+            db,
+            Level.IMAGE,
+            values,
+            {
+                "series_pk": series_pk,
+                "transfer_syntax_uid": record.transfer_syntax_uid,
+                "blob_key": record.blob_key,
+                "size": record.size,
+                "content_hash": record.content_hash,
+                "pixel_data_offset": record.pixel_data_offset,
+                "pixel_data_length": record.pixel_data_length,
+                "source_ae_title": record.source_ae_title,
+                "stored_at": record.stored_at,
+            },
+        )
+        db.execute(
+            """UPDATE patients SET
+                 number_of_patient_related_studies = number_of_patient_related_studies + ?,
+                 number_of_patient_related_series = number_of_patient_related_series + ?,
+                 number_of_patient_related_instances = number_of_patient_related_instances + 1
+               WHERE pk = ?""",
+            (int(new_study), int(new_series), patient_pk),
+        )
+        db.execute(
+            """UPDATE studies SET
+                 number_of_study_related_series = number_of_study_related_series + ?,
+                 number_of_study_related_instances = number_of_study_related_instances + 1
+               WHERE pk = ?""",
+            (int(new_series), study_pk),
+        )
+        db.execute(
+            """UPDATE series SET
+                 number_of_series_related_instances = number_of_series_related_instances + 1
+               WHERE pk = ?""",
+            (series_pk,),
+        )
+        self._refresh_study_summaries(db, study_pk, new_series, values.get("sop_class_uid"))
+
+    def _refresh_study_summaries(
+        self, db: sqlite3.Connection, study_pk: int, series_changed: bool, sop_class: Any
+    ) -> None:
+        """Keep ModalitiesInStudy and SOPClassesInStudy equal to what the study holds."""
+        current = db.execute(
+            "SELECT sop_classes_in_study FROM studies WHERE pk = ?", (study_pk,)
+        ).fetchone()[0]
+        if series_changed or not sop_class or sop_class not in (current or "").split("\\"):
+            modalities = [
+                r[0]
+                for r in db.execute(
+                    """SELECT DISTINCT modality FROM series
+                       WHERE study_pk = ? AND modality IS NOT NULL AND modality != ''
+                       ORDER BY modality""",
+                    (study_pk,),
+                )
+            ]
+            classes = [
+                r[0]
+                for r in db.execute(
+                    """SELECT DISTINCT i.sop_class_uid FROM instances i
+                       JOIN series se ON se.pk = i.series_pk
+                       WHERE se.study_pk = ? ORDER BY i.sop_class_uid""",
+                    (study_pk,),
+                )
+            ]
+            db.execute(
+                "UPDATE studies SET modalities_in_study = ?, sop_classes_in_study = ? WHERE pk = ?",
+                ("\\".join(modalities) or None, "\\".join(classes) or None, study_pk),
+            )
+
+    def _delete(self, db: sqlite3.Connection, sop_instance_uid: str) -> None:
+        series_pk, study_pk, patient_pk = db.execute(
+            """SELECT se.pk, st.pk, st.patient_pk FROM instances i
+               JOIN series se ON se.pk = i.series_pk
+               JOIN studies st ON st.pk = se.study_pk
+               WHERE i.sop_instance_uid = ?""",
+            (sop_instance_uid,),
+        ).fetchone()
+        db.execute("DELETE FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,))
+        db.execute(
+            """UPDATE series SET
+                 number_of_series_related_instances = number_of_series_related_instances - 1
+               WHERE pk = ?""",
+            (series_pk,),
+        )
+        series_gone = db.execute(
+            "DELETE FROM series WHERE pk = ? AND number_of_series_related_instances <= 0",
+            (series_pk,),
+        ).rowcount
+        db.execute(
+            """UPDATE studies SET
+                 number_of_study_related_series = number_of_study_related_series - ?,
+                 number_of_study_related_instances = number_of_study_related_instances - 1
+               WHERE pk = ?""",
+            (series_gone, study_pk),
+        )
+        study_gone = db.execute(
+            "DELETE FROM studies WHERE pk = ? AND number_of_study_related_instances <= 0",
+            (study_pk,),
+        ).rowcount
+        db.execute(
+            """UPDATE patients SET
+                 number_of_patient_related_studies = number_of_patient_related_studies - ?,
+                 number_of_patient_related_series = number_of_patient_related_series - ?,
+                 number_of_patient_related_instances = number_of_patient_related_instances - 1
+               WHERE pk = ?""",
+            (study_gone, series_gone, patient_pk),
+        )
+        db.execute(
+            "DELETE FROM patients WHERE pk = ? AND number_of_patient_related_instances <= 0",
+            (patient_pk,),
+        )
+        if not study_gone:
+            self._refresh_study_summaries(db, study_pk, True, None)
+
+    @staticmethod
+    def _pk(db: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> int | None:
+        row = db.execute(sql, params).fetchone()
+        return int(row[0]) if row else None
+
+    @staticmethod
+    def _insert_row(
+        db: sqlite3.Connection, level: Level, values: dict[str, Any], extra: dict[str, Any]
+    ) -> int:
+        row = {c: values[c] for c in _columns(level) if values.get(c) not in (None, "")}
+        if level is Level.PATIENT:
+            row.setdefault("patient_id", "")
+            row.setdefault("issuer_of_patient_id", "")
+        row.update(extra)
+        names = ", ".join(row)
+        marks = ", ".join("?" * len(row))
+        cursor = db.execute(
+            f"INSERT INTO {_TABLES[level]} ({names}) VALUES ({marks})", tuple(row.values())
+        )
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
+
+    def close(self) -> None:
+        with self._write_lock:
+            self._writer.close()

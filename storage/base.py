@@ -1,0 +1,86 @@
+"""The blob store protocol and its errors.
+
+::
+
+    BlobStoreError
+     ├── InvalidBlobKeyError   key could escape its namespace or is malformed
+     ├── BlobNotFoundError     no blob under that key
+     └── BlobStoreFullError    no space left
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+from typing import Protocol, runtime_checkable
+
+# Keys are '/'-separated segments of a conservative alphabet, so that no backend
+# (a filesystem, an S3 bucket) can be led outside its root by a crafted key.
+_SEGMENT = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9._\-]{0,127}")
+MAX_KEY_LENGTH = 512
+
+
+class BlobStoreError(Exception):
+    """A blob store operation failed."""
+
+
+class InvalidBlobKeyError(BlobStoreError, ValueError):
+    """The key is empty, too long, absolute, or contains a forbidden segment."""
+
+
+class BlobNotFoundError(BlobStoreError, KeyError):
+    """No blob is stored under the key."""
+
+    def __str__(self) -> str:
+        return f"no blob under key {self.args[0]!r}" if self.args else "blob not found"
+
+
+class BlobStoreFullError(BlobStoreError):
+    """The store has no space left for the blob."""
+
+
+def validate_key(key: str) -> str:
+    """Return ``key`` if it is safe to use as a path or object name, else raise."""
+    if not key or len(key) > MAX_KEY_LENGTH:
+        raise InvalidBlobKeyError(f"invalid blob key length: {len(key)}")
+    for segment in key.split("/"):
+        # '..' and '.' are excluded because a segment may not start with a dot.
+        if not _SEGMENT.fullmatch(segment):
+            raise InvalidBlobKeyError(f"invalid blob key segment {segment!r} in {key!r}")
+    return key
+
+
+@runtime_checkable
+class BlobStore(Protocol):
+    """Durable storage of immutable byte strings under opaque keys.
+
+    ``put`` is atomic and durable: once it returns, the whole blob survives a
+    crash; readers never see a partial blob. Putting an existing key replaces it
+    atomically.
+    """
+
+    def put(self, key: str, chunks: Iterable[bytes]) -> int:
+        """Store the concatenation of ``chunks`` under ``key``; return its size."""
+        ...
+
+    def get(self, key: str) -> bytes: ...
+
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        """Return at most ``length`` bytes from ``offset`` (fewer at the end of the blob)."""
+        ...
+
+    def iter_chunks(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        """Yield the blob in chunks, so that large blobs are never held whole in memory."""
+        ...
+
+    def size(self, key: str) -> int: ...
+
+    def exists(self, key: str) -> bool: ...
+
+    def delete(self, key: str) -> None:
+        """Remove the blob; deleting a missing key is not an error."""
+        ...
+
+    def keys(self, prefix: str = "") -> Iterator[str]:
+        """Iterate over the keys that start with ``prefix``, in no particular order."""
+        ...
