@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import os
 import re
 import tomllib
@@ -133,6 +134,9 @@ def _as_port(name: str, value: Any) -> int:
 
 
 def _as_int(name: str, value: Any) -> int:
+    if isinstance(value, float) and not value.is_integer():
+        # int() would silently truncate a TOML float such as 104.5
+        raise ConfigError(f"{name} must be an integer, not {value!r}")
     try:
         number = int(value)
     except (TypeError, ValueError):
@@ -156,6 +160,9 @@ def _as_seconds(name: str, value: Any) -> float:
         raise ConfigError(f"{name} must be a number of seconds, not {value!r}") from None
     if not seconds > 0:
         raise ConfigError(f"{name} must be positive, not {value!r}")
+    if not math.isfinite(seconds):
+        # socket timeouts cannot be infinite: the server would fail at start-up
+        raise ConfigError(f"{name} must be a finite number of seconds, not {value!r}")
     return seconds
 
 

@@ -7,7 +7,7 @@ pynetdicom runs every association in its own thread, so handlers call the
 from __future__ import annotations
 
 import logging
-import socket
+import threading
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -21,6 +21,7 @@ from pacs.config import Settings
 from pacs.core import Archive
 from pacs.core.encoding import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from pacs.dimse import status
+from pacs.dimse.transport import TunedRequestHandler
 from pacs.errors import PacsError
 from pacs.types import Caller
 
@@ -69,14 +70,6 @@ def _failure(code: int, comment: str) -> Dataset:
     return response
 
 
-def _disable_nagle(event: evt.Event) -> None:
-    # pynetdicom leaves Nagle's algorithm on: every small DIMSE response would
-    # then wait for the peer's delayed ACK (~40 ms), capping a store at ~25/s.
-    sock = event.assoc.dul.socket.socket if event.assoc.dul.socket else None
-    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
 class DicomNode:
     """The AE that listens for associations; started and stopped with the app."""
 
@@ -94,13 +87,24 @@ class DicomNode:
 
     def start(self) -> None:
         handlers: list[Any] = [
-            (evt.EVT_CONN_OPEN, _disable_nagle),
             (evt.EVT_C_ECHO, handle_c_echo),
             (evt.EVT_C_STORE, handle_c_store, [self.archive]),
         ]
-        self._server = self.ae.start_server(
-            (self.settings.host, self.settings.dicom_port), block=False, evt_handlers=handlers
+        # What AE.start_server(block=False) does, plus our tuned request handler.
+        server = self.ae.make_server(
+            (self.settings.host, self.settings.dicom_port),
+            evt_handlers=handlers,
+            server_class=ThreadedAssociationServer,
+            request_handler=TunedRequestHandler,
         )
+        assert isinstance(server, ThreadedAssociationServer)
+        thread = threading.Thread(
+            target=server.serve_forever, name=f"dicom-acceptor-{self.port}", daemon=True
+        )
+        thread.start()
+        # The AE tracks its servers so that AE.shutdown() and server.shutdown() work.
+        self.ae._servers.append(server)
+        self._server = server
         log.info(
             "DICOM node %s listening on %s:%d",
             self.settings.ae_title, self.settings.host, self.port,

@@ -106,6 +106,16 @@ def _create_statements() -> list[str]:
     return statements
 
 
+class _PendingAdd:
+    __slots__ = ("record", "done", "existing", "error")
+
+    def __init__(self, record: InstanceRecord) -> None:
+        self.record = record
+        self.done = False
+        self.existing: StoredInstance | None = None
+        self.error: Exception | None = None
+
+
 def normalise_name(value: str) -> str:
     """Fold a person name for case-insensitive matching, keeping diacritics (NFC)."""
     return unicodedata.normalize("NFC", value).casefold()
@@ -116,6 +126,8 @@ class SqliteIndex:
         self._path = str(path)
         self._in_memory = self._path == ":memory:"
         self._write_lock = threading.RLock()
+        self._queue_lock = threading.Lock()
+        self._queue: list[_PendingAdd] = []
         self._local = threading.local()
         self._writer = self._connect()
         self._migrate()
@@ -214,12 +226,43 @@ class SqliteIndex:
     # -- writes --------------------------------------------------------------
 
     def add_instance(self, record: InstanceRecord) -> StoredInstance | None:
-        with self._transaction() as db:
-            existing = self._find(db, record.sop_instance_uid)
-            if existing is not None:
-                return existing
-            self._insert(db, record)
-            return None
+        # Group commit: every commit costs an fsync, so concurrent associations
+        # queue their records and whichever thread gets the writer commits all
+        # queued ones in one transaction. Each record still succeeds or fails on
+        # its own (savepoints); each caller returns only after the commit.
+        pending = _PendingAdd(record)
+        with self._queue_lock:
+            self._queue.append(pending)
+        with self._write_lock:
+            if not pending.done:
+                with self._queue_lock:
+                    batch, self._queue = self._queue, []
+                self._commit_batch(batch)
+        if pending.error is not None:
+            raise pending.error
+        return pending.existing
+
+    def _commit_batch(self, batch: list[_PendingAdd]) -> None:
+        try:
+            with self._transaction() as db:
+                for item in batch:
+                    db.execute("SAVEPOINT one_instance")
+                    try:
+                        item.existing = self._find(db, item.record.sop_instance_uid)
+                        if item.existing is None:
+                            self._insert(db, item.record)
+                    except sqlite3.Error as exc:
+                        db.execute("ROLLBACK TO one_instance")
+                        item.error = exc
+                    db.execute("RELEASE one_instance")
+        except sqlite3.Error as exc:
+            # The commit itself failed (disk full, I/O error): nothing in the batch is stored.
+            for item in batch:
+                item.existing = None
+                item.error = item.error or exc
+        finally:
+            for item in batch:
+                item.done = True
 
     def replace_instance(self, record: InstanceRecord) -> StoredInstance | None:
         with self._transaction() as db:
@@ -244,24 +287,24 @@ class SqliteIndex:
         values.setdefault("patient_id", "")
         values.setdefault("issuer_of_patient_id", "")
 
-        patient_pk = self._pk(
-            db,
-            "SELECT pk FROM patients WHERE patient_id = ? AND issuer_of_patient_id = ?",
-            (values["patient_id"], values["issuer_of_patient_id"]),
-        ) or self._insert_row(db, Level.PATIENT, values, {})
-
         new_study = False
         row = db.execute(
             "SELECT pk FROM studies WHERE study_instance_uid = ?", (values["study_instance_uid"],)
         ).fetchone()
         if row:
             # A study belongs to the patient that brought its first instance, as in
-            # Orthanc; later instances with other demographics do not move it.
+            # Orthanc; later instances with other demographics do not move it (nor
+            # create an empty patient row for their demographics).
             study_pk = row[0]
             patient_pk = db.execute(
                 "SELECT patient_pk FROM studies WHERE pk = ?", (study_pk,)
             ).fetchone()[0]
         else:
+            patient_pk = self._pk(
+                db,
+                "SELECT pk FROM patients WHERE patient_id = ? AND issuer_of_patient_id = ?",
+                (values["patient_id"], values["issuer_of_patient_id"]),
+            ) or self._insert_row(db, Level.PATIENT, values, {})
             study_pk = self._insert_row(
                 db,
                 Level.STUDY,
