@@ -28,9 +28,13 @@ system-deps:
 install-test: install system-deps
 	$(BIN)/pip install --quiet -e '.[test]'
 
-## Install what the tests need, then run them.
-test: install-test
+## Install what the tests need, then lint, type-check and run them.
+test: install-test lint
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+lint: install-test
+	$(BIN)/ruff check pacs storage tests benchmarks
+	$(BIN)/mypy
 
 ## Measure ingest against Orthanc (needs Debian's orthanc; installs it if missing).
 bench: install-test

@@ -30,7 +30,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.dicom_nodes import (  # noqa: E402
+from benchmarks.dicom_nodes import (
     LOCALHOST,
     free_port,
     orthanc_get,
@@ -40,7 +40,7 @@ from benchmarks.dicom_nodes import (  # noqa: E402
     stop_process,
     wait_for_echo,
 )
-from benchmarks.phantom import generate_ct_series  # noqa: E402
+from benchmarks.phantom import generate_ct_series
 
 
 @dataclass
@@ -58,11 +58,18 @@ def start_pacs(workdir: Path) -> Server:
     log = (workdir / "pacs.log").open("wb")
     process = subprocess.Popen(
         [
-            sys.executable, "-m", "pacs", "serve",
-            "--data-dir", str(data_dir),
-            "--dicom-port", str(dicom_port),
-            "--http-port", str(http_port),
-            "--log-level", "warning",
+            sys.executable,
+            "-m",
+            "pacs",
+            "serve",
+            "--data-dir",
+            str(data_dir),
+            "--dicom-port",
+            str(dicom_port),
+            "--http-port",
+            str(http_port),
+            "--log-level",
+            "warning",
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -91,7 +98,9 @@ def start_orthanc_server(workdir: Path) -> Server:
 Sender = Callable[[Server], dict[str, Any]]
 
 
-def run_once(workdir: Path, start: Callable[[Path], Server], send: Sender, expected: int) -> dict[str, Any]:
+def run_once(
+    workdir: Path, start: Callable[[Path], Server], send: Sender, expected: int
+) -> dict[str, Any]:
     workdir.mkdir(parents=True, exist_ok=True)
     server = start(workdir)
     try:
@@ -124,14 +133,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         megabytes = sum(f.stat().st_size for f in files) / 1e6
         phantom = root / "phantom"
         senders: dict[str, tuple[str, Sender]] = {
-            "storescu1": ("storescu, 1 association", lambda s: send_files_storescu(
-                LOCALHOST, s.dicom_port, s.ae_title, phantom)),
-            "storescu4": ("storescu, 4 associations", lambda s: send_files_storescu(
-                LOCALHOST, s.dicom_port, s.ae_title, phantom, 4)),
-            "pynetdicom1": ("pynetdicom, 1 association", lambda s: send_files(
-                LOCALHOST, s.dicom_port, s.ae_title, files, 1)),
-            "pynetdicom4": ("pynetdicom, 4 associations", lambda s: send_files(
-                LOCALHOST, s.dicom_port, s.ae_title, files, 4)),
+            "storescu1": (
+                "storescu, 1 association",
+                lambda s: send_files_storescu(LOCALHOST, s.dicom_port, s.ae_title, phantom),
+            ),
+            "storescu4": (
+                "storescu, 4 associations",
+                lambda s: send_files_storescu(LOCALHOST, s.dicom_port, s.ae_title, phantom, 4),
+            ),
+            "pynetdicom1": (
+                "pynetdicom, 1 association",
+                lambda s: send_files(LOCALHOST, s.dicom_port, s.ae_title, files, 1),
+            ),
+            "pynetdicom4": (
+                "pynetdicom, 4 associations",
+                lambda s: send_files(LOCALHOST, s.dicom_port, s.ae_title, files, 4),
+            ),
         }
         servers: list[tuple[str, Callable[[Path], Server]]] = [("pacs", start_pacs)]
         if not args.no_orthanc and shutil.which("Orthanc"):
@@ -148,12 +165,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 mbps = statistics.median(r["mb_per_s"] for r in results)
                 failures = sum(r["failures"] for r in results)
                 table[(label, server_name)] = (rate, mbps, failures)
-                print(f"  {server_name:8} {label:28} {rate:7.1f} inst/s {mbps:7.1f} MB/s"
-                      f" failures={failures}", flush=True)
+                print(
+                    f"  {server_name:8} {label:28} {rate:7.1f} inst/s {mbps:7.1f} MB/s"
+                    f" failures={failures}",
+                    flush=True,
+                )
 
-        print(f"\nC-STORE of a {len(files)}-slice CT ({megabytes:.1f} MB), median of"
-              f" {args.repeat}, {os.cpu_count()} cores")
-        print(f"| sender | pacs inst/s | pacs MB/s | Orthanc inst/s | Orthanc MB/s | ratio |")
+        print(
+            f"\nC-STORE of a {len(files)}-slice CT ({megabytes:.1f} MB), median of"
+            f" {args.repeat}, {os.cpu_count()} cores"
+        )
+        print("| sender | pacs inst/s | pacs MB/s | Orthanc inst/s | Orthanc MB/s | ratio |")
         print("|---|---:|---:|---:|---:|---:|")
         for key in args.senders.split(","):
             label = senders[key][0]

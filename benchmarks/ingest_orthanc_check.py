@@ -28,7 +28,7 @@ from typing import Any
 # Runnable both as `python benchmarks/ingest_orthanc_check.py` and as a module.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.dicom_nodes import (  # noqa: E402
+from benchmarks.dicom_nodes import (
     LOCALHOST,
     OrthancProcess,
     orthanc_get,
@@ -37,7 +37,7 @@ from benchmarks.dicom_nodes import (  # noqa: E402
     start_orthanc,
     stop_process,
 )
-from benchmarks.phantom import generate_ct_series  # noqa: E402
+from benchmarks.phantom import generate_ct_series
 
 Sender = Callable[[OrthancProcess], dict[str, Any]]
 

@@ -88,7 +88,8 @@ def import_paths(
         line = (
             f"{summary.files} files, {summary.counts['stored']} stored,"
             f" {summary.counts['duplicate']} duplicate, {summary.counts['rejected']} rejected"
-            f" | {summary.files / elapsed:.0f} files/s, {summary.bytes_read / elapsed / 1e6:.1f} MB/s"
+            f" | {summary.files / elapsed:.0f} files/s,"
+            f" {summary.bytes_read / elapsed / 1e6:.1f} MB/s"
         )
         progress.write(("\r" + line + " " * 4) if interactive else line + "\n")
         if final and interactive:
@@ -126,5 +127,4 @@ def print_summary(summary: ImportSummary, out: TextIO = sys.stdout) -> None:
         f" {counts['conflict']} conflicting (same UID, different content, not stored),"
         f" {counts['skipped']} skipped, {counts['rejected']} rejected.\n"
     )
-    for path, reason in summary.rejected:
-        out.write(f"  {path}: {reason}\n")
+    out.writelines(f"  {path}: {reason}\n" for path, reason in summary.rejected)

@@ -169,7 +169,12 @@ def _as_seconds(name: str, value: Any) -> float:
 def check_ae_title(name: str, value: Any) -> str:
     """PS3.5 Table 6.2-1 (AE): 1 to 16 characters, no backslash or control characters."""
     title = _as_str(name, value).strip()
-    if not title or len(title) > 16 or "\\" in title or any(ord(c) < 32 or ord(c) > 126 for c in title):
+    if (
+        not title
+        or len(title) > 16
+        or "\\" in title
+        or any(ord(c) < 32 or ord(c) > 126 for c in title)
+    ):
         raise ConfigError(
             f"{name} {value!r} is not a valid AE title (1-16 printable ASCII characters,"
             " no backslash)"

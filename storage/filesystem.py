@@ -9,6 +9,7 @@ when the store is opened.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -45,20 +46,19 @@ class FilesystemBlobStore:
                 missing.append(current)
                 current = current.parent
             for path in reversed(missing):
-                try:
+                with contextlib.suppress(FileExistsError):  # another thread made it
                     path.mkdir()
-                except FileExistsError:
-                    pass
                 # A new folder's entry lives in its parent: flush it as well.
                 _fsync_dir(path.parent)
             self._known_dirs.add(directory)
 
     def put(self, key: str, chunks: Iterable[bytes]) -> int:
         target = self._path(key)
-        self._ensure_dir(target.parent)
         temporary = self._incoming / uuid.uuid4().hex
         size = 0
         try:
+            # Inside the try: on a full disk the new study folder is what fails first.
+            self._ensure_dir(target.parent)
             fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
             try:
                 for chunk in chunks:
@@ -77,6 +77,10 @@ class FilesystemBlobStore:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise BlobStoreFullError(f"no space left to store {key!r}: {exc}") from exc
             raise BlobStoreError(f"cannot store {key!r}: {exc}") from exc
+        except BaseException:
+            # The chunks' producer failed mid-way: drop the partial file now.
+            temporary.unlink(missing_ok=True)
+            raise
         return size
 
     def get(self, key: str) -> bytes:

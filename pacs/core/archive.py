@@ -55,8 +55,9 @@ class DuplicatePolicy(enum.Enum):
     REJECT = "reject"
 
 
-def blob_key(study_instance_uid: str, series_instance_uid: str, sop_instance_uid: str,
-             content_hash: str) -> str:
+def blob_key(
+    study_instance_uid: str, series_instance_uid: str, sop_instance_uid: str, content_hash: str
+) -> str:
     """Layout by study/series/instance; the content hash keeps two different
     copies of one UID from ever overwriting each other mid-flight."""
     return f"{study_instance_uid}/{series_instance_uid}/{sop_instance_uid}.{content_hash[:16]}.dcm"
@@ -139,8 +140,10 @@ class Archive:
             content_hash,
         )
         # Offsets only make sense where the blob holds the data set uncompressed.
-        pixel_offset = None if enc.deflated or layout.pixel_data_offset is None else (
-            len(meta) + layout.pixel_data_offset
+        pixel_offset = (
+            None
+            if enc.deflated or layout.pixel_data_offset is None
+            else (len(meta) + layout.pixel_data_offset)
         )
         record = InstanceRecord(
             values=values,
@@ -166,17 +169,22 @@ class Archive:
                 if raced is not None:
                     # Another association stored the same UID between our lookup
                     # and our insert: settle it as if it had been there first.
-                    if raced.blob_key != key:
-                        self._delete_blob_quietly(key)
                     early = self._resolve_duplicate(raced, content_hash)
-                    assert early is not None  # REPLACE would not reach add_instance
-                    return early
+                    if early is not None:
+                        if raced.blob_key != key:
+                            self._delete_blob_quietly(key)
+                        return early
+                    # Policy REPLACE: ours replaces the copy that won the race.
+                    old = self.index.replace_instance(record)
+                    outcome = StoreOutcome.REPLACED
+                    if old is not None and old.blob_key != key:
+                        self._delete_blob_quietly(old.blob_key)
         except Exception as exc:
             # Never leave a blob the index does not know: the sender was not told
             # "success", so the instance must not half-exist.
             if existing is None or existing.blob_key != key:
                 self._delete_blob_quietly(key)
-            if isinstance(exc, StorageError):
+            if isinstance(exc, (StorageError, ConflictError)):
                 raise
             raise _index_error(exc) from exc
         log.info("stored %s from %s (%s)", uids["SOPInstanceUID"], caller, outcome.value)
@@ -217,9 +225,7 @@ class Archive:
         write_dataset(buffer, dataset)
         return self.ingest(buffer.getvalue(), transfer_syntax_uid, caller)
 
-    def _resolve_duplicate(
-        self, existing: StoredInstance, content_hash: str
-    ) -> StoreResult | None:
+    def _resolve_duplicate(self, existing: StoredInstance, content_hash: str) -> StoreResult | None:
         """Answer for a UID already stored, or ``None`` to go on and store."""
         uids = {
             "StudyInstanceUID": existing.study_instance_uid,

@@ -5,11 +5,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.valuerep import PersonName
-
-from pydicom.datadict import tag_for_keyword
 
 from pacs.errors import DatasetMismatchError, InvalidDatasetError
 from pacs.index.schema import ATTRIBUTES, Kind
@@ -86,6 +85,7 @@ def index_values(dataset: Dataset) -> dict[str, Any]:
         try:
             container: Dataset | None = dataset
             for sequence_tag in path:
+                assert container is not None
                 sequence = container[sequence_tag].value if sequence_tag in container else None
                 container = sequence[0] if sequence else None
                 if container is None:

@@ -26,9 +26,7 @@ IMPLEMENTATION_VERSION_NAME = "PACS_010"
 PREAMBLE = b"\x00" * 128 + b"DICM"
 
 # VRs whose explicit-VR header has 2 reserved bytes and a 4-byte length (PS3.5 7.1.2).
-_LONG_VRS = frozenset(
-    b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split()
-)
+_LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
 _UNDEFINED = 0xFFFFFFFF
 _ITEM = 0xFFFEE000
 _ITEM_END = 0xFFFEE00D
@@ -178,7 +176,9 @@ class _Walker:
             if tag == _SEQUENCE_END:
                 return position
             if tag != _ITEM:
-                raise self._fail(position - 8, f"expected an item, found ({group:04X},{element:04X})")
+                raise self._fail(
+                    position - 8, f"expected an item, found ({group:04X},{element:04X})"
+                )
             if length == _UNDEFINED:
                 position = self.elements(position, end, depth + 1)
                 if self.view[position - 8 : position].tobytes()[:4] not in (
@@ -240,7 +240,9 @@ def split_part10(data: bytes) -> tuple[dict[int, bytes], int]:
             header = 8
         if length == _UNDEFINED or position + header + length > len(data):
             raise InvalidDatasetError(f"malformed file meta information at byte {position}")
-        elements[group << 16 | element] = bytes(view[position + header : position + header + length])
+        elements[group << 16 | element] = bytes(
+            view[position + header : position + header + length]
+        )
         position += header + length
     return elements, position
 

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+from io import BytesIO
+from typing import Any, cast
 
 from pydicom.dataset import Dataset
 from pydicom.uid import AllTransferSyntaxes
 from pynetdicom import AE, evt
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
@@ -38,12 +40,15 @@ def handle_c_echo(event: evt.Event) -> int:
 
 def handle_c_store(event: evt.Event, archive: Archive) -> int | Dataset:
     """PS3.4 B.2.3: store the data set and answer with the outcome's status."""
-    request = event.request
+    request = cast(C_STORE, event.request)
+    dataset = request.DataSet
+    if not isinstance(dataset, BytesIO):  # pynetdicom may spool to a file when so configured
+        return _failure(status.PROCESSING_FAILURE, "data set was not received in memory")
     requestor = event.assoc.requestor
     caller = Caller(ae_title=requestor.ae_title, address=requestor.address)
     try:
         archive.ingest(
-            request.DataSet.getvalue(),
+            dataset.getvalue(),
             event.context.transfer_syntax,
             caller,
             sop_class_uid=request.AffectedSOPClassUID,
@@ -53,7 +58,10 @@ def handle_c_store(event: evt.Event, archive: Archive) -> int | Dataset:
         code = status.store_status(exc)
         log.warning(
             "C-STORE %s from %s refused (0x%04X): %s",
-            request.AffectedSOPInstanceUID, caller, code, exc,
+            request.AffectedSOPInstanceUID,
+            caller,
+            code,
+            exc,
         )
         return _failure(code, str(exc))
     except Exception:
@@ -66,7 +74,8 @@ def handle_c_store(event: evt.Event, archive: Archive) -> int | Dataset:
 def _failure(code: int, comment: str) -> Dataset:
     response = Dataset()
     response.Status = code
-    response.ErrorComment = comment[:_ERROR_COMMENT_LENGTH]
+    # LO may not hold a backslash: it would split the comment into several values.
+    response.ErrorComment = comment.replace("\\", "/")[:_ERROR_COMMENT_LENGTH]
     return response
 
 
@@ -107,7 +116,9 @@ class DicomNode:
         self._server = server
         log.info(
             "DICOM node %s listening on %s:%d",
-            self.settings.ae_title, self.settings.host, self.port,
+            self.settings.ae_title,
+            self.settings.host,
+            self.port,
         )
 
     def stop(self) -> None:
@@ -134,5 +145,6 @@ def _build_ae(settings: Settings) -> AE:
     # Only known storage SOP classes: unknown abstract syntaxes are refused at
     # negotiation (UNRESTRICTED_STORAGE_SERVICE stays off).
     for context in AllStoragePresentationContexts:
+        assert context.abstract_syntax is not None
         ae.add_supported_context(context.abstract_syntax, transfer_syntaxes)
     return ae

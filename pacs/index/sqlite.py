@@ -91,9 +91,8 @@ def _create_statements() -> list[str]:
                 if attribute.column in ("patient_id", "issuer_of_patient_id")
                 else ""
             )
-            if attribute.column.endswith("_uid") and level is not Level.PATIENT:
-                if attribute.level is level and attribute.column != "sop_class_uid":
-                    not_null = " NOT NULL"
+            if attribute.column.endswith("_uid"):  # an entity's UIDs are required
+                not_null = " NOT NULL"
             columns.append(f"{attribute.column} {sql_type}{not_null}")
             if attribute.kind is Kind.PERSON_NAME:
                 columns.append(f"{norm_column(attribute)} TEXT")
@@ -107,7 +106,7 @@ def _create_statements() -> list[str]:
 
 
 class _PendingAdd:
-    __slots__ = ("record", "done", "existing", "error")
+    __slots__ = ("done", "error", "existing", "record")
 
     def __init__(self, record: InstanceRecord) -> None:
         self.record = record
