@@ -3,8 +3,9 @@
 Durability: a blob is written to ``.incoming/`` under the root, flushed with
 ``fsync``, renamed into place, and the destination folder is fsynced, so that
 after ``put`` returns the blob survives a power cut and no reader ever sees a
-partial file. Leftovers in ``.incoming/`` (from a crash mid-write) are removed
-when the store is opened.
+partial file. Leftovers in ``.incoming/`` from a process that died mid-write are
+removed when the store is opened; temporary names carry the writer's PID so that
+several processes (the server and ``pacs import``) can share one root.
 """
 
 from __future__ import annotations
@@ -27,11 +28,21 @@ class FilesystemBlobStore:
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root).resolve()
         self._incoming = self.root / _INCOMING
-        # Partial writes from a previous crash were never acknowledged: drop them.
-        shutil.rmtree(self._incoming, ignore_errors=True)
         self._incoming.mkdir(parents=True, exist_ok=True)
+        self._remove_orphaned_temporaries()
         self._known_dirs: set[Path] = set()
         self._dirs_lock = threading.Lock()
+
+    def _remove_orphaned_temporaries(self) -> None:
+        """Partial writes of dead processes were never acknowledged: drop them."""
+        for entry in self._incoming.iterdir():
+            pid_text, _, _ = entry.name.partition("-")
+            if not pid_text.isdigit() or not _process_alive(int(pid_text)):
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    with contextlib.suppress(FileNotFoundError):
+                        entry.unlink()
 
     def _path(self, key: str) -> Path:
         return self.root.joinpath(*validate_key(key).split("/"))
@@ -54,7 +65,7 @@ class FilesystemBlobStore:
 
     def put(self, key: str, chunks: Iterable[bytes]) -> int:
         target = self._path(key)
-        temporary = self._incoming / uuid.uuid4().hex
+        temporary = self._incoming / f"{os.getpid()}-{uuid.uuid4().hex}"
         size = 0
         try:
             # Inside the try: on a full disk the new study folder is what fails first.
@@ -136,6 +147,18 @@ class FilesystemBlobStore:
                 key = (relative / name).as_posix()
                 if key.startswith(prefix):
                     yield key
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # our own leftovers can only come from a previous life of this PID
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _fsync_dir(directory: Path) -> None:

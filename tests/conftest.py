@@ -80,11 +80,18 @@ def start_server(data_dir: Path, *extra: str, env: dict[str, str] | None = None)
     dicom_port, http_port = get_port(), get_port()
     log_path = data_dir.parent / f"{data_dir.name}-server.log"
     command = [
-        sys.executable, "-m", "pacs", "serve",
-        "--data-dir", str(data_dir),
-        "--dicom-port", str(dicom_port),
-        "--http-port", str(http_port),
-        "--log-level", "warning",
+        sys.executable,
+        "-m",
+        "pacs",
+        "serve",
+        "--data-dir",
+        str(data_dir),
+        "--dicom-port",
+        str(dicom_port),
+        "--http-port",
+        str(http_port),
+        "--log-level",
+        "warning",
         *extra,
     ]
     with log_path.open("wb") as log_file:  # the child keeps its own descriptor

@@ -311,7 +311,7 @@ class Archive:
 
 
 def _index_error(exc: Exception) -> StorageError:
-    text = str(exc)
-    if "full" in text.lower() or "disk" in text.lower():
-        return StorageFullError(f"index cannot record the instance: {text}")
-    return StorageError(f"index cannot record the instance: {text}")
+    # SQLite says SQLITE_FULL (13) when the disk or the database is full.
+    if getattr(exc, "sqlite_errorcode", None) == 13:
+        return StorageFullError(f"index cannot record the instance: {exc}")
+    return StorageError(f"index cannot record the instance: {exc}")

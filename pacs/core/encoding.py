@@ -158,6 +158,10 @@ class _Walker:
                         f"value of ({group:04X},{element:04X}) runs {position - end} bytes past"
                         " the end",
                     )
+                if vr == b"SQ":
+                    # Implicit VR cannot tell a sequence from other data without a
+                    # dictionary; explicit VR says so, and its items are checked too.
+                    self.defined_items(value_start, position, depth)
         if depth > 0 and position != end:
             raise self._fail(position, "item overruns its length")
         if top_level and position != end:
@@ -189,6 +193,29 @@ class _Walker:
             else:
                 if position + length > end:
                     raise self._fail(position, "item runs past the end")
+                self.elements(position, position + length, depth + 1)
+                position += length
+
+    def defined_items(self, start: int, end: int, depth: int) -> None:
+        """Walk the items of a sequence whose length is given."""
+        position = start
+        while position < end:
+            if end - position < 8:
+                raise self._fail(position, "truncated sequence item")
+            group, element, length = self.tag_length_le_or_be(position)
+            if group << 16 | element != _ITEM:
+                raise self._fail(position, f"expected an item, found ({group:04X},{element:04X})")
+            position += 8
+            if length == _UNDEFINED:
+                position = self.elements(position, end, depth + 1)
+                if self.view[position - 8 : position].tobytes()[:4] not in (
+                    b"\xfe\xff\x0d\xe0",
+                    b"\xff\xfe\xe0\x0d",
+                ):
+                    raise self._fail(position, "item without delimiter")
+            else:
+                if position + length > end:
+                    raise self._fail(position, "item runs past its sequence")
                 self.elements(position, position + length, depth + 1)
                 position += length
 

@@ -1,0 +1,332 @@
+"""Blob stores: the same contract for the filesystem and the in-memory store."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from storage import (
+    BlobNotFoundError,
+    BlobStore,
+    BlobStoreError,
+    BlobStoreFullError,
+    FilesystemBlobStore,
+    InvalidBlobKeyError,
+    MemoryBlobStore,
+    validate_key,
+)
+
+KEY = "1.2.3/1.2.3.4/1.2.3.4.5.0123456789abcdef.dcm"
+
+
+@pytest.fixture(params=["filesystem", "memory"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> BlobStore:
+    if request.param == "filesystem":
+        return FilesystemBlobStore(tmp_path / "blobs")
+    return MemoryBlobStore()
+
+
+def test_both_follow_the_protocol(store: BlobStore) -> None:
+    assert isinstance(store, BlobStore)
+
+
+def test_put_and_read_back(store: BlobStore) -> None:
+    assert store.put(KEY, [b"head", b"", bytearray(b"-mid-"), memoryview(b"tail")]) == 13
+    assert store.get(KEY) == b"head-mid-tail"
+    assert store.size(KEY) == 13
+    assert store.exists(KEY)
+    assert not store.exists(KEY + ".other")
+
+
+def test_put_from_a_generator(store: BlobStore) -> None:
+    chunks = (bytes([i]) * 1000 for i in range(10))
+    assert store.put("gen/blob", chunks) == 10_000
+    assert store.get("gen/blob") == b"".join(bytes([i]) * 1000 for i in range(10))
+
+
+def test_empty_blob(store: BlobStore) -> None:
+    assert store.put("empty", []) == 0
+    assert store.get("empty") == b""
+    assert store.size("empty") == 0
+    assert store.exists("empty")
+    assert list(store.iter_chunks("empty")) == []
+
+
+def test_get_range(store: BlobStore) -> None:
+    data = bytes(range(256)) * 4
+    store.put(KEY, [data])
+    assert store.get_range(KEY, 0, 10) == data[:10]
+    assert store.get_range(KEY, 500, 24) == data[500:524]
+    assert store.get_range(KEY, 1000, 100) == data[1000:]  # fewer at the end
+    assert store.get_range(KEY, 5000, 10) == b""
+    assert store.get_range(KEY, 7, 0) == b""
+    with pytest.raises(ValueError):
+        store.get_range(KEY, -1, 10)
+    with pytest.raises(ValueError):
+        store.get_range(KEY, 0, -1)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 7, 1024, 1 << 20])
+def test_iter_chunks(store: BlobStore, chunk_size: int) -> None:
+    data = os.urandom(3000)
+    store.put(KEY, [data])
+    chunks = list(store.iter_chunks(KEY, chunk_size))
+    assert b"".join(chunks) == data
+    assert all(0 < len(c) <= chunk_size for c in chunks)
+    assert len(chunks) == -(-len(data) // chunk_size)
+
+
+def test_missing_blob(store: BlobStore) -> None:
+    for read in (
+        lambda: store.get(KEY),
+        lambda: store.get_range(KEY, 0, 1),
+        lambda: list(store.iter_chunks(KEY)),
+        lambda: store.size(KEY),
+    ):
+        with pytest.raises(BlobNotFoundError) as info:
+            read()
+        assert isinstance(info.value, KeyError) and isinstance(info.value, BlobStoreError)
+        assert KEY in str(info.value)
+    assert not store.exists(KEY)
+    store.delete(KEY)  # deleting a missing blob is not an error
+
+
+def test_delete(store: BlobStore) -> None:
+    store.put(KEY, [b"x"])
+    store.put("other/key", [b"y"])
+    store.delete(KEY)
+    assert not store.exists(KEY)
+    with pytest.raises(BlobNotFoundError):
+        store.get(KEY)
+    assert store.get("other/key") == b"y"
+    assert sorted(store.keys()) == ["other/key"]
+
+
+def test_keys_and_prefixes(store: BlobStore) -> None:
+    keys = ["s1/a/1.dcm", "s1/a/2.dcm", "s1/b/3.dcm", "s2/c/4.dcm", "top"]
+    for key in keys:
+        store.put(key, [key.encode()])
+    assert sorted(store.keys()) == keys
+    assert sorted(store.keys("s1/")) == keys[:3]
+    assert sorted(store.keys("s1/a/")) == keys[:2]
+    assert list(store.keys("nothing")) == []
+
+
+def test_put_replaces(store: BlobStore) -> None:
+    store.put(KEY, [b"first version, longer"])
+    assert store.put(KEY, [b"second"]) == 6
+    assert store.get(KEY) == b"second"
+    assert store.size(KEY) == 6
+    assert list(store.keys()) == [KEY]
+
+
+BAD_KEYS = [
+    "",
+    "..",
+    "../x",
+    "a/../../x",
+    "a/./b",
+    "/etc/passwd",
+    "a//b",
+    "a/",
+    ".hidden",
+    ".incoming/x",
+    "a\\b",
+    "a b",
+    "a\x00b",
+    "ünïcode",
+    "x" * 513,
+    "a/" + "b" * 129,
+]
+
+
+@pytest.mark.parametrize("key", BAD_KEYS, ids=range(len(BAD_KEYS)))
+def test_path_trick_keys_are_rejected(store: BlobStore, key: str, tmp_path: Path) -> None:
+    operations = [
+        lambda: store.put(key, [b"x"]),
+        lambda: store.get(key),
+        lambda: store.get_range(key, 0, 1),
+        lambda: list(store.iter_chunks(key)),
+        lambda: store.size(key),
+        lambda: store.exists(key),
+        lambda: store.delete(key),
+    ]
+    for operation in operations:
+        with pytest.raises(InvalidBlobKeyError) as info:
+            operation()
+        assert isinstance(info.value, ValueError) and isinstance(info.value, BlobStoreError)
+    assert list(store.keys()) == []
+    # nothing was written anywhere near the store
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert written == []
+
+
+def test_validate_key_limits() -> None:
+    assert validate_key("a" * 128) == "a" * 128
+    long_key = "/".join(["b" * 127] * 4)
+    assert len(long_key) == 511 and validate_key(long_key) == long_key
+    assert validate_key("1.2.3/x_y-z.dcm") == "1.2.3/x_y-z.dcm"
+    with pytest.raises(InvalidBlobKeyError):
+        validate_key("a" * 129)
+    with pytest.raises(InvalidBlobKeyError):
+        validate_key("/".join(["b" * 128] * 5))
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_no_partial_blob_is_ever_visible(store: BlobStore, tmp_path: Path) -> None:
+    store.put(KEY, [b"old content"])
+    seen = []
+
+    def chunks() -> Iterator[bytes]:
+        yield b"new "
+        # half-way through the write: readers still see the old blob, whole
+        seen.append((store.get(KEY), sorted(store.keys())))
+        yield b"content"
+
+    store.put(KEY, chunks())
+    assert seen == [(b"old content", [KEY])]
+    assert store.get(KEY) == b"new content"
+
+    def failing() -> Iterator[bytes]:
+        yield b"never "
+        seen.append((store.exists("fresh/key"), store.get(KEY)))
+        raise Interrupted
+
+    with pytest.raises(Interrupted):
+        store.put("fresh/key", failing())
+    with pytest.raises(Interrupted):
+        store.put(KEY, failing())
+    assert seen[1:] == [(False, b"new content")] * 2
+    assert not store.exists("fresh/key")
+    assert store.get(KEY) == b"new content"
+    if isinstance(store, FilesystemBlobStore):
+        assert list((store.root / ".incoming").iterdir()) == []  # no half-written leftovers
+        assert not (store.root / "fresh" / "key").exists()
+
+
+def test_concurrent_puts(store: BlobStore) -> None:
+    errors: list[BaseException] = []
+
+    def worker(n: int) -> None:
+        try:
+            for i in range(25):
+                store.put(f"study/series{i % 3}/{n}-{i}", [f"{n}-{i}".encode()])
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    keys = sorted(store.keys())
+    assert len(keys) == 200
+    assert all(store.get(k) == k.rsplit("/", 1)[1].encode() for k in keys)
+
+
+# -- filesystem specifics -----------------------------------------------------------------
+
+
+def test_filesystem_layout(tmp_path: Path) -> None:
+    store = FilesystemBlobStore(tmp_path / "blobs")
+    store.put("a/b/c.dcm", [b"data"])
+    assert (tmp_path / "blobs" / "a" / "b" / "c.dcm").read_bytes() == b"data"
+    # a file that is not a key (hidden bookkeeping) is never listed
+    (tmp_path / "blobs" / "a" / ".tmp").write_bytes(b"")
+    assert list(store.keys()) == ["a/b/c.dcm"]
+
+
+def test_filesystem_store_clears_incoming_on_open(tmp_path: Path) -> None:
+    root = tmp_path / "blobs"
+    store = FilesystemBlobStore(root)
+    store.put(KEY, [b"kept"])
+    # what a crash mid-write leaves behind
+    (root / ".incoming" / "0123abcd").write_bytes(b"half a blob")
+    (root / ".incoming" / "nested").mkdir()
+    (root / ".incoming" / "nested" / "x").write_bytes(b"")
+    reopened = FilesystemBlobStore(root)
+    assert list((root / ".incoming").iterdir()) == []
+    assert reopened.get(KEY) == b"kept"
+    assert list(reopened.keys()) == [KEY]
+
+
+def test_filesystem_store_refuses_a_directory_key(tmp_path: Path) -> None:
+    store = FilesystemBlobStore(tmp_path / "blobs")
+    store.put("a/b", [b"x"])
+    with pytest.raises(BlobStoreError):
+        store.put("a", [b"y"])  # "a" is a folder
+    with pytest.raises(BlobStoreError):
+        store.put("a/b/c", [b"z"])  # "a/b" is a file
+    assert store.get("a/b") == b"x"
+    assert list((tmp_path / "blobs" / ".incoming").iterdir()) == []
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A 64 KiB tmpfs with 64 inodes (needs root; skipped otherwise)."""
+    mount_point = tmp_path / "tiny"
+    mount_point.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k,nr_inodes=64", "tmpfs", str(mount_point)],
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs to fill (needs root): {result.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def test_full_disk_raises_blob_store_full(tiny_tmpfs: Path) -> None:
+    store = FilesystemBlobStore(tiny_tmpfs / "blobs")
+    store.put("study/kept", [b"k" * 1000])
+    with pytest.raises(BlobStoreFullError):
+        store.put("study/too-big", [b"x" * 4096] * 64)  # 256 KiB into 64 KiB
+    assert not store.exists("study/too-big")
+    assert list((tiny_tmpfs / "blobs" / ".incoming").iterdir()) == []  # space given back
+    assert store.get("study/kept") == b"k" * 1000
+    store.put("study/small", [b"fits"])  # and the store still works
+    assert store.get("study/small") == b"fits"
+
+
+def test_no_inode_left_raises_blob_store_full(tiny_tmpfs: Path) -> None:
+    store = FilesystemBlobStore(tiny_tmpfs / "blobs")
+    store.put("existing/one", [b"1"])
+    filler = tiny_tmpfs / "filler"
+    filler.mkdir()
+    with pytest.raises(OSError) as info:
+        for n in range(1000):
+            (filler / str(n)).touch()
+    assert info.value.errno == errno.ENOSPC
+    # a new blob file in an existing folder, and a new folder for a new study
+    with pytest.raises(BlobStoreFullError):
+        store.put("existing/two", [b"2"])
+    with pytest.raises(BlobStoreFullError):
+        store.put("new-study/one", [b"1"])
+    assert sorted(store.keys()) == ["existing/one"]
+
+
+def test_filesystem_store_keeps_temporaries_of_live_writers(tmp_path: Path) -> None:
+    # `pacs import` may open the store while the server writes: a temporary that
+    # belongs to a running process is in flight, not a leftover.
+    root = tmp_path / "blobs"
+    FilesystemBlobStore(root)
+    in_flight = root / ".incoming" / f"{os.getppid()}-abc"
+    orphan = root / ".incoming" / "999999999-def"  # no such process
+    in_flight.write_bytes(b"being written")
+    orphan.write_bytes(b"half a blob")
+    FilesystemBlobStore(root)
+    assert in_flight.exists()
+    assert not orphan.exists()

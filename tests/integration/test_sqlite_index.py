@@ -1,0 +1,295 @@
+"""The SQLite index: rows, counters and study summaries, alone and under concurrency."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import unicodedata
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage
+
+from pacs.index import SqliteIndex
+from pacs.index.base import InstanceRecord
+from pacs.index.schema import Level
+from pacs.types import ArchiveStatistics
+
+SC = "1.2.840.10008.5.1.4.1.1.7"
+
+
+def record(
+    sop: str,
+    study: str = "1.1",
+    series: str = "1.1.1",
+    *,
+    patient: str = "P1",
+    modality: str = "CT",
+    sop_class: str = CTImageStorage,
+    size: int = 100,
+    version: str = "a",
+    **values: Any,
+) -> InstanceRecord:
+    return InstanceRecord(
+        values={
+            "sop_instance_uid": sop,
+            "study_instance_uid": study,
+            "series_instance_uid": series,
+            "patient_id": patient,
+            "sop_class_uid": sop_class,
+            "modality": modality,
+            **values,
+        },
+        blob_key=f"{study}/{series}/{sop}.{version}.dcm",
+        transfer_syntax_uid=ExplicitVRLittleEndian,
+        size=size,
+        content_hash=f"hash-{sop}-{version}",
+        pixel_data_offset=None,
+        pixel_data_length=None,
+        source_ae_title="TEST",
+        stored_at="2024-01-01T00:00:00.000+00:00",
+    )
+
+
+@pytest.fixture(params=["memory", "file"])
+def index(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SqliteIndex]:
+    path = ":memory:" if request.param == "memory" else tmp_path / "index.sqlite"
+    idx = SqliteIndex(path)
+    yield idx
+    idx.close()
+
+
+def study_row(index: SqliteIndex, study: str) -> dict[str, Any]:
+    row = index.entity(Level.STUDY, study)
+    assert row is not None, f"no study {study}"
+    return row
+
+
+def test_counts_and_summaries_after_adds(index: SqliteIndex) -> None:
+    assert index.add_instance(record("1", series="s1", modality="CT")) is None
+    assert index.add_instance(record("2", series="s1", modality="CT")) is None
+    assert (
+        index.add_instance(record("3", series="s2", modality="MR", sop_class=MRImageStorage))
+        is None
+    )
+    assert index.add_instance(record("4", series="s3", modality="", sop_class=SC)) is None
+    assert index.add_instance(record("5", study="2.2", series="s4", modality="CT", size=7)) is None
+
+    assert index.statistics() == ArchiveStatistics(
+        patients=1, studies=2, series=4, instances=5, stored_bytes=407
+    )
+    study = study_row(index, "1.1")
+    assert study["number_of_study_related_series"] == 3
+    assert study["number_of_study_related_instances"] == 4
+    assert study["modalities_in_study"] == "CT\\MR"  # sorted, no empty modality
+    assert study["sop_classes_in_study"] == "\\".join(sorted([CTImageStorage, MRImageStorage, SC]))
+    other = study_row(index, "2.2")
+    assert other["modalities_in_study"] == "CT"
+    assert other["sop_classes_in_study"] == CTImageStorage
+
+    series = index.entity(Level.SERIES, "s1")
+    assert series is not None and series["number_of_series_related_instances"] == 2
+    patient = index.entity(Level.PATIENT, "P1")
+    assert patient is not None
+    assert patient["number_of_patient_related_studies"] == 2
+    assert patient["number_of_patient_related_series"] == 4
+    assert patient["number_of_patient_related_instances"] == 5
+
+    instance = index.entity(Level.IMAGE, "3")
+    assert instance is not None and instance["sop_class_uid"] == MRImageStorage
+    assert index.entity(Level.STUDY, "9.9") is None
+
+
+def test_counts_and_summaries_after_removes(index: SqliteIndex) -> None:
+    for sop, series, modality, sop_class in [
+        ("1", "s1", "CT", CTImageStorage),
+        ("2", "s1", "CT", CTImageStorage),
+        ("3", "s2", "MR", MRImageStorage),
+    ]:
+        index.add_instance(record(sop, series=series, modality=modality, sop_class=sop_class))
+
+    removed = index.remove_instance("3")
+    assert removed is not None and removed.sop_instance_uid == "3"
+    assert removed.blob_key == "1.1/s2/3.a.dcm"
+    study = study_row(index, "1.1")
+    assert study["number_of_study_related_series"] == 1
+    assert study["number_of_study_related_instances"] == 2
+    assert study["modalities_in_study"] == "CT"
+    assert study["sop_classes_in_study"] == CTImageStorage
+    assert index.entity(Level.SERIES, "s2") is None
+
+    index.remove_instance("1")
+    assert study_row(index, "1.1")["number_of_study_related_instances"] == 1
+    assert index.remove_instance("1") is None  # already gone
+    index.remove_instance("2")
+    assert index.entity(Level.STUDY, "1.1") is None
+    assert index.entity(Level.PATIENT, "P1") is None
+    assert index.statistics() == ArchiveStatistics(0, 0, 0, 0, 0)
+
+
+def test_duplicate_add_returns_the_stored_instance_and_changes_nothing(index: SqliteIndex) -> None:
+    index.add_instance(record("1"))
+    existing = index.add_instance(record("1", version="b", size=999))
+    assert existing is not None
+    assert (existing.blob_key, existing.content_hash, existing.size) == (
+        "1.1/1.1.1/1.a.dcm",
+        "hash-1-a",
+        100,
+    )
+    assert existing.study_instance_uid == "1.1" and existing.series_instance_uid == "1.1.1"
+    assert index.statistics().instances == 1
+    assert study_row(index, "1.1")["number_of_study_related_instances"] == 1
+    found = index.find_instance("1")
+    assert found == existing
+    assert index.find_instance("2") is None
+
+
+def test_replace_instance(index: SqliteIndex) -> None:
+    index.add_instance(record("1", series="s1"))
+    index.add_instance(record("2", series="s1"))
+    old = index.replace_instance(record("1", series="s1", version="b", size=50))
+    assert old is not None and old.blob_key == "1.1/s1/1.a.dcm"
+    now = index.find_instance("1")
+    assert now is not None and (now.blob_key, now.content_hash, now.size) == (
+        "1.1/s1/1.b.dcm",
+        "hash-1-b",
+        50,
+    )
+    assert index.statistics() == ArchiveStatistics(1, 1, 1, 2, 150)
+    assert study_row(index, "1.1")["number_of_study_related_instances"] == 2
+
+    # a new copy that moved to another series (corrected by the modality)
+    index.replace_instance(record("2", series="s2", modality="MR", sop_class=MRImageStorage))
+    study = study_row(index, "1.1")
+    assert study["number_of_study_related_series"] == 2
+    assert study["modalities_in_study"] == "CT\\MR"
+    assert index.entity(Level.SERIES, "s1")["number_of_series_related_instances"] == 1  # type: ignore[index]
+
+    assert index.replace_instance(record("3", series="s1")) is None  # nothing to replace: added
+    assert index.statistics().instances == 3
+
+
+def test_study_stays_with_the_patient_of_its_first_instance(index: SqliteIndex) -> None:
+    index.add_instance(record("1", patient="P1"))
+    # same study, other demographics: the instance joins P1's study
+    index.add_instance(record("2", patient="P2"))
+    assert index.statistics().patients == 1
+    assert index.entity(Level.PATIENT, "P2") is None
+    patient = index.entity(Level.PATIENT, "P1")
+    assert patient is not None and patient["number_of_patient_related_instances"] == 2
+    index.remove_instance("1")
+    index.remove_instance("2")
+    assert index.statistics() == ArchiveStatistics(0, 0, 0, 0, 0)
+
+
+def test_patients_are_told_apart_by_issuer(index: SqliteIndex) -> None:
+    index.add_instance(record("1", study="1", patient="123", issuer_of_patient_id="HOSP-A"))
+    index.add_instance(record("2", study="2", patient="123", issuer_of_patient_id="HOSP-B"))
+    index.add_instance(record("3", study="3", patient="123", issuer_of_patient_id="HOSP-A"))
+    assert index.statistics().patients == 2
+
+
+def test_person_names_are_normalised(index: SqliteIndex) -> None:
+    decomposed = unicodedata.normalize("NFD", "NGUYỄN^Văn An")
+    index.add_instance(record("1", patient_name=decomposed, referring_physician_name="DR^WHO"))
+    patient = index.entity(Level.PATIENT, "P1")
+    assert patient is not None
+    assert patient["patient_name"] == decomposed  # kept as received
+    assert patient["patient_name_norm"] == "nguyễn^văn an"
+    assert patient["patient_name_norm"] == unicodedata.normalize(
+        "NFC", patient["patient_name_norm"]
+    )
+    assert study_row(index, "1.1")["referring_physician_name_norm"] == "dr^who"
+
+
+def test_concurrent_adds_lose_no_counts(tmp_path: Path) -> None:
+    index = SqliteIndex(tmp_path / "index.sqlite")
+    threads_n, per_thread = 8, 40
+    errors: list[BaseException] = []
+    results: dict[str, list[object]] = {}
+    lock = threading.Lock()
+    start = threading.Barrier(threads_n)
+
+    def worker(t: int) -> None:
+        try:
+            start.wait(timeout=30)
+            for i in range(per_thread):
+                n = t * per_thread + i
+                # every thread also re-adds the previous thread's UIDs: races on purpose
+                for sop in (f"{n}", f"{(n + per_thread) % (threads_n * per_thread)}"):
+                    outcome = index.add_instance(
+                        record(
+                            sop,
+                            study=f"st{int(sop) % 2}",
+                            series=f"se{int(sop) % 4}",
+                            patient=f"P{int(sop) % 2}",
+                        )
+                    )
+                    with lock:
+                        results.setdefault(sop, []).append(outcome)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(threads_n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    try:
+        assert errors == []
+        total = threads_n * per_thread
+        assert len(results) == total
+        # each UID inserted exactly once; the other add saw it as already stored
+        for sop, outcomes in results.items():
+            assert len(outcomes) == 2
+            assert sum(o is None for o in outcomes) == 1, sop
+        assert index.statistics() == ArchiveStatistics(2, 2, 4, total, total * 100)
+        for study in ("st0", "st1"):
+            row = study_row(index, study)
+            assert row["number_of_study_related_instances"] == total // 2
+            assert row["number_of_study_related_series"] == 2
+        for series in ("se0", "se1", "se2", "se3"):
+            row = index.entity(Level.SERIES, series)
+            assert row is not None and row["number_of_series_related_instances"] == total // 4
+        for patient in ("P0", "P1"):
+            row = index.entity(Level.PATIENT, patient)
+            assert row is not None
+            assert row["number_of_patient_related_instances"] == total // 2
+            assert row["number_of_patient_related_studies"] == 1
+            assert row["number_of_patient_related_series"] == 2
+    finally:
+        index.close()
+
+    # what was committed is on disk: a fresh connection sees the same
+    with sqlite3.connect(tmp_path / "index.sqlite") as db:
+        assert db.execute("SELECT count(*) FROM instances").fetchone()[0] == total
+        assert (
+            db.execute("SELECT sum(number_of_study_related_instances) FROM studies").fetchone()[0]
+            == total
+        )
+    db.close()
+
+
+def test_index_survives_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "index.sqlite"
+    first = SqliteIndex(path)
+    first.add_instance(record("1"))
+    first.close()
+    second = SqliteIndex(path)
+    try:
+        assert second.find_instance("1") is not None
+        assert second.statistics().instances == 1
+    finally:
+        second.close()
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "index.sqlite"
+    SqliteIndex(path).close()
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA user_version=99")
+    db.close()
+    with pytest.raises(RuntimeError, match="newer"):
+        SqliteIndex(path)

@@ -1,0 +1,439 @@
+"""The archive core over the in-memory index and blob store."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from pydicom.uid import (
+    CTImageStorage,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    MRImageStorage,
+)
+from pynetdicom.dsutils import split_dataset
+
+from pacs.core import Archive
+from pacs.core.archive import DuplicatePolicy
+from pacs.core.encoding import file_meta_bytes, split_part10
+from pacs.errors import (
+    ConflictError,
+    DatasetMismatchError,
+    InvalidDatasetError,
+    NotFoundError,
+    StorageError,
+    StorageFullError,
+)
+from pacs.index import SqliteIndex
+from pacs.index.base import InstanceRecord, StoredInstance
+from pacs.index.schema import Level
+from pacs.types import Caller, StoreOutcome
+from storage import BlobStoreError, BlobStoreFullError, MemoryBlobStore
+from tests.conftest import PYDICOM_TEST_FILES, bundled_dicom_files
+from tests.dicom_factory import encode, make_ct, well_formed
+
+CALLER = Caller(ae_title="MODALITY", address="10.0.0.9")
+REQUIRED = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
+
+
+def archive_with(policy: DuplicatePolicy, index: Any = None, blobs: Any = None) -> Archive:
+    return Archive(
+        index if index is not None else SqliteIndex(":memory:"),
+        blobs if blobs is not None else MemoryBlobStore(),
+        duplicate_policy=policy,
+    )
+
+
+def blob_keys(archive: Archive) -> list[str]:
+    return sorted(archive.blobs.keys())
+
+
+def stored_data_set(archive: Archive, sop_instance_uid: str) -> bytes:
+    blob = archive.read_instance(sop_instance_uid)
+    _, offset = split_part10(blob)
+    return blob[offset:]
+
+
+# -- Part 10 files -------------------------------------------------------------------
+
+
+def part10_expectation(path: Path) -> tuple[str, bytes, str | None]:
+    """('ok'|'invalid', data set bytes, SOP Instance UID) as ingest_part10 should see it."""
+    data = path.read_bytes()
+    if data[128:132] != b"DICM":
+        raw, ts = data, ImplicitVRLittleEndian  # pre-Part-10: implicit VR by definition
+    else:
+        meta, offset = split_dataset(path)
+        raw, ts = data[offset:], meta.get("TransferSyntaxUID")
+        if not ts:
+            return "invalid", raw, None
+    if not well_formed(raw, ts):
+        return "invalid", raw, None
+    ds = pydicom.dcmread(path, force=True)
+    if any(not str(ds.get(k) or "") for k in REQUIRED):
+        return "invalid", raw, None
+    return "ok", raw, str(ds.SOPInstanceUID)
+
+
+def test_ingest_part10_of_every_bundled_file(memory_archive: Archive) -> None:
+    first: dict[str, bytes] = {}
+    outcomes: dict[StoreOutcome, int] = {}
+    for path in bundled_dicom_files():
+        expected, raw, sop = part10_expectation(path)
+        if expected == "invalid":
+            with pytest.raises(InvalidDatasetError):
+                memory_archive.ingest_part10(path.read_bytes(), CALLER)
+            continue
+        result = memory_archive.ingest_part10(path.read_bytes(), CALLER)
+        outcomes[result.outcome] = outcomes.get(result.outcome, 0) + 1
+        assert result.sop_instance_uid == sop
+        if sop not in first:
+            assert result.outcome is StoreOutcome.STORED, path.name
+            first[sop] = raw
+        elif hashlib.sha256(raw).digest() == hashlib.sha256(first[sop]).digest():
+            assert result.outcome is StoreOutcome.DUPLICATE, path.name
+        else:
+            assert result.outcome is StoreOutcome.KEPT_EXISTING, path.name
+    assert set(outcomes) == {
+        StoreOutcome.STORED,
+        StoreOutcome.DUPLICATE,
+        StoreOutcome.KEPT_EXISTING,
+    }
+    assert memory_archive.statistics().instances == len(first)
+    assert len(blob_keys(memory_archive)) == len(first)
+    for sop, raw in first.items():
+        assert stored_data_set(memory_archive, sop) == raw
+
+
+def test_bare_data_sets_are_implicit_vr(memory_archive: Archive) -> None:
+    result = memory_archive.ingest_part10(
+        (PYDICOM_TEST_FILES / "rtstruct.dcm").read_bytes(), CALLER
+    )
+    assert result.outcome is StoreOutcome.STORED
+    assert result.transfer_syntax_uid == ImplicitVRLittleEndian
+    with pytest.raises(InvalidDatasetError):
+        memory_archive.ingest_part10(
+            (PYDICOM_TEST_FILES / "ExplVR_LitEndNoMeta.dcm").read_bytes(), CALLER
+        )
+
+
+def test_part10_source_ae_title_is_used_when_the_caller_has_none(memory_archive: Archive) -> None:
+    ds = make_ct("archive", 1, 1)
+    data = file_meta_bytes(
+        CTImageStorage, ds.SOPInstanceUID, ExplicitVRLittleEndian, "OLDPACS"
+    ) + encode(ds)
+    memory_archive.ingest_part10(data, Caller(address="import"))
+    assert memory_archive.entity(Level.IMAGE, ds.SOPInstanceUID)["source_ae_title"] == "OLDPACS"
+    other = make_ct("archive", 1, 2)
+    data = file_meta_bytes(
+        CTImageStorage, other.SOPInstanceUID, ExplicitVRLittleEndian, "OLDPACS"
+    ) + encode(other)
+    memory_archive.ingest_part10(data, CALLER)  # a caller with an AE title keeps it
+    assert memory_archive.entity(Level.IMAGE, other.SOPInstanceUID)["source_ae_title"] == "MODALITY"
+
+
+def test_part10_meta_without_transfer_syntax(memory_archive: Archive) -> None:
+    with pytest.raises(InvalidDatasetError, match="Transfer Syntax"):
+        memory_archive.ingest_part10(
+            (PYDICOM_TEST_FILES / "meta_missing_tsyntax.dcm").read_bytes(), CALLER
+        )
+
+
+# -- what is stored -----------------------------------------------------------------------
+
+
+def test_stored_blob_is_meta_plus_the_bytes_received(memory_archive: Archive) -> None:
+    ds = make_ct("archive", 1, 1, size=16)
+    raw = encode(ds, ImplicitVRLittleEndian)
+    result = memory_archive.ingest(raw, ImplicitVRLittleEndian, CALLER)
+    assert result.outcome is StoreOutcome.STORED
+    blob = memory_archive.read_instance(ds.SOPInstanceUID)
+    assert blob.endswith(raw)
+    assert b"".join(memory_archive.iter_instance(ds.SOPInstanceUID, 100)) == blob
+    parsed = pydicom.dcmread(pydicom.filebase.DicomBytesIO(blob))
+    assert parsed.file_meta.TransferSyntaxUID == ImplicitVRLittleEndian
+    assert parsed.file_meta.SourceApplicationEntityTitle == "MODALITY"
+    row = memory_archive.entity(Level.IMAGE, ds.SOPInstanceUID)
+    assert row["size"] == len(blob) == result.size
+    assert row["content_hash"] == hashlib.sha256(raw).hexdigest()
+    offset, length = row["pixel_data_offset"], row["pixel_data_length"]
+    assert length == 16 * 16 * 2
+    assert blob[offset : offset + length] == ds.PixelData
+    study = memory_archive.entity(Level.STUDY, ds.StudyInstanceUID)
+    assert study["number_of_study_related_instances"] == 1
+    assert study["modalities_in_study"] == "CT"
+
+
+def test_deflated_data_set_is_stored_deflated(memory_archive: Archive) -> None:
+    ds = make_ct("archive", 1, 1)
+    raw = encode(ds, DeflatedExplicitVRLittleEndian)
+    memory_archive.ingest(raw, DeflatedExplicitVRLittleEndian, CALLER)
+    assert stored_data_set(memory_archive, ds.SOPInstanceUID) == raw
+    row = memory_archive.entity(Level.IMAGE, ds.SOPInstanceUID)
+    assert row["pixel_data_offset"] is None and row["pixel_data_length"] is None
+
+
+def test_ingest_dataset(memory_archive: Archive) -> None:
+    ds = make_ct("archive", 1, 1)
+    result = memory_archive.ingest_dataset(ds, CALLER)
+    assert result.outcome is StoreOutcome.STORED
+    assert stored_data_set(memory_archive, ds.SOPInstanceUID) == encode(ds)
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    with pytest.raises(InvalidDatasetError, match="deflated"):
+        memory_archive.ingest_dataset(ds, CALLER)
+
+
+def test_request_mismatch_is_refused_before_anything_is_written(memory_archive: Archive) -> None:
+    ds = make_ct("archive", 1, 1)
+    with pytest.raises(DatasetMismatchError):
+        memory_archive.ingest(
+            encode(ds), ExplicitVRLittleEndian, CALLER, sop_class_uid=MRImageStorage
+        )
+    with pytest.raises(DatasetMismatchError):
+        memory_archive.ingest(
+            encode(ds),
+            ExplicitVRLittleEndian,
+            CALLER,
+            sop_class_uid=CTImageStorage,
+            sop_instance_uid=ds.SOPInstanceUID + ".1",
+        )
+    memory_archive.ingest(
+        encode(ds),
+        ExplicitVRLittleEndian,
+        CALLER,
+        sop_class_uid=CTImageStorage,
+        sop_instance_uid=ds.SOPInstanceUID,
+    )
+    assert len(blob_keys(memory_archive)) == 1
+
+
+def test_truncated_data_set_is_refused(memory_archive: Archive) -> None:
+    raw = encode(make_ct("archive", 1, 1))
+    with pytest.raises(InvalidDatasetError, match="past the end"):
+        memory_archive.ingest(raw[:-10], ExplicitVRLittleEndian, CALLER)
+    assert blob_keys(memory_archive) == []
+    assert memory_archive.statistics().instances == 0
+
+
+def test_unknown_instances(memory_archive: Archive) -> None:
+    with pytest.raises(NotFoundError):
+        memory_archive.read_instance("1.2.3")
+    with pytest.raises(NotFoundError):
+        memory_archive.iter_instance("1.2.3")
+    with pytest.raises(NotFoundError):
+        memory_archive.instance("1.2.3")
+    with pytest.raises(NotFoundError):
+        memory_archive.entity(Level.STUDY, "1.2.3")
+
+
+def test_missing_blob_is_a_storage_error(memory_archive: Archive) -> None:
+    ds = make_ct("archive", 1, 1)
+    memory_archive.ingest_dataset(ds, CALLER)
+    memory_archive.blobs.delete(blob_keys(memory_archive)[0])
+    with pytest.raises(StorageError, match="missing"):
+        memory_archive.read_instance(ds.SOPInstanceUID)
+
+
+# -- duplicate policies ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("policy", list(DuplicatePolicy))
+def test_identical_copy_is_always_a_duplicate(policy: DuplicatePolicy) -> None:
+    archive = archive_with(policy)
+    ds = make_ct("dup", 1, 1)
+    assert archive.ingest_dataset(ds, CALLER).outcome is StoreOutcome.STORED
+    keys = blob_keys(archive)
+    assert archive.ingest_dataset(ds, CALLER).outcome is StoreOutcome.DUPLICATE
+    assert blob_keys(archive) == keys
+    assert archive.statistics().instances == 1
+
+
+def test_keep_policy() -> None:
+    archive = archive_with(DuplicatePolicy.KEEP)
+    first, second = make_ct("dup", 1, 1), make_ct("dup", 1, 1, variant=1)
+    archive.ingest_dataset(first, CALLER)
+    result = archive.ingest_dataset(second, CALLER)
+    assert result.outcome is StoreOutcome.KEPT_EXISTING
+    assert len(blob_keys(archive)) == 1
+    assert stored_data_set(archive, first.SOPInstanceUID) == encode(first)
+
+
+def test_replace_policy() -> None:
+    archive = archive_with(DuplicatePolicy.REPLACE)
+    first, second = make_ct("dup", 1, 1), make_ct("dup", 1, 1, variant=1)
+    archive.ingest_dataset(first, CALLER)
+    old_keys = blob_keys(archive)
+    result = archive.ingest_dataset(second, CALLER)
+    assert result.outcome is StoreOutcome.REPLACED
+    assert len(blob_keys(archive)) == 1 and blob_keys(archive) != old_keys
+    assert stored_data_set(archive, first.SOPInstanceUID) == encode(second)
+    assert archive.statistics().instances == 1
+    assert (
+        archive.entity(Level.STUDY, first.StudyInstanceUID)["number_of_study_related_instances"]
+        == 1
+    )
+
+
+def test_reject_policy() -> None:
+    archive = archive_with(DuplicatePolicy.REJECT)
+    first, second = make_ct("dup", 1, 1), make_ct("dup", 1, 1, variant=1)
+    archive.ingest_dataset(first, CALLER)
+    keys = blob_keys(archive)
+    with pytest.raises(ConflictError, match=first.SOPInstanceUID):
+        archive.ingest_dataset(second, CALLER)
+    assert blob_keys(archive) == keys
+    assert stored_data_set(archive, first.SOPInstanceUID) == encode(first)
+
+
+# -- failures roll back ------------------------------------------------------------------------
+
+
+class FailingIndex:
+    """A real SqliteIndex whose chosen write method raises (a fake, not a mock)."""
+
+    def __init__(self, error: Exception, method: str = "add_instance") -> None:
+        self.inner = SqliteIndex(":memory:")
+        self.error = error
+        self.method = method
+        self.calls = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def add_instance(self, record: InstanceRecord) -> StoredInstance | None:
+        return self._maybe_fail("add_instance", record)
+
+    def replace_instance(self, record: InstanceRecord) -> StoredInstance | None:
+        return self._maybe_fail("replace_instance", record)
+
+    def _maybe_fail(self, method: str, record: InstanceRecord) -> StoredInstance | None:
+        if method == self.method:
+            self.calls += 1
+            raise self.error
+        result: StoredInstance | None = getattr(self.inner, method)(record)
+        return result
+
+
+def _sqlite_error(message: str, code: int) -> sqlite3.OperationalError:
+    """An error as SQLite raises it, with its result code (which the archive reads)."""
+    error = sqlite3.OperationalError(message)
+    error.sqlite_errorcode = code
+    return error
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (_sqlite_error("database or disk is full", sqlite3.SQLITE_FULL), StorageFullError),
+        (_sqlite_error("disk I/O error", sqlite3.SQLITE_IOERR), StorageError),
+        (sqlite3.OperationalError("database is locked"), StorageError),
+        (RuntimeError("index exploded"), StorageError),
+        (StorageError("already translated"), StorageError),
+    ],
+)
+def test_index_failure_removes_the_blob(error: Exception, expected: type[Exception]) -> None:
+    index = FailingIndex(error)
+    archive = archive_with(DuplicatePolicy.KEEP, index=index)
+    ds = make_ct("rollback", 1, 1)
+    with pytest.raises(expected) as info:
+        archive.ingest_dataset(ds, CALLER)
+    if expected is StorageError:
+        assert not isinstance(info.value, StorageFullError)
+    assert index.calls == 1
+    assert blob_keys(archive) == []  # the blob was written, then removed
+    assert index.inner.statistics().instances == 0
+
+
+def test_failed_replace_keeps_the_old_copy() -> None:
+    index = FailingIndex(sqlite3.OperationalError("database is locked"), method="replace_instance")
+    archive = archive_with(DuplicatePolicy.REPLACE, index=index)
+    first, second = make_ct("rollback", 1, 1), make_ct("rollback", 1, 1, variant=1)
+    archive.ingest_dataset(first, CALLER)
+    keys = blob_keys(archive)
+    with pytest.raises(StorageError):
+        archive.ingest_dataset(second, CALLER)
+    assert blob_keys(archive) == keys
+    assert stored_data_set(archive, first.SOPInstanceUID) == encode(first)
+
+
+class FailingBlobs(MemoryBlobStore):
+    def __init__(self, error: Exception) -> None:
+        super().__init__()
+        self.error = error
+
+    def put(self, key: str, chunks: Iterable[bytes]) -> int:
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [(BlobStoreFullError("full"), StorageFullError), (BlobStoreError("io"), StorageError)],
+)
+def test_blob_store_failure(error: Exception, expected: type[Exception]) -> None:
+    archive = archive_with(DuplicatePolicy.KEEP, blobs=FailingBlobs(error))
+    with pytest.raises(expected):
+        archive.ingest_dataset(make_ct("rollback", 1, 1), CALLER)
+    assert archive.statistics().instances == 0
+
+
+class RacingIndex:
+    """An index where another association stores the same UID between the
+    archive's lookup and its insert: the first lookup misses, the insert finds it."""
+
+    def __init__(self, already_stored: bytes, archive_for_setup: Archive) -> None:
+        self.inner = archive_for_setup.index
+        self.raced = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def find_instance(self, sop_instance_uid: str) -> StoredInstance | None:
+        if not self.raced:
+            self.raced = True
+            return None
+        return self.inner.find_instance(sop_instance_uid)  # type: ignore[no-any-return]
+
+
+def racing_archive(policy: DuplicatePolicy, first: bytes) -> Archive:
+    setup = archive_with(DuplicatePolicy.KEEP)
+    setup.ingest(first, ExplicitVRLittleEndian, Caller(ae_title="OTHER"))
+    return Archive(RacingIndex(first, setup), setup.blobs, duplicate_policy=policy)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("policy", "outcome"),
+    [
+        (DuplicatePolicy.KEEP, StoreOutcome.KEPT_EXISTING),
+        (DuplicatePolicy.REPLACE, StoreOutcome.REPLACED),
+    ],
+)
+def test_concurrent_copy_follows_the_policy(policy: DuplicatePolicy, outcome: StoreOutcome) -> None:
+    first, second = encode(make_ct("race", 1, 1)), encode(make_ct("race", 1, 1, variant=1))
+    archive = racing_archive(policy, first)
+    sop = make_ct("race", 1, 1).SOPInstanceUID
+    assert archive.ingest(second, ExplicitVRLittleEndian, CALLER).outcome is outcome
+    assert len(blob_keys(archive)) == 1
+    kept = first if policy is DuplicatePolicy.KEEP else second
+    assert stored_data_set(archive, sop) == kept
+
+
+def test_concurrent_identical_copy_is_a_duplicate() -> None:
+    first = encode(make_ct("race", 1, 1))
+    archive = racing_archive(DuplicatePolicy.REJECT, first)
+    assert archive.ingest(first, ExplicitVRLittleEndian, CALLER).outcome is StoreOutcome.DUPLICATE
+    assert len(blob_keys(archive)) == 1
+
+
+def test_concurrent_different_copy_under_reject_is_a_conflict() -> None:
+    first, second = encode(make_ct("race", 1, 1)), encode(make_ct("race", 1, 1, variant=1))
+    archive = racing_archive(DuplicatePolicy.REJECT, first)
+    with pytest.raises(ConflictError):
+        archive.ingest(second, ExplicitVRLittleEndian, CALLER)
+    assert len(blob_keys(archive)) == 1
+    assert stored_data_set(archive, make_ct("race", 1, 1).SOPInstanceUID) == first

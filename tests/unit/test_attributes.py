@@ -1,0 +1,196 @@
+"""pacs.core.attributes: UID validation and the values the index keeps."""
+
+from __future__ import annotations
+
+import struct
+from io import BytesIO
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.sequence import Sequence
+from pydicom.uid import CTImageStorage, MRImageStorage
+
+from pacs.core.attributes import check_request, check_uid, index_values, required_uids
+from pacs.errors import DatasetMismatchError, InvalidDatasetError
+from tests.dicom_factory import encode, lenient_values, make_ct
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "1.2.840.10008.5.1.4.1.1.2",
+        "2.25.329800735698586629295641978511506172918",
+        "0",
+        "1.2.3",
+        "1.2.03.4",  # leading zero in a component: tolerated, as Orthanc does
+        "1.02",
+        "1." + "2" * 62,  # exactly 64 characters
+    ],
+)
+def test_valid_uids(value: str) -> None:
+    assert check_uid("SOPInstanceUID", value) == value
+
+
+def test_uid_padding_is_stripped() -> None:
+    assert check_uid("SOPInstanceUID", "1.2.3\x00") == "1.2.3"
+    assert check_uid("SOPInstanceUID", "1.2.3 ") == "1.2.3"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "1." + "2" * 63,  # 65 characters
+        "1.2.840.abc",
+        "1.2.3a",
+        "A.B",
+        "../../x",
+        "1.2.3/../../etc",
+        "1.2/3",
+        "/1.2.3",
+        "..",
+        ".1.2",
+        "1.2.",
+        "1..2",
+        "1.2 .3",
+        "1.2.3\n",
+        "1,2,3",
+        "-1.2",
+        "\u0661.\u0662",  # Arabic-Indic digits are digits to str.isdigit, not to DICOM
+        "1.2.3\\1.2.4",  # a multi-value in one string
+    ],
+)
+def test_invalid_uids(value: str) -> None:
+    with pytest.raises(InvalidDatasetError, match="is not a valid UID"):
+        check_uid("SOPInstanceUID", value)
+
+
+@pytest.mark.parametrize("value", [None, "", "   "])
+def test_missing_uids(value: str | None) -> None:
+    with pytest.raises(InvalidDatasetError, match="SOPInstanceUID is missing"):
+        check_uid("SOPInstanceUID", value)
+
+
+def test_multi_valued_uid_is_rejected() -> None:
+    with pytest.raises(InvalidDatasetError, match="several values"):
+        check_uid("SeriesInstanceUID", MultiValue(str, ["1.2.3", "1.2.4"]))
+
+
+def test_error_message_is_bounded() -> None:
+    with pytest.raises(InvalidDatasetError) as info:
+        check_uid("SOPInstanceUID", "x" * 10_000)
+    assert len(str(info.value)) < 200
+
+
+def test_required_uids_of_a_complete_data_set() -> None:
+    ds = make_ct("attrs", 1, 1)
+    assert required_uids(ds) == {
+        "StudyInstanceUID": ds.StudyInstanceUID,
+        "SeriesInstanceUID": ds.SeriesInstanceUID,
+        "SOPInstanceUID": ds.SOPInstanceUID,
+        "SOPClassUID": CTImageStorage,
+    }
+
+
+@pytest.mark.parametrize(
+    "keyword", ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"]
+)
+def test_required_uids_names_the_missing_one(keyword: str) -> None:
+    ds = make_ct("attrs", 1, 1)
+    delattr(ds, keyword)
+    with pytest.raises(InvalidDatasetError, match=f"{keyword} is missing"):
+        required_uids(ds)
+
+
+def test_required_uids_refuses_a_multi_valued_uid_in_a_data_set() -> None:
+    ds = make_ct("attrs", 1, 1)
+    ds.StudyInstanceUID = ["1.2.3", "1.2.4"]
+    with pytest.raises(InvalidDatasetError, match="StudyInstanceUID has several values"):
+        required_uids(ds)
+
+
+def test_required_uids_refuses_path_tricks_in_a_data_set() -> None:
+    ds = make_ct("attrs", 1, 1)
+    with lenient_values():
+        ds.SeriesInstanceUID = "1.2.3/../../etc"
+    with pytest.raises(InvalidDatasetError, match="SeriesInstanceUID"):
+        required_uids(ds)
+
+
+def test_check_request() -> None:
+    ds = make_ct("attrs", 1, 1)
+    uids = required_uids(ds)
+    check_request(uids, CTImageStorage, ds.SOPInstanceUID)
+    check_request(uids, None, None)  # nothing announced: nothing to compare
+    with pytest.raises(DatasetMismatchError, match="SOP Class UID"):
+        check_request(uids, MRImageStorage, ds.SOPInstanceUID)
+    with pytest.raises(DatasetMismatchError, match="SOP Instance UID"):
+        check_request(uids, CTImageStorage, ds.SOPInstanceUID + ".9")
+    assert issubclass(DatasetMismatchError, InvalidDatasetError)
+
+
+def test_index_values_decodes_utf8_person_names() -> None:
+    ds = make_ct("attrs", 1, 1, patient_name="Nguyễn^Văn An")
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.ReferringPhysicianName = "Trần^Thị Bích"
+    values = index_values(ds)
+    assert values["patient_name"] == "Nguyễn^Văn An"
+    assert values["referring_physician_name"] == "Trần^Thị Bích"
+
+
+def test_index_values_from_encoded_bytes() -> None:
+    # The archive parses received bytes: decode them through pydicom as it does.
+    ds = make_ct("attrs", 1, 1, patient_name="Ελληνικά^Όνομα")
+    ds.SpecificCharacterSet = "ISO_IR 126"
+    read = pydicom.dcmread(BytesIO(encode(ds)), force=True)
+    assert index_values(read)["patient_name"] == "Ελληνικά^Όνομα"
+
+
+def test_index_values_types_and_multi_values() -> None:
+    ds = make_ct("attrs", 3, 7)
+    values = index_values(ds)
+    assert values["sop_instance_uid"] == ds.SOPInstanceUID
+    assert values["study_instance_uid"] == ds.StudyInstanceUID
+    assert values["modality"] == "CT"
+    assert values["instance_number"] == 7 and isinstance(values["instance_number"], int)
+    assert values["series_number"] == 3
+    assert values["rows"] == 8 and values["bits_allocated"] == 16
+    assert values["image_type"] == "ORIGINAL\\PRIMARY\\AXIAL"
+    assert values["patient_id"] == "PAT-1"
+    assert "study_description" not in values  # absent attributes are absent
+
+
+def test_index_values_skips_empty_and_unparseable_integers() -> None:
+    # Real-world data sets carry an IS of '1A'; pydicom cannot even build one,
+    # so splice the element into the encoded bytes and read them back.
+    ds = make_ct("attrs", 1, 1)
+    ds.StudyDescription = ""
+    raw = encode(ds)
+    bad_is = struct.pack("<HH2sH", 0x0020, 0x0012, b"IS", 2) + b"1A"  # AcquisitionNumber
+    at = raw.index(b"\x20\x00\x13\x00")  # before InstanceNumber, keeping tag order
+    read = pydicom.dcmread(BytesIO(raw[:at] + bad_is + raw[at:]), force=True)
+    assert read.AcquisitionNumber == "1A"
+    values = index_values(read)
+    assert "study_description" not in values
+    assert "acquisition_number" not in values
+    assert values["instance_number"] == 1
+
+
+def test_index_values_follows_sequence_paths() -> None:
+    ds = make_ct("attrs", 1, 1)
+    first, second = Dataset(), Dataset()
+    first.RequestedProcedureID = "RP-1"
+    first.ScheduledProcedureStepID = "SPS-1"
+    second.RequestedProcedureID = "RP-2"
+    ds.RequestAttributesSequence = Sequence([first, second])
+    issuer = Dataset()
+    issuer.LocalNamespaceEntityID = "HOSPITAL"
+    ds.IssuerOfAccessionNumberSequence = Sequence([issuer])
+    values = index_values(ds)
+    assert values["requested_procedure_id"] == "RP-1"  # first item only
+    assert values["scheduled_procedure_step_id"] == "SPS-1"
+    assert values["issuer_of_accession_number"] == "HOSPITAL"
+
+    ds.RequestAttributesSequence = Sequence([])
+    assert "requested_procedure_id" not in index_values(ds)

@@ -1,0 +1,311 @@
+"""pacs.config: precedence flag > environment > file > default, and one-line errors."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pacs.cli import build_parser
+from pacs.config import Node, Settings, load_settings, parse_node
+from pacs.core.archive import DuplicatePolicy
+from pacs.errors import ConfigError
+
+NO_ENV: dict[str, str] = {}
+
+
+def toml(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "pacs.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_defaults() -> None:
+    settings = load_settings(environ=NO_ENV)
+    assert settings == Settings()
+    assert settings.ae_title == "PACS" and settings.dicom_port == 11112
+    assert settings.http_port == 8080 and settings.host == "127.0.0.1"
+    assert settings.duplicate_policy is DuplicatePolicy.KEEP
+    assert settings.nodes == ()
+    assert settings.index_path == Path("pacs-data") / "index.sqlite"
+    assert settings.blob_dir == Path("pacs-data") / "blobs"
+
+
+def test_precedence_flag_over_env_over_file_over_default(tmp_path: Path) -> None:
+    config = toml(
+        tmp_path,
+        'ae_title = "FROMFILE"\ndicom_port = 2000\nhttp_port = 2001\nhost = "10.0.0.1"\n'
+        'duplicate_policy = "reject"\n',
+    )
+    environ = {"PACS_DICOM_PORT": "3000", "PACS_HTTP_PORT": "3001"}
+    flags = {"dicom_port": "4000", "ae_title": None, "nodes": []}  # None and [] mean "not given"
+
+    file_only = load_settings(None, config, NO_ENV)
+    assert (file_only.ae_title, file_only.dicom_port, file_only.http_port) == (
+        "FROMFILE",
+        2000,
+        2001,
+    )
+    assert file_only.duplicate_policy is DuplicatePolicy.REJECT
+
+    with_env = load_settings(None, config, environ)
+    assert (with_env.ae_title, with_env.dicom_port, with_env.http_port) == ("FROMFILE", 3000, 3001)
+
+    everything = load_settings(flags, config, environ)
+    assert everything.dicom_port == 4000  # flag
+    assert everything.http_port == 3001  # environment
+    assert everything.ae_title == "FROMFILE"  # file
+    assert everything.host == "10.0.0.1"  # file
+    assert everything.max_associations == Settings().max_associations  # default
+
+
+def test_config_file_named_by_environment(tmp_path: Path) -> None:
+    config = toml(tmp_path, 'ae_title = "ENVFILE"\n')
+    assert load_settings(environ={"PACS_CONFIG": str(config)}).ae_title == "ENVFILE"
+    other = tmp_path / "other.toml"
+    other.write_text('ae_title = "FLAGFILE"\n')
+    # an explicit --config wins over PACS_CONFIG
+    assert load_settings(None, other, {"PACS_CONFIG": str(config)}).ae_title == "FLAGFILE"
+
+
+def test_unrelated_environment_is_ignored() -> None:
+    settings = load_settings(environ={"PACS": "x", "PACSX_DICOM_PORT": "1", "HOME": "/root"})
+    assert settings == Settings()
+
+
+def test_every_type_from_the_environment() -> None:
+    settings = load_settings(
+        environ={
+            "PACS_DATA_DIR": "/srv/pacs",
+            "PACS_AE_TITLE": "  ARCHIVE  ",
+            "PACS_HOST": "::1",
+            "PACS_DUPLICATE_POLICY": "REPLACE",
+            "PACS_MAX_ASSOCIATIONS": "8",
+            "PACS_MAX_PDU_SIZE": "0",
+            "PACS_NETWORK_TIMEOUT": "2.5",
+            "PACS_LOG_LEVEL": "DEBUG",
+        }
+    )
+    assert settings.data_dir == Path("/srv/pacs")
+    assert settings.ae_title == "ARCHIVE"
+    assert settings.host == "::1"
+    assert settings.duplicate_policy is DuplicatePolicy.REPLACE
+    assert settings.max_associations == 8
+    assert settings.max_pdu_size == 0
+    assert settings.network_timeout == 2.5
+    assert settings.log_level == "debug"
+
+
+def test_nodes_as_toml_tables(tmp_path: Path) -> None:
+    config = toml(
+        tmp_path,
+        "[[nodes]]\n"
+        'ae_title = "CT1"\nhost = "10.1.2.3"\nport = 104\n\n'
+        "[[nodes]]\n"
+        'ae_title = "VIEWER"\nhost = "viewer.example.org"\nport = 11113\n',
+    )
+    settings = load_settings(None, config, NO_ENV)
+    assert settings.nodes == (
+        Node("CT1", "10.1.2.3", 104),
+        Node("VIEWER", "viewer.example.org", 11113),
+    )
+    assert str(settings.nodes[0]) == "CT1@10.1.2.3:104"
+
+
+def test_nodes_as_strings_from_flags_env_and_file(tmp_path: Path) -> None:
+    flags = {"nodes": ["CT1@10.1.2.3:104", "MR@mr-host:11112"]}
+    assert load_settings(flags, environ=NO_ENV).nodes == (
+        Node("CT1", "10.1.2.3", 104),
+        Node("MR", "mr-host", 11112),
+    )
+    env = {"PACS_NODES": "A@h1:1, B@h2:2"}
+    assert [n.ae_title for n in load_settings(environ=env).nodes] == ["A", "B"]
+    config = toml(tmp_path, 'nodes = ["X@[::1]:104"]\n')
+    assert load_settings(None, config, NO_ENV).nodes == (Node("X", "::1", 104),)
+    # flags replace the file's list rather than adding to it
+    assert load_settings({"nodes": ["Y@h:5"]}, config, NO_ENV).nodes == (Node("Y", "h", 5),)
+
+
+def test_repeated_node_flags_reach_the_settings() -> None:
+    args = build_parser().parse_args(
+        [
+            "serve",
+            "--node",
+            "CT1@10.1.2.3:104",
+            "--node",
+            "MR@mr-host:11112",
+            "--dicom-port",
+            "5000",
+        ]
+    )
+    flags = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
+    settings = load_settings(flags, environ={"PACS_NODES": "OTHER@h:1"})
+    assert [str(n) for n in settings.nodes] == ["CT1@10.1.2.3:104", "MR@mr-host:11112"]
+    assert settings.dicom_port == 5000
+    assert settings.http_port == Settings().http_port  # flags not given stay unset
+
+
+def test_parse_node() -> None:
+    assert parse_node(" STORE SCP@127.0.0.1:4242 ") == Node("STORE SCP", "127.0.0.1", 4242)
+    with pytest.raises(ConfigError, match="AE@HOST:PORT"):
+        parse_node("no-port@host")
+
+
+BAD_VALUES = [
+    ("dicom_port", "abc", "dicom_port must be an integer"),
+    ("dicom_port", "0", "between 1 and 65535"),
+    ("dicom_port", "65536", "between 1 and 65535"),
+    ("dicom_port", "-5", "non-negative"),
+    ("http_port", "8o80", "http_port must be an integer"),
+    ("ae_title", "", "not a valid AE title"),
+    ("ae_title", "A" * 17, "not a valid AE title"),
+    ("ae_title", "BACK\\SLASH", "not a valid AE title"),
+    ("ae_title", "NGUYỄN", "not a valid AE title"),
+    ("host", "not a host!", "not an IP address or host name"),
+    ("duplicate_policy", "sometimes", "keep, replace, reject"),
+    ("log_level", "verbose", "debug, info, warning or error"),
+    ("max_associations", "0", "at least 1"),
+    ("max_associations", "many", "must be an integer"),
+    ("network_timeout", "0", "must be positive"),
+    ("network_timeout", "-1", "must be positive"),
+    ("dimse_timeout", "soon", "number of seconds"),
+    ("acse_timeout", "nan", "must be positive"),
+    ("acse_timeout", "inf", "acse_timeout must be a finite number"),
+    ("nodes", "CT1@host", "AE@HOST:PORT"),
+    ("nodes", "CT1@host:99999", "between 1 and 65535"),
+    ("nodes", "A@h:1,A@h:2", "defined twice"),
+    ("nodes", "THIS_AE_IS_FAR_TOO_LONG@h:1", "AE@HOST:PORT|not a valid AE title"),
+]
+
+
+@pytest.mark.parametrize(("name", "value", "message"), BAD_VALUES)
+def test_bad_values_from_the_environment(name: str, value: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as info:
+        load_settings(environ={f"PACS_{name.upper()}": value})
+    text = str(info.value)
+    assert "\n" not in text and len(text) < 200
+    assert name.split("_")[0] in text or "node" in text
+
+
+@pytest.mark.parametrize(("name", "value", "message"), BAD_VALUES)
+def test_bad_values_from_flags(name: str, value: str, message: str) -> None:
+    flag_value: object = value.split(",") if name == "nodes" else value
+    with pytest.raises(ConfigError, match=message) as info:
+        load_settings({name: flag_value}, environ=NO_ENV)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("dicom_port = 104.5\n", "dicom_port must be an integer"),
+        ("dicom_port = true\n", "dicom_port"),
+        ('dicom_port = "x"\n', "dicom_port must be an integer"),
+        ("data_dir = 5\n", "data_dir must be a string"),
+        ("ae_title = ['A']\n", "ae_title must be a string"),
+        ("colour = 'blue'\n", "unknown setting 'colour'"),
+        ("dicom_port = \n", "not valid TOML"),
+        ("nodes = 'A@h:1'\nnodes = 'B@h:2'\n", "not valid TOML"),
+        ("nodes = 5\n", "list of nodes"),
+        ("nodes = [5]\n", "neither AE@HOST:PORT nor a table"),
+        ("[[nodes]]\nae_title = 'A'\nhost = 'h'\n", "lacks 'port'"),
+        (
+            "[[nodes]]\nae_title = 'A'\nhost = 'h'\nport = 1\nmodality = 'CT'\n",
+            "unknown key 'modality'",
+        ),
+        ("[[nodes]]\nae_title = 'A'\nhost = 'h'\nport = 70000\n", "between 1 and 65535"),
+        ("dicom_port = 5000\nhttp_port = 5000\n", "both 5000"),
+    ],
+)
+def test_bad_config_files(tmp_path: Path, text: str, message: str) -> None:
+    config = toml(tmp_path, text)
+    with pytest.raises(ConfigError, match=message) as info:
+        load_settings(None, config, NO_ENV)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(None, tmp_path / "nope.toml", NO_ENV)
+
+
+def test_unknown_flag_name() -> None:
+    with pytest.raises(ConfigError, match="unknown setting 'colour'"):
+        load_settings({"colour": "blue"}, environ=NO_ENV)
+
+
+# -- the command line -----------------------------------------------------------------
+
+
+def run_pacs(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PACS_")}
+    return subprocess.run(
+        [sys.executable, "-m", "pacs", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,
+        env=env,
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    assert result.returncode == 2, result
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("pacs: error: ")
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_cli_bad_port_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    result = run_pacs(
+        "serve", "--dicom-port", "abc", "--data-dir", str(tmp_path / "d"), cwd=tmp_path
+    )
+    assert_one_line_error(result, "dicom_port", "'abc'")
+    assert result.stdout == ""
+    assert not (tmp_path / "d").exists()  # refused before touching anything
+
+
+def test_cli_bad_environment_is_one_line(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PACS_")}
+    env["PACS_DUPLICATE_POLICY"] = "sometimes"
+    result = subprocess.run(
+        [sys.executable, "-m", "pacs", "serve"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert_one_line_error(result, "duplicate_policy")
+
+
+def test_cli_port_in_use_is_one_line(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run_pacs(
+            "serve",
+            "--http-port",
+            str(port),
+            "--dicom-port",
+            str(port + 1 if port < 65535 else 1025),
+            "--data-dir",
+            str(tmp_path / "d"),
+            cwd=tmp_path,
+        )
+    assert_one_line_error(result, "cannot listen for HTTP", str(port))
+
+
+def test_cli_missing_config_file_is_one_line(tmp_path: Path) -> None:
+    result = run_pacs(
+        "import", "--config", str(tmp_path / "nope.toml"), str(tmp_path), cwd=tmp_path
+    )
+    assert_one_line_error(result, "does not exist")
