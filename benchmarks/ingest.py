@@ -84,6 +84,51 @@ def start_pacs(workdir: Path) -> Server:
     return Server("pacs", dicom_port, "PACS", process, count)
 
 
+# A pynetdicom SCP that acknowledges and discards: the ceiling any pynetdicom-based
+# archive can reach on this machine, whatever it does with the data.
+_DISCARDING_SCP = """
+import sys, time
+from pydicom.uid import AllTransferSyntaxes
+from pynetdicom import AE, evt
+from pynetdicom.presentation import AllStoragePresentationContexts
+from pynetdicom.sop_class import Verification
+ae = AE("PACS")
+ae.maximum_pdu_size = 1 << 20
+ae.add_supported_context(Verification)
+for context in AllStoragePresentationContexts:
+    ae.add_supported_context(context.abstract_syntax, AllTransferSyntaxes)
+count = [0]
+def on_store(event):
+    count[0] += 1
+    return 0
+def on_conn(event):
+    import socket
+    event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+ae.start_server(("127.0.0.1", int(sys.argv[1])), block=False,
+                evt_handlers=[(evt.EVT_C_STORE, on_store), (evt.EVT_CONN_OPEN, on_conn)])
+while True:
+    time.sleep(0.2)
+    open(sys.argv[2], "w").write(str(count[0]))
+"""
+
+
+def start_discarding_scp(workdir: Path) -> Server:
+    port = free_port()
+    counter = workdir / "count"
+    process = subprocess.Popen(
+        [sys.executable, "-c", _DISCARDING_SCP, str(port), str(counter)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_for_echo(LOCALHOST, port, "PACS", timeout=30)
+
+    def count() -> int:
+        time.sleep(0.3)
+        return int(counter.read_text() or 0) if counter.exists() else 0
+
+    return Server("discard", port, "PACS", process, count)
+
+
 def start_orthanc_server(workdir: Path) -> Server:
     process = start_orthanc(workdir)
     return Server(
@@ -118,13 +163,33 @@ def run_once(
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+README = Path(__file__).resolve().parent / "README.md"
+BEGIN, END = "<!-- ingest:begin -->", "<!-- ingest:end -->"
+
+
+def record(lines: list[str]) -> None:
+    """Replace the ingest figures between the markers in benchmarks/README.md."""
+    text = README.read_text()
+    head, _, rest = text.partition(BEGIN)
+    _, _, tail = rest.partition(END)
+    README.write_text(head + BEGIN + "\n" + "\n".join(lines) + "\n" + END + tail)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slices", type=int, default=300)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--workdir", type=Path, help="file system under test (default: /tmp)")
     parser.add_argument("--no-orthanc", action="store_true", help="measure pacs only")
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="also measure a pynetdicom SCP that discards every instance (the ceiling)",
+    )
     parser.add_argument("--senders", default="storescu1,storescu4,pynetdicom1,pynetdicom4")
+    parser.add_argument(
+        "--record", action="store_true", help="write the table into benchmarks/README.md"
+    )
     args = parser.parse_args(argv)
 
     root = Path(tempfile.mkdtemp(prefix="pacs-ingest-", dir=args.workdir))
@@ -153,6 +218,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         servers: list[tuple[str, Callable[[Path], Server]]] = [("pacs", start_pacs)]
         if not args.no_orthanc and shutil.which("Orthanc"):
             servers.append(("Orthanc", start_orthanc_server))
+        if args.floor:
+            servers.append(("discard", start_discarding_scp))
 
         table: dict[tuple[str, str], tuple[float, float, int]] = {}
         for key in args.senders.split(","):
@@ -171,12 +238,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                     flush=True,
                 )
 
-        print(
-            f"\nC-STORE of a {len(files)}-slice CT ({megabytes:.1f} MB), median of"
-            f" {args.repeat}, {os.cpu_count()} cores"
-        )
-        print("| sender | pacs inst/s | pacs MB/s | Orthanc inst/s | Orthanc MB/s | ratio |")
-        print("|---|---:|---:|---:|---:|---:|")
+        lines = [
+            f"C-STORE of a {len(files)}-slice CT ({megabytes:.1f} MB), median of"
+            f" {args.repeat} runs, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}",
+            "",
+            "| sender | pacs inst/s | pacs MB/s | Orthanc inst/s | Orthanc MB/s | pacs/Orthanc"
+            " | pynetdicom discarding inst/s |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
         for key in args.senders.split(","):
             label = senders[key][0]
             pacs = table.get((label, "pacs"))
@@ -186,7 +255,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             ratio = f"{pacs[0] / orthanc[0]:.2f}" if orthanc else "-"
             o_rate = f"{orthanc[0]:.0f}" if orthanc else "-"
             o_mb = f"{orthanc[1]:.0f}" if orthanc else "-"
-            print(f"| {label} | {pacs[0]:.0f} | {pacs[1]:.0f} | {o_rate} | {o_mb} | {ratio} |")
+            floor = table.get((label, "discard"))
+            f_rate = f"{floor[0]:.0f}" if floor else "-"
+            lines.append(
+                f"| {label} | {pacs[0]:.0f} | {pacs[1]:.0f} | {o_rate} | {o_mb} | {ratio}"
+                f" | {f_rate} |"
+            )
+        print("\n" + "\n".join(lines))
+        if args.record:
+            record(lines)
         return 1 if any(v[2] for v in table.values()) else 0
     finally:
         shutil.rmtree(root, ignore_errors=True)
