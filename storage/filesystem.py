@@ -31,6 +31,7 @@ class FilesystemBlobStore:
         self._incoming.mkdir(parents=True, exist_ok=True)
         self._remove_orphaned_temporaries()
         self._known_dirs: set[Path] = set()
+        self._dir_syncer = _GroupDirectorySync()
         self._dirs_lock = threading.Lock()
 
     def _remove_orphaned_temporaries(self) -> None:
@@ -82,7 +83,7 @@ class FilesystemBlobStore:
             finally:
                 os.close(fd)
             os.replace(temporary, target)
-            _fsync_dir(target.parent)
+            self._dir_syncer.sync(target.parent)
         except OSError as exc:
             temporary.unlink(missing_ok=True)
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -147,6 +148,65 @@ class FilesystemBlobStore:
                 key = (relative / name).as_posix()
                 if key.startswith(prefix):
                     yield key
+
+
+class _GroupDirectorySync:
+    """Make renames into a folder durable, one ``fsync`` for all concurrent callers.
+
+    A rename is durable once its folder is fsynced *after* it. Threads storing
+    into the same series folder at once (several associations) would each fsync
+    it; here a caller waits for a sync that started after its rename, and the
+    first caller to find none running does one on everyone's behalf.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._states: dict[Path, _DirectoryState] = {}
+
+    def sync(self, directory: Path) -> None:
+        with self._lock:
+            state = self._states.get(directory)
+            if state is None:
+                state = self._states[directory] = _DirectoryState()
+            state.users += 1
+        try:
+            state.sync(directory)
+        finally:
+            with self._lock:
+                state.users -= 1
+                if state.users == 0:
+                    del self._states[directory]
+
+
+class _DirectoryState:
+    __slots__ = ("completed", "condition", "requested", "syncing", "users")
+
+    def __init__(self) -> None:
+        self.condition = threading.Condition()
+        self.requested = 0  # tickets handed out, one per rename
+        self.completed = 0  # every ticket up to this one is durable
+        self.syncing = False
+        self.users = 0
+
+    def sync(self, directory: Path) -> None:
+        with self.condition:
+            self.requested += 1
+            ticket = self.requested
+            while self.completed < ticket:
+                if self.syncing:
+                    self.condition.wait()
+                    continue
+                # Covers every rename that took a ticket before this point.
+                target = self.requested
+                self.syncing = True
+                self.condition.release()
+                try:
+                    _fsync_dir(directory)
+                finally:
+                    self.condition.acquire()
+                    self.syncing = False
+                    self.condition.notify_all()
+                self.completed = max(self.completed, target)
 
 
 def _process_alive(pid: int) -> bool:
