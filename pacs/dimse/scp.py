@@ -23,7 +23,7 @@ from pacs.config import Settings
 from pacs.core import Archive
 from pacs.core.encoding import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from pacs.dimse import status
-from pacs.dimse.transport import TunedRequestHandler
+from pacs.dimse.transport import TunedRequestHandler, cheaply_copied
 from pacs.errors import PacsError
 from pacs.types import Caller
 
@@ -103,6 +103,7 @@ class DicomNode:
         server = self.ae.make_server(
             (self.settings.host, self.settings.dicom_port),
             evt_handlers=handlers,
+            contexts=cheaply_copied(self.ae.supported_contexts),
             server_class=ThreadedAssociationServer,
             request_handler=TunedRequestHandler,
         )

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import AssociationSocket, RequestHandler
 
 if TYPE_CHECKING:
@@ -111,16 +112,69 @@ class EventDrivenAssociationSocket(AssociationSocket):
         self._wake_writer.close()
 
 
+_NUDGE = (None, None)
+"""Put on the DIMSE message queue to wake the association reactor early."""
+
+
+class _NudgingQueue(queue.Queue[Any]):
+    """The DUL's queue to the association (A-RELEASE, A-ABORT...): each put also
+    wakes the association reactor, which would otherwise notice only after its
+    wait for a DIMSE message times out."""
+
+    def __init__(self, nudge: Callable[[], None]) -> None:
+        super().__init__()
+        self._nudge = nudge
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        super().put(item, block, timeout)
+        self._nudge()
+
+
 class PromptDIMSEServiceProvider(DIMSEServiceProvider):
     """Lets the association reactor block on its message queue instead of polling."""
 
+    def nudge(self) -> None:
+        self.msg_queue.put(_NUDGE)
+
     def get_msg(self, block: bool = False) -> Any:
-        if block:
-            return super().get_msg(block=True)
-        try:
-            return self.msg_queue.get(timeout=_MAX_WAIT)
-        except queue.Empty:
-            return None, None
+        deadline = None if self.dimse_timeout is None else time.monotonic() + self.dimse_timeout
+        while True:
+            if block:
+                wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            else:
+                wait = _MAX_WAIT
+            try:
+                item = self.msg_queue.get(timeout=wait)
+            except queue.Empty:
+                return None, None
+            # A nudge ends a non-blocking wait (the reactor then checks for
+            # release/abort); a blocking wait is for a real message only.
+            if item is not _NUDGE or not block:
+                return item
+
+
+class CheaplyCopiedPresentationContext(PresentationContext):
+    """A supported context that deep-copies in microseconds.
+
+    pynetdicom deep-copies the acceptor's whole list of supported contexts for
+    every association. With every storage SOP class in every transfer syntax
+    (170 x 39) ``copy.deepcopy`` took ~150 ms, so each association, even a
+    C-ECHO, waited that long; modalities that open one association per image
+    would be capped near 6 images/s. The only mutable member is the transfer
+    syntax list; UIDs are immutable strings and are shared.
+    """
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> CheaplyCopiedPresentationContext:
+        clone = object.__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        clone._transfer_syntax = list(self._transfer_syntax)
+        return clone
+
+
+def cheaply_copied(contexts: list[PresentationContext]) -> list[PresentationContext]:
+    for context in contexts:
+        context.__class__ = CheaplyCopiedPresentationContext
+    return contexts
 
 
 class TunedRequestHandler(RequestHandler):
@@ -140,5 +194,8 @@ class TunedRequestHandler(RequestHandler):
         sock.attach_wakeup()
         assoc.dul.to_provider_queue = _WakingQueue(sock.wake)
         assoc.dul._run_loop_delay = 0  # ready() now blocks until there is work
-        assoc.dimse.__class__ = PromptDIMSEServiceProvider
+        dimse = assoc.dimse
+        dimse.__class__ = PromptDIMSEServiceProvider
+        assert isinstance(dimse, PromptDIMSEServiceProvider)
+        assoc.dul.to_user_queue = _NudgingQueue(dimse.nudge)
         return assoc
