@@ -77,4 +77,4 @@ def serve(settings: Settings) -> None:
     try:
         server.run(sockets=[http_socket])
     finally:
-        archive.index.close()
+        archive.close()

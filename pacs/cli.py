@@ -92,7 +92,7 @@ def _import(settings: Any, paths: list[str], workers: int) -> int:
     try:
         summary = import_paths(archive, paths, workers=max(1, workers))
     finally:
-        archive.index.close()
+        archive.close()
     print_summary(summary)
     return 1 if summary.counts["rejected"] else 0
 

@@ -140,7 +140,6 @@ def pacs_server(tmp_path: Path) -> Iterator[ServerProcess]:
 @pytest.fixture
 def memory_archive() -> Iterator[Archive]:
     """The archive core over an in-memory index and blob store (Orthanc-style fakes)."""
-    index = SqliteIndex(":memory:")
-    archive = Archive(index, MemoryBlobStore())
+    archive = Archive(SqliteIndex(":memory:"), MemoryBlobStore())
     yield archive
-    index.close()
+    archive.close()

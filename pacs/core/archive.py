@@ -7,10 +7,13 @@ into these calls and the results back into statuses.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import hashlib
 import logging
+import secrets
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 from pydicom.dataset import Dataset
@@ -25,6 +28,7 @@ from pacs.errors import (
     ConflictError,
     InvalidDatasetError,
     NotFoundError,
+    PacsError,
     StorageError,
     StorageFullError,
 )
@@ -55,12 +59,12 @@ class DuplicatePolicy(enum.Enum):
     REJECT = "reject"
 
 
-def blob_key(
-    study_instance_uid: str, series_instance_uid: str, sop_instance_uid: str, content_hash: str
-) -> str:
-    """Layout by study/series/instance; the content hash keeps two different
-    copies of one UID from ever overwriting each other mid-flight."""
-    return f"{study_instance_uid}/{series_instance_uid}/{sop_instance_uid}.{content_hash[:16]}.dcm"
+def blob_key(study_instance_uid: str, series_instance_uid: str, sop_instance_uid: str) -> str:
+    """Layout by study/series/instance. The random part gives every stored copy
+    its own key, so that two different copies of one UID arriving at once never
+    overwrite each other; the index says which copy is the instance."""
+    token = secrets.token_hex(8)
+    return f"{study_instance_uid}/{series_instance_uid}/{sop_instance_uid}.{token}.dcm"
 
 
 class Archive:
@@ -72,10 +76,19 @@ class Archive:
         blobs: BlobStore,
         *,
         duplicate_policy: DuplicatePolicy = DuplicatePolicy.KEEP,
+        blob_writers: int = 16,
     ) -> None:
         self.index = index
         self.blobs = blobs
         self.duplicate_policy = duplicate_policy
+        self._blob_writer = ThreadPoolExecutor(
+            max_workers=blob_writers, thread_name_prefix="blob-writer"
+        )
+
+    def close(self) -> None:
+        """Wait for writes in flight, then close the index."""
+        self._blob_writer.shutdown(wait=True)
+        self.index.close()
 
     # -- ingest --------------------------------------------------------------
 
@@ -121,24 +134,33 @@ class Archive:
             raise InvalidDatasetError(f"data set cannot be parsed: {exc}") from None
         uids = required_uids(dataset)
         check_request(uids, sop_class_uid, sop_instance_uid)
-        values = index_values(dataset)
-
-        content_hash = hashlib.sha256(dataset_bytes).hexdigest()
         existing = self.index.find_instance(uids["SOPInstanceUID"])
-        if existing is not None:
-            early = self._resolve_duplicate(existing, content_hash)
-            if early is not None:
-                return early
-
         meta = encoding.file_meta_bytes(
             uids["SOPClassUID"], uids["SOPInstanceUID"], transfer_syntax_uid, caller.ae_title
         )
-        key = blob_key(
-            uids["StudyInstanceUID"],
-            uids["SeriesInstanceUID"],
-            uids["SOPInstanceUID"],
-            content_hash,
-        )
+        key = blob_key(uids["StudyInstanceUID"], uids["SeriesInstanceUID"], uids["SOPInstanceUID"])
+        if existing is None:
+            # The usual case, a new instance: the blob is written and fsynced in
+            # another thread while this one hashes and extracts the index values
+            # (hashing and file I/O release the GIL), which takes ~1 ms off
+            # every C-STORE on one association.
+            pending = self._blob_writer.submit(self._put_blob, key, meta, dataset_bytes)
+            try:
+                content_hash = hashlib.sha256(dataset_bytes).hexdigest()
+                values = index_values(dataset)
+            except BaseException:
+                with contextlib.suppress(PacsError):
+                    pending.result()
+                self._delete_blob_quietly(key)
+                raise
+            pending.result()
+        else:
+            content_hash = hashlib.sha256(dataset_bytes).hexdigest()
+            early = self._resolve_duplicate(existing, content_hash)
+            if early is not None:
+                return early
+            values = index_values(dataset)
+            self._put_blob(key, meta, dataset_bytes)
         # Offsets only make sense where the blob holds the data set uncompressed.
         pixel_offset = (
             None
@@ -156,7 +178,6 @@ class Archive:
             source_ae_title=caller.ae_title,
             stored_at=datetime.now(UTC).isoformat(timespec="milliseconds"),
         )
-        self._put_blob(key, meta, dataset_bytes)
         try:
             if existing is not None and self.duplicate_policy is DuplicatePolicy.REPLACE:
                 old = self.index.replace_instance(record)
@@ -182,8 +203,7 @@ class Archive:
         except Exception as exc:
             # Never leave a blob the index does not know: the sender was not told
             # "success", so the instance must not half-exist.
-            if existing is None or existing.blob_key != key:
-                self._delete_blob_quietly(key)
+            self._delete_blob_quietly(key)
             if isinstance(exc, (StorageError, ConflictError)):
                 raise
             raise _index_error(exc) from exc
