@@ -14,6 +14,7 @@ from pacs.dimse import DicomNode
 from pacs.errors import ConfigError
 from pacs.http import create_http_app
 from pacs.index import SqliteIndex
+from pacs.workers import DicomWorkers
 from storage import FilesystemBlobStore
 
 log = logging.getLogger("pacs")
@@ -50,22 +51,36 @@ def _bind(host: str, port: int, what: str) -> socket.socket:
     return sock
 
 
-def serve(settings: Settings) -> None:
-    """Run the DICOM node and the HTTP server until interrupted."""
+def configure_logging(settings: Settings) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s",
     )
     # pynetdicom logs every PDU at INFO; keep its chatter for debugging.
     if settings.log_level != "debug":
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+
+
+def serve(settings: Settings) -> None:
+    """Run the DICOM node and the HTTP server until interrupted."""
+    configure_logging(settings)
     configure_libraries()
     # Bind HTTP first and check the DICOM port, so a port in use is one clear line.
     http_socket = _bind(settings.host, settings.http_port, "HTTP")
     _bind(settings.host, settings.dicom_port, "DICOM").close()
     archive = build_archive(settings)
-    node = DicomNode(archive, settings)
-    app = create_http_app(archive, settings, on_startup=node.start, on_shutdown=node.stop)
+    workers = DicomWorkers(settings)
+    node = DicomNode(archive, settings, dispatch=workers.dispatch)
+
+    def start() -> None:
+        workers.start()
+        node.start()
+
+    def stop() -> None:
+        node.stop()
+        workers.stop()
+
+    app = create_http_app(archive, settings, on_startup=start, on_shutdown=stop)
     config = uvicorn.Config(
         app,
         log_level=settings.log_level,

@@ -49,7 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="AE@HOST:PORT",
         help="a known remote DICOM node; repeat for several",
     )
-    serve.add_argument("--max-associations", metavar="N", help="concurrent associations (64)")
+    serve.add_argument(
+        "--max-associations", metavar="N", help="concurrent associations per process (64)"
+    )
+    serve.add_argument(
+        "--dicom-processes",
+        metavar="N",
+        help="processes serving DICOM associations (default: one per CPU core)",
+    )
 
     importer = commands.add_parser(
         "import", help="bulk-import DICOM files and folders into the archive"

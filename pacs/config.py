@@ -49,6 +49,9 @@ class Settings:
     nodes: tuple[Node, ...] = ()
     duplicate_policy: DuplicatePolicy = DuplicatePolicy.KEEP
     max_associations: int = 64
+    dicom_processes: int = 0
+    """Processes serving DICOM associations (0: one per CPU core). Python runs one
+    thread at a time per process; several processes use every core."""
     max_pdu_size: int = 1 << 20
     """Largest PDU we accept; large PDUs cut per-fragment overhead on fast links."""
     network_timeout: float = 120.0
@@ -265,6 +268,7 @@ _CONVERTERS = {
     "nodes": _as_nodes,
     "duplicate_policy": _as_policy,
     "max_associations": _as_positive_int,
+    "dicom_processes": _as_int,
     "max_pdu_size": _as_int,
     "network_timeout": _as_seconds,
     "dimse_timeout": _as_seconds,

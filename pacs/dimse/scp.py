@@ -7,7 +7,9 @@ pynetdicom runs every association in its own thread, so handlers call the
 from __future__ import annotations
 
 import logging
+import socket
 import threading
+from collections.abc import Callable
 from io import BytesIO
 from typing import Any, cast
 
@@ -79,18 +81,70 @@ def _failure(code: int, comment: str) -> Dataset:
     return response
 
 
-class DicomNode:
-    """The AE that listens for associations; started and stopped with the app."""
+Dispatcher = Callable[[socket.socket, tuple[str, int]], bool]
+"""Given an accepted connection, hand it to another process and return True, or
+return False to serve it here."""
 
-    def __init__(self, archive: Archive, settings: Settings) -> None:
+
+class _AssociationServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server that may pass connections to other processes,
+    or (``listen=False``) only serves connections handed to it."""
+
+    dispatch: Dispatcher | None = None
+    listen: bool = True
+
+    def server_bind(self) -> None:
+        if self.listen:
+            super().server_bind()
+
+    def server_activate(self) -> None:
+        if self.listen:
+            super().server_activate()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if self.dispatch is not None and self.dispatch(request, client_address):
+            request.close()  # the other process holds its own duplicate
+            return
+        super().process_request(request, client_address)
+
+    def serve_handed_over(self, request: socket.socket, client_address: tuple[str, int]) -> None:
+        super().process_request(request, client_address)
+
+    def shutdown(self) -> None:
+        if self.listen:
+            super().shutdown()
+            return
+        # No accept loop ran (its socket was never bound): nothing to wait for.
+        self.server_close()
+        self.ae._servers.remove(self)
+
+
+class DicomNode:
+    """The AE that serves associations; started and stopped with the app.
+
+    Several processes can serve one port: the one that listens passes some
+    connections to the others through ``dispatch``; those are started with
+    ``listen=False`` and get connections through ``serve_handed_over``.
+    """
+
+    def __init__(
+        self,
+        archive: Archive,
+        settings: Settings,
+        *,
+        listen: bool = True,
+        dispatch: Dispatcher | None = None,
+    ) -> None:
         self.archive = archive
         self.settings = settings
+        self.listen = listen
+        self.dispatch = dispatch
         self.ae = _build_ae(settings)
-        self._server: ThreadedAssociationServer | None = None
+        self._server: _AssociationServer | None = None
 
     @property
     def port(self) -> int:
-        if self._server is None:
+        if self._server is None or not self.listen:
             return self.settings.dicom_port
         return int(self._server.server_address[1])
 
@@ -100,27 +154,42 @@ class DicomNode:
             (evt.EVT_C_STORE, handle_c_store, [self.archive]),
         ]
         # What AE.start_server(block=False) does, plus our tuned request handler.
+        server_class = type(
+            "AssociationServer",
+            (_AssociationServer,),
+            {
+                "dispatch": staticmethod(self.dispatch) if self.dispatch else None,
+                "listen": self.listen,
+            },
+        )
         server = self.ae.make_server(
             (self.settings.host, self.settings.dicom_port),
             evt_handlers=handlers,
             contexts=cheaply_copied(self.ae.supported_contexts),
-            server_class=ThreadedAssociationServer,
+            server_class=server_class,
             request_handler=TunedRequestHandler,
         )
-        assert isinstance(server, ThreadedAssociationServer)
-        thread = threading.Thread(
-            target=server.serve_forever, name=f"dicom-acceptor-{self.port}", daemon=True
-        )
-        thread.start()
+        assert isinstance(server, _AssociationServer)
+        if self.listen:
+            thread = threading.Thread(
+                target=server.serve_forever, name=f"dicom-acceptor-{self.port}", daemon=True
+            )
+            thread.start()
         # The AE tracks its servers so that AE.shutdown() and server.shutdown() work.
         self.ae._servers.append(server)
         self._server = server
-        log.info(
-            "DICOM node %s listening on %s:%d",
-            self.settings.ae_title,
-            self.settings.host,
-            self.port,
-        )
+        if self.listen:
+            log.info(
+                "DICOM node %s listening on %s:%d",
+                self.settings.ae_title,
+                self.settings.host,
+                self.port,
+            )
+
+    def serve_handed_over(self, sock: socket.socket, address: tuple[str, int]) -> None:
+        """Serve a connection that another process accepted."""
+        assert self._server is not None, "start() the node first"
+        self._server.serve_handed_over(sock, address)
 
     def stop(self) -> None:
         if self._server is not None:

@@ -8,6 +8,7 @@ the archive acknowledges the instance.
 
 from __future__ import annotations
 
+import fcntl
 import sqlite3
 import threading
 import unicodedata
@@ -128,8 +129,13 @@ class SqliteIndex:
         self._queue_lock = threading.Lock()
         self._queue: list[_PendingAdd] = []
         self._local = threading.local()
+        self._lock_file = None if self._in_memory else open(self._path + ".writer-lock", "ab")
         self._writer = self._connect()
-        self._migrate()
+        try:
+            self._migrate()
+        except BaseException:
+            self.close()
+            raise
 
     def _connect(self) -> sqlite3.Connection:
         connection = sqlite3.connect(
@@ -157,7 +163,7 @@ class SqliteIndex:
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._write_lock:
+        with self._write_lock, self._process_lock():
             self._writer.execute("BEGIN IMMEDIATE")
             try:
                 yield self._writer
@@ -165,6 +171,23 @@ class SqliteIndex:
                 self._writer.execute("ROLLBACK")
                 raise
             self._writer.execute("COMMIT")
+
+    @contextmanager
+    def _process_lock(self) -> Iterator[None]:
+        """Serialise writers of several processes (DICOM workers, ``pacs import``).
+
+        SQLite would serialise them too, but a writer that finds the database
+        busy sleeps in steps of up to 100 ms; a blocking ``flock`` hands over
+        the moment the other process commits.
+        """
+        if self._lock_file is None:
+            yield
+            return
+        fcntl.flock(self._lock_file, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
 
     def _reader(self) -> sqlite3.Connection:
         if self._in_memory:
@@ -464,3 +487,5 @@ class SqliteIndex:
     def close(self) -> None:
         with self._write_lock:
             self._writer.close()
+            if self._lock_file is not None:
+                self._lock_file.close()
