@@ -30,7 +30,7 @@ install-test: install system-deps
 
 ## Install what the tests need, then lint, type-check and run them.
 test: install-test lint
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q --durations=8 $(PYTEST_ARGS)
 
 lint: install-test
 	$(BIN)/ruff check pacs storage tests benchmarks

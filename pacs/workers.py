@@ -81,7 +81,7 @@ class DicomWorkers:
                 return False
             return True
 
-    def stop(self, timeout: float = 30.0) -> None:
+    def stop(self, timeout: float = 10.0) -> None:
         with self._lock:
             workers, self._workers = self._workers, []
         for _, channel in workers:

@@ -34,6 +34,14 @@ def _children(pid: int, pattern: str = "") -> list[int]:
     return [int(child) for child in found.stdout.split()]
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def _instance_count(data_dir: Path) -> int:
     with sqlite3.connect(data_dir / "index.sqlite") as db:
         return int(db.execute("SELECT count(*) FROM instances").fetchone()[0])
@@ -42,6 +50,8 @@ def _instance_count(data_dir: Path) -> int:
 def test_associations_are_shared_between_processes(tmp_path: Path) -> None:
     server = start_server(tmp_path / "data", "--dicom-processes", "3", "--log-level", "info")
     try:
+        workers = _children(server.process.pid, "spawn_main")
+        assert len(workers) == 2
         statuses = [_store_one(server.dicom_port, i) for i in range(1, 13)]
         assert statuses == [0] * 12
         assert _instance_count(server.data_dir) == 12
@@ -53,7 +63,10 @@ def test_associations_are_shared_between_processes(tmp_path: Path) -> None:
     finally:
         stop_server(server)
     # Workers leave with the main process.
-    assert not _children(server.process.pid, "spawn_main")
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in workers)
 
 
 def test_a_dead_worker_is_left_out_and_nothing_is_lost(tmp_path: Path) -> None:
