@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -309,3 +311,16 @@ def test_cli_missing_config_file_is_one_line(tmp_path: Path) -> None:
         "import", "--config", str(tmp_path / "nope.toml"), str(tmp_path), cwd=tmp_path
     )
     assert_one_line_error(result, "does not exist")
+
+
+def test_example_config_lists_every_setting_with_its_default(tmp_path: Path) -> None:
+    """docker/pacs.example.toml, uncommented, is valid and equals the defaults."""
+    example = Path(__file__).resolve().parents[2] / "docker" / "pacs.example.toml"
+    # The [[nodes]] table (up to the next blank line) is a sample, not a default.
+    text = re.sub(r"(?ms)^# \[\[nodes\]\].*?^$", "", example.read_text())
+    settings = dict(re.findall(r"(?m)^# ([a-z_]+) = (.+)$", text))
+    settings.pop("nodes")  # a sample too; the default is no nodes
+    config = tmp_path / "pacs.toml"
+    config.write_text("".join(f"{key} = {value}\n" for key, value in settings.items()))
+    assert set(settings) == {f.name for f in dataclasses.fields(Settings)} - {"nodes"}
+    assert load_settings(config_file=config, environ={}) == Settings()
