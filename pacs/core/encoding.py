@@ -161,49 +161,28 @@ class _Walker:
                 if vr == b"SQ":
                     # Implicit VR cannot tell a sequence from other data without a
                     # dictionary; explicit VR says so, and its items are checked too.
-                    self.defined_items(value_start, position, depth)
+                    self.items(value_start, position, depth, defined=True)
         if depth > 0 and position != end:
             raise self._fail(position, "item overruns its length")
         if top_level and position != end:
             raise self._fail(position, "trailing bytes")
         return position
 
-    def items(self, start: int, end: int, depth: int) -> int:
-        """Walk the items of an undefined-length sequence; return the offset after it."""
+    def items(self, start: int, end: int, depth: int, defined: bool = False) -> int:
+        """Walk the items of a sequence; return the offset after it.
+
+        An undefined-length sequence ends with a delimiter; a ``defined`` one
+        ends at ``end``.
+        """
         position = start
-        while True:
+        while not defined or position < end:
             if end - position < 8:
                 raise self._fail(position, "truncated sequence")
             group, element, length = self.tag_length_le_or_be(position)
             tag = group << 16 | element
-            position += 8
-            if tag == _SEQUENCE_END:
-                return position
+            if tag == _SEQUENCE_END and not defined:
+                return position + 8
             if tag != _ITEM:
-                raise self._fail(
-                    position - 8, f"expected an item, found ({group:04X},{element:04X})"
-                )
-            if length == _UNDEFINED:
-                position = self.elements(position, end, depth + 1)
-                if self.view[position - 8 : position].tobytes()[:4] not in (
-                    b"\xfe\xff\x0d\xe0",
-                    b"\xff\xfe\xe0\x0d",
-                ):
-                    raise self._fail(position, "item without delimiter")
-            else:
-                if position + length > end:
-                    raise self._fail(position, "item runs past the end")
-                self.elements(position, position + length, depth + 1)
-                position += length
-
-    def defined_items(self, start: int, end: int, depth: int) -> None:
-        """Walk the items of a sequence whose length is given."""
-        position = start
-        while position < end:
-            if end - position < 8:
-                raise self._fail(position, "truncated sequence item")
-            group, element, length = self.tag_length_le_or_be(position)
-            if group << 16 | element != _ITEM:
                 raise self._fail(position, f"expected an item, found ({group:04X},{element:04X})")
             position += 8
             if length == _UNDEFINED:
@@ -215,9 +194,10 @@ class _Walker:
                     raise self._fail(position, "item without delimiter")
             else:
                 if position + length > end:
-                    raise self._fail(position, "item runs past its sequence")
+                    raise self._fail(position, "item runs past the end of its sequence")
                 self.elements(position, position + length, depth + 1)
                 position += length
+        return position
 
     def fragments(self, start: int, end: int) -> int:
         """Skip the items of encapsulated Pixel Data (PS3.5 A.4)."""

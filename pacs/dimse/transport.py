@@ -40,16 +40,22 @@ _MAX_WAIT = 0.05
 _TCP_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
 
 
-class _WakingQueue(queue.Queue[Any]):
-    """The DUL's outgoing queue: each put also wakes the DUL thread from ``select``."""
+class _SignallingQueue(queue.Queue[Any]):
+    """A queue that calls ``on_put`` after each put, to wake whoever waits elsewhere.
 
-    def __init__(self, wake: Callable[[], None]) -> None:
+    Used for the DUL's outgoing queue (wakes the DUL thread from ``select``)
+    and for its queue to the association (A-RELEASE, A-ABORT...: wakes the
+    association reactor, which would otherwise notice only after its wait for
+    a DIMSE message timed out).
+    """
+
+    def __init__(self, on_put: Callable[[], None]) -> None:
         super().__init__()
-        self._wake = wake
+        self._on_put = on_put
 
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         super().put(item, block, timeout)
-        self._wake()
+        self._on_put()
 
 
 class EventDrivenAssociationSocket(AssociationSocket):
@@ -116,20 +122,6 @@ _NUDGE = (None, None)
 """Put on the DIMSE message queue to wake the association reactor early."""
 
 
-class _NudgingQueue(queue.Queue[Any]):
-    """The DUL's queue to the association (A-RELEASE, A-ABORT...): each put also
-    wakes the association reactor, which would otherwise notice only after its
-    wait for a DIMSE message times out."""
-
-    def __init__(self, nudge: Callable[[], None]) -> None:
-        super().__init__()
-        self._nudge = nudge
-
-    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
-        super().put(item, block, timeout)
-        self._nudge()
-
-
 class PromptDIMSEServiceProvider(DIMSEServiceProvider):
     """Lets the association reactor block on its message queue instead of polling."""
 
@@ -192,10 +184,10 @@ class TunedRequestHandler(RequestHandler):
         sock.__class__ = EventDrivenAssociationSocket
         assert isinstance(sock, EventDrivenAssociationSocket)
         sock.attach_wakeup()
-        assoc.dul.to_provider_queue = _WakingQueue(sock.wake)
+        assoc.dul.to_provider_queue = _SignallingQueue(sock.wake)
         assoc.dul._run_loop_delay = 0  # ready() now blocks until there is work
         dimse = assoc.dimse
         dimse.__class__ = PromptDIMSEServiceProvider
         assert isinstance(dimse, PromptDIMSEServiceProvider)
-        assoc.dul.to_user_queue = _NudgingQueue(dimse.nudge)
+        assoc.dul.to_user_queue = _SignallingQueue(dimse.nudge)
         return assoc
