@@ -83,18 +83,24 @@ class EventDrivenAssociationSocket(AssociationSocket):
             return False
         if isinstance(sock, ssl.SSLSocket) and sock.pending():
             return True
+        # poll, not select: select fails on descriptors above 1023, which a busy
+        # server holding many files and sockets reaches.
+        poller = select.poll()
         try:
-            readable, _, _ = select.select([sock, self._wake_reader], [], [], _MAX_WAIT)
+            poller.register(sock, select.POLLIN)
+            poller.register(self._wake_reader, select.POLLIN)
+            events = dict(poller.poll(_MAX_WAIT * 1000))
         except (OSError, ValueError):
             self.event_queue.put("Evt17")  # transport connection closed
             return False
-        if self._wake_reader in readable:
+        if self._wake_reader.fileno() in events:
             try:
                 while self._wake_reader.recv(4096):
                     pass
             except OSError:
                 pass  # drained
-        return sock in readable
+        # POLLHUP/POLLERR count as readable: the read then sees the closed peer.
+        return sock.fileno() in events
 
     def recv(self, nr_bytes: int) -> bytearray:
         sock = self.socket

@@ -130,20 +130,25 @@ class SqliteIndex:
         self._queue: list[_PendingAdd] = []
         self._local = threading.local()
         self._lock_file = None if self._in_memory else open(self._path + ".writer-lock", "ab")
-        self._writer = self._connect()
+        self._writer = self._connect(writer=True)
         try:
             self._migrate()
         except BaseException:
             self.close()
             raise
 
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self, writer: bool = False) -> sqlite3.Connection:
         connection = sqlite3.connect(
             self._path, isolation_level=None, check_same_thread=False, timeout=30
         )
         connection.row_factory = sqlite3.Row
-        if not self._in_memory:
-            connection.execute("PRAGMA journal_mode=WAL")
+        if writer and not self._in_memory:
+            # WAL is a property of the file: set once by the writer, under the
+            # cross-process lock, never by readers (which could then wait on it).
+            with self._process_lock():
+                connection.execute("PRAGMA journal_mode=WAL")
+        if not writer:
+            connection.execute("PRAGMA query_only=1")
         connection.execute("PRAGMA synchronous=FULL")
         connection.execute("PRAGMA foreign_keys=ON")
         connection.execute("PRAGMA busy_timeout=30000")
