@@ -9,9 +9,11 @@ file descriptor over a Unix socket (SCM_RIGHTS). Each worker has its own
 archive objects over the same data folder; the index serialises writers across
 processes and the blob store's temporaries are per process.
 
-A worker that dies is left out of the rotation (and logged); the main process
-keeps serving. Closing a worker's channel is its signal to finish the
-associations it has and exit.
+A worker that dies is noticed at the next connection dealt to it: that
+connection is served here and a new worker takes the dead one's place (at most
+``_MAX_RESTARTS`` per minute, so that a worker that cannot start does not spin).
+Closing a worker's channel is its signal to finish the associations it has and
+exit.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import multiprocessing
 import os
 import socket
 import threading
+import time
 from multiprocessing.process import BaseProcess
 
 from pacs.config import Settings
@@ -30,6 +33,7 @@ from pacs.config import Settings
 log = logging.getLogger(__name__)
 
 _MESSAGE_SIZE = 1024
+_MAX_RESTARTS = 5
 
 
 def worker_count(settings: Settings) -> int:
@@ -46,21 +50,41 @@ class DicomWorkers:
         self._workers: list[tuple[BaseProcess, socket.socket]] = []
         self._turns = itertools.count()
         self._lock = threading.Lock()
+        self._restarts: list[float] = []
+
+    def _spawn(self, number: int) -> tuple[BaseProcess, socket.socket]:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        process = self._context.Process(
+            target=run_worker,
+            args=(self.settings, theirs, number),
+            name=f"pacs-dicom-worker-{number}",
+            daemon=True,
+        )
+        process.start()
+        theirs.close()
+        return process, ours
 
     def start(self) -> None:
         for number in range(worker_count(self.settings)):
-            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            process = self._context.Process(
-                target=run_worker,
-                args=(self.settings, theirs, number + 1),
-                name=f"pacs-dicom-worker-{number + 1}",
-                daemon=True,
-            )
-            process.start()
-            theirs.close()
-            self._workers.append((process, ours))
+            self._workers.append(self._spawn(number + 1))
         if self._workers:
             log.info("%d DICOM worker process(es) started", len(self._workers))
+
+    def _replace(self, index: int) -> None:
+        """Put a new worker in the place of the dead one at ``index``, if allowed."""
+        process, channel = self._workers[index]
+        channel.close()
+        process.join(0)  # reap it
+        now = time.monotonic()
+        self._restarts = [t for t in self._restarts if now - t < 60]
+        if len(self._restarts) >= _MAX_RESTARTS:
+            log.error("DICOM workers keep dying; serving without %s", process.name)
+            del self._workers[index]
+            return
+        self._restarts.append(now)
+        number = int(process.name.rsplit("-", 1)[1])
+        self._workers[index] = self._spawn(number)
+        log.warning("DICOM worker %s was replaced", process.name)
 
     def dispatch(self, connection: socket.socket, address: tuple[str, int]) -> bool:
         """Round-robin over this process (``False``: serve here) and the workers."""
@@ -76,8 +100,7 @@ class DicomWorkers:
                 socket.send_fds(channel, [message], [connection.fileno()])
             except OSError as exc:
                 log.error("DICOM worker %s is gone (%s); serving here", process.name, exc)
-                self._workers.remove((process, channel))
-                channel.close()
+                self._replace(turn - 1)
                 return False
             return True
 

@@ -69,7 +69,7 @@ def test_associations_are_shared_between_processes(tmp_path: Path) -> None:
     assert not any(_alive(pid) for pid in workers)
 
 
-def test_a_dead_worker_is_left_out_and_nothing_is_lost(tmp_path: Path) -> None:
+def test_a_dead_worker_is_replaced_and_nothing_is_lost(tmp_path: Path) -> None:
     server = start_server(tmp_path / "data", "--dicom-processes", "2")
     try:
         workers = _children(server.process.pid, "spawn_main")
@@ -80,5 +80,8 @@ def test_a_dead_worker_is_left_out_and_nothing_is_lost(tmp_path: Path) -> None:
         statuses = [_store_one(server.dicom_port, i) for i in range(1, 7)]
         assert statuses == [0] * 6
         assert _instance_count(server.data_dir) == 6
+        replacements = _children(server.process.pid, "spawn_main")
+        assert replacements and not set(replacements) & set(workers)
+        assert "was replaced" in server.log()
     finally:
         stop_server(server)
