@@ -180,10 +180,7 @@ class Archive:
         )
         try:
             if existing is not None and self.duplicate_policy is DuplicatePolicy.REPLACE:
-                old = self.index.replace_instance(record)
-                outcome = StoreOutcome.REPLACED
-                if old is not None and old.blob_key != key:
-                    self._delete_blob_quietly(old.blob_key)
+                outcome = self._replace(record)
             else:
                 raced = self.index.add_instance(record)
                 outcome = StoreOutcome.STORED
@@ -192,14 +189,10 @@ class Archive:
                     # and our insert: settle it as if it had been there first.
                     early = self._resolve_duplicate(raced, content_hash)
                     if early is not None:
-                        if raced.blob_key != key:
-                            self._delete_blob_quietly(key)
+                        self._delete_blob_quietly(key)
                         return early
                     # Policy REPLACE: ours replaces the copy that won the race.
-                    old = self.index.replace_instance(record)
-                    outcome = StoreOutcome.REPLACED
-                    if old is not None and old.blob_key != key:
-                        self._delete_blob_quietly(old.blob_key)
+                    outcome = self._replace(record)
         except Exception as exc:
             # Never leave a blob the index does not know: the sender was not told
             # "success", so the instance must not half-exist.
@@ -244,6 +237,13 @@ class Archive:
         buffer.is_implicit_VR = enc.implicit_vr
         write_dataset(buffer, dataset)
         return self.ingest(buffer.getvalue(), transfer_syntax_uid, caller)
+
+    def _replace(self, record: InstanceRecord) -> StoreOutcome:
+        old = self.index.replace_instance(record)
+        # Every stored copy has its own key (see blob_key): the old blob is now unreferenced.
+        if old is not None:
+            self._delete_blob_quietly(old.blob_key)
+        return StoreOutcome.REPLACED
 
     def _resolve_duplicate(self, existing: StoredInstance, content_hash: str) -> StoreResult | None:
         """Answer for a UID already stored, or ``None`` to go on and store."""

@@ -90,8 +90,13 @@ class _AssociationServer(ThreadedAssociationServer):
     """pynetdicom's threaded server that may pass connections to other processes,
     or (``listen=False``) only serves connections handed to it."""
 
-    dispatch: Dispatcher | None = None
-    listen: bool = True
+    def __init__(
+        self, *args: Any, listen: bool = True, dispatch: Dispatcher | None = None, **kwargs: Any
+    ) -> None:
+        # Set before the base class binds (or, with listen=False, doesn't).
+        self.listen = listen
+        self.dispatch = dispatch
+        super().__init__(*args, **kwargs)
 
     def server_bind(self) -> None:
         if self.listen:
@@ -154,20 +159,14 @@ class DicomNode:
             (evt.EVT_C_STORE, handle_c_store, [self.archive]),
         ]
         # What AE.start_server(block=False) does, plus our tuned request handler.
-        server_class = type(
-            "AssociationServer",
-            (_AssociationServer,),
-            {
-                "dispatch": staticmethod(self.dispatch) if self.dispatch else None,
-                "listen": self.listen,
-            },
-        )
         server = self.ae.make_server(
             (self.settings.host, self.settings.dicom_port),
             evt_handlers=handlers,
             contexts=cheaply_copied(self.ae.supported_contexts),
-            server_class=server_class,
+            server_class=_AssociationServer,
             request_handler=TunedRequestHandler,
+            listen=self.listen,
+            dispatch=self.dispatch,
         )
         assert isinstance(server, _AssociationServer)
         if self.listen:

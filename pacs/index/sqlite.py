@@ -316,16 +316,14 @@ class SqliteIndex:
 
         new_study = False
         row = db.execute(
-            "SELECT pk FROM studies WHERE study_instance_uid = ?", (values["study_instance_uid"],)
+            "SELECT pk, patient_pk FROM studies WHERE study_instance_uid = ?",
+            (values["study_instance_uid"],),
         ).fetchone()
         if row:
             # A study belongs to the patient that brought its first instance, as in
             # Orthanc; later instances with other demographics do not move it (nor
             # create an empty patient row for their demographics).
-            study_pk = row[0]
-            patient_pk = db.execute(
-                "SELECT patient_pk FROM studies WHERE pk = ?", (study_pk,)
-            ).fetchone()[0]
+            study_pk, patient_pk = row
         else:
             patient_pk = self._pk(
                 db,
