@@ -50,6 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="a known remote DICOM node; repeat for several",
     )
     serve.add_argument(
+        "--known-nodes-only",
+        action="store_const",
+        const=True,
+        help="refuse associations from calling AE titles not given with --node",
+    )
+    serve.add_argument(
         "--max-associations", metavar="N", help="concurrent associations per process (64)"
     )
     serve.add_argument(

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydicom.uid import UID
+
 from pacs.core.archive import DuplicatePolicy
 from pacs.errors import ConfigError
 
@@ -27,6 +29,10 @@ _NODE = re.compile(r"(?P<ae>[^@]{1,16})@(?P<host>[A-Za-z0-9.\-:\[\]_]+):(?P<port
 _HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_\-]{0,62})(\.[A-Za-z0-9_\-]{1,63})*")
 
 
+SERVICES = ("store", "find", "move", "get")
+"""What a node may ask of us: C-STORE, C-FIND, C-MOVE, C-GET."""
+
+
 @dataclass(frozen=True, slots=True)
 class Node:
     """A remote DICOM application entity the archive knows."""
@@ -34,6 +40,10 @@ class Node:
     ae_title: str
     host: str
     port: int
+    allow: frozenset[str] = frozenset(SERVICES)
+    transfer_syntaxes: tuple[str, ...] = ()
+    """Transfer syntaxes the node prefers to receive, best first. Empty: as stored,
+    with Explicit and Implicit VR Little Endian offered as fall-backs."""
 
     def __str__(self) -> str:
         return f"{self.ae_title}@{self.host}:{self.port}"
@@ -59,6 +69,14 @@ class Settings:
     dimse_timeout: float = 120.0
     acse_timeout: float = 30.0
     log_level: str = "info"
+    known_nodes_only: bool = False
+    """Refuse associations whose calling AE title is not among ``nodes``."""
+    case_insensitive_names: bool = True
+    """Match person names in queries regardless of case (PS3.4 C.2.2.2.1.1)."""
+
+    def node(self, ae_title: str) -> Node | None:
+        title = ae_title.strip()
+        return next((n for n in self.nodes if n.ae_title == title), None)
 
     @property
     def index_path(self) -> Path:
@@ -222,7 +240,7 @@ def _as_nodes(name: str, value: Any) -> tuple[Node, ...]:
         if isinstance(item, str):
             nodes.append(parse_node(item))
         elif isinstance(item, dict):
-            unknown = set(item) - {"ae_title", "host", "port"}
+            unknown = set(item) - {"ae_title", "host", "port", "allow", "transfer_syntaxes"}
             if unknown:
                 raise ConfigError(f"node {item!r}: unknown key {sorted(unknown)[0]!r}")
             try:
@@ -231,6 +249,8 @@ def _as_nodes(name: str, value: Any) -> tuple[Node, ...]:
                         ae_title=check_ae_title("node ae_title", item["ae_title"]),
                         host=_as_host("node host", item["host"]),
                         port=_as_port("node port", item["port"]),
+                        allow=_as_services(item.get("allow", list(SERVICES))),
+                        transfer_syntaxes=_as_transfer_syntaxes(item.get("transfer_syntaxes", [])),
                     )
                 )
             except KeyError as exc:
@@ -242,6 +262,38 @@ def _as_nodes(name: str, value: Any) -> tuple[Node, ...]:
     if duplicates:
         raise ConfigError(f"node {sorted(duplicates)[0]} is defined twice")
     return tuple(nodes)
+
+
+def _as_services(value: Any) -> frozenset[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"node allow must be a list of services, not {value!r}")
+    services = {v.lower() for v in value}
+    unknown = services - set(SERVICES)
+    if unknown:
+        raise ConfigError(
+            f"node allow: unknown service {sorted(unknown)[0]!r} (use {', '.join(SERVICES)})"
+        )
+    return frozenset(services)
+
+
+def _as_transfer_syntaxes(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"node transfer_syntaxes must be a list of UIDs, not {value!r}")
+    for uid in value:
+        if not UID(uid).is_transfer_syntax:
+            raise ConfigError(f"node transfer_syntaxes: {uid!r} is not a known transfer syntax")
+    return tuple(value)
+
+
+def _as_bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be true or false, not {value!r}")
 
 
 def _as_policy(name: str, value: Any) -> DuplicatePolicy:
@@ -274,6 +326,8 @@ _CONVERTERS = {
     "dimse_timeout": _as_seconds,
     "acse_timeout": _as_seconds,
     "log_level": _as_log_level,
+    "known_nodes_only": _as_bool,
+    "case_insensitive_names": _as_bool,
 }
 
-__all__ = ["ENV_PREFIX", "Node", "Settings", "load_settings", "parse_node"]
+__all__ = ["ENV_PREFIX", "SERVICES", "Node", "Settings", "load_settings", "parse_node"]

@@ -7,7 +7,8 @@ Front ends catch these and translate them, each with one mapping table
      ├── ConfigError                     bad setting; printed as one line at start-up
      ├── InvalidDatasetError             cannot understand the data set
      │    └── DatasetMismatchError       data set disagrees with the request
-     ├── ConflictError                   same SOP Instance UID, different content
+     ├── InvalidQueryError               a query key's value cannot be matched
+ ├── ConflictError                   same SOP Instance UID, different content
      ├── NotFoundError                   no such patient/study/series/instance
      ├── UnsupportedTransferSyntaxError  no codec for the transfer syntax
      └── StorageError                    blob store or index failed
@@ -29,6 +30,10 @@ class InvalidDatasetError(PacsError):
 
 class DatasetMismatchError(InvalidDatasetError):
     """The data set contradicts its request, e.g. a SOP Class UID that differs."""
+
+
+class InvalidQueryError(PacsError):
+    """A query key has a value no matching rule accepts (a malformed date or UID)."""
 
 
 class ConflictError(PacsError):

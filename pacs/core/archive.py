@@ -12,9 +12,10 @@ import enum
 import hashlib
 import logging
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from typing import Any
 
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
@@ -24,16 +25,21 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from pacs.core import encoding
 from pacs.core.attributes import check_request, index_values, required_uids
+from pacs.core.query import build_query, row_values
 from pacs.errors import (
     ConflictError,
     InvalidDatasetError,
+    InvalidQueryError,
     NotFoundError,
     PacsError,
     StorageError,
     StorageFullError,
+    UnsupportedTransferSyntaxError,
 )
 from pacs.index.base import Index, InstanceRecord, StoredInstance
-from pacs.index.schema import Level
+from pacs.index.query import Query
+from pacs.index.schema import LEVELS, UNIQUE_KEYS, Level
+from pacs.pixels import can_transcode, transcode
 from pacs.types import ArchiveStatistics, Caller, StoreOutcome, StoreResult
 from storage import BlobNotFoundError, BlobStore, BlobStoreError, BlobStoreFullError
 
@@ -319,6 +325,102 @@ class Archive:
     def iter_instance(self, sop_instance_uid: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
         stored = self.instance(sop_instance_uid)
         return self.blobs.iter_chunks(stored.blob_key, chunk_size)
+
+    def dataset_for_transfer(
+        self, stored: StoredInstance, accepted: Sequence[str]
+    ) -> tuple[str, bytes]:
+        """The data set (no file meta) in the first of ``accepted`` syntaxes we can make.
+
+        As stored when the stored syntax is among ``accepted`` (byte for byte),
+        else converted by ``pacs.pixels``. Returns (transfer syntax UID, bytes).
+        Raises ``UnsupportedTransferSyntaxError`` when no accepted syntax can be
+        produced. Reads one instance into memory, never more.
+        """
+        target = next(
+            (ts for ts in accepted if ts == stored.transfer_syntax_uid),
+            next((ts for ts in accepted if can_transcode(stored.transfer_syntax_uid, ts)), None),
+        )
+        if target is None:
+            raise UnsupportedTransferSyntaxError(
+                f"{stored.sop_instance_uid} is stored as {stored.transfer_syntax_uid},"
+                f" which cannot be converted to any of {', '.join(accepted)}"
+            )
+        try:
+            part10 = self.blobs.get(stored.blob_key)
+        except BlobNotFoundError:
+            raise StorageError(f"blob of {stored.sop_instance_uid} is missing") from None
+        except BlobStoreError as exc:
+            raise StorageError(f"cannot read {stored.sop_instance_uid}: {exc}") from exc
+        _, offset = encoding.split_part10(part10)
+        dataset = part10[offset:] if offset else part10
+        return target, transcode(dataset, stored.transfer_syntax_uid, target)
+
+    # -- query ---------------------------------------------------------------
+
+    def search(
+        self,
+        level: Level,
+        keys: Mapping[str, str],
+        return_keys: Iterable[str],
+        *,
+        case_insensitive_names: bool = True,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> Iterator[dict[str, Any]]:
+        """Entities at ``level`` matching ``keys``, as keyword -> value (PS3.4 C.2.2.2).
+
+        Lazy: rows are read from the index as the caller consumes them, so a
+        cancelled C-FIND stops reading. See ``pacs.core.query`` for the rules.
+        """
+        return_keys = list(return_keys)
+        query = build_query(
+            level,
+            keys,
+            return_keys,
+            case_insensitive_names=case_insensitive_names,
+            limit=limit,
+            offset=offset,
+        )
+        for row in self.index.find(query):
+            yield row_values(row, return_keys)
+
+    def count(
+        self, level: Level, keys: Mapping[str, str], *, case_insensitive_names: bool = True
+    ) -> int:
+        query = build_query(level, keys, case_insensitive_names=case_insensitive_names)
+        return self.index.count(query)
+
+    def instances_to_retrieve(self, level: Level, keys: Mapping[str, str]) -> list[StoredInstance]:
+        """The instances a C-MOVE or C-GET at ``level`` names (PS3.4 C.4.2.2.1).
+
+        The identifier must hold the unique key of ``level`` (one UID or a list);
+        unique keys of the levels above narrow the match. Other keys are
+        ignored, as retrieval matches on unique keys only.
+        """
+        unique = {UNIQUE_KEYS[above].keyword for above in LEVELS[: LEVELS.index(level) + 1]}
+        own_key = UNIQUE_KEYS[level].keyword
+        if not str(keys.get(own_key) or "").strip():
+            raise InvalidQueryError(f"a {level.value} retrieval needs {own_key}")
+        if any("*" in value or "?" in value for name, value in keys.items() if name in unique):
+            raise InvalidQueryError("retrieval keys cannot hold wildcards")
+        query = build_query(
+            Level.IMAGE, {name: value for name, value in keys.items() if name in unique}
+        )
+        query = Query(
+            Level.IMAGE,
+            query.conditions,
+            (
+                (Level.STUDY, "study_instance_uid"),
+                (Level.SERIES, "series_instance_uid"),
+                (Level.IMAGE, "sop_instance_uid"),
+                (Level.IMAGE, "sop_class_uid"),
+                (Level.IMAGE, "transfer_syntax_uid"),
+                (Level.IMAGE, "blob_key"),
+                (Level.IMAGE, "size"),
+                (Level.IMAGE, "content_hash"),
+            ),
+        )
+        return [StoredInstance(**row) for row in self.index.find(query)]
 
     def entity(self, level: Level, uid: str) -> dict[str, object]:
         row = self.index.entity(level, uid)

@@ -1,4 +1,4 @@
-"""The archive's DICOM node: Verification and Storage SCP.
+"""The archive's DICOM node: Verification, Storage and Query/Retrieve SCP.
 
 pynetdicom runs every association in its own thread, so handlers call the
 (thread-safe, synchronous) archive directly.
@@ -14,7 +14,13 @@ from io import BytesIO
 from typing import Any, cast
 
 from pydicom.dataset import Dataset
-from pydicom.uid import AllTransferSyntaxes
+from pydicom.uid import (
+    AllTransferSyntaxes,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 from pynetdicom import AE, evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.presentation import AllStoragePresentationContexts
@@ -25,6 +31,9 @@ from pacs.config import Settings
 from pacs.core import Archive
 from pacs.core.encoding import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from pacs.dimse import status
+from pacs.dimse.find import handle_c_find
+from pacs.dimse.identifier import FIND_MODELS, GET_MODELS, MOVE_MODELS, permitted
+from pacs.dimse.retrieve import Retrieval, RetrievingAssociation
 from pacs.dimse.transport import TunedRequestHandler, cheaply_copied
 from pacs.errors import PacsError
 from pacs.types import Caller
@@ -40,7 +49,7 @@ def handle_c_echo(event: evt.Event) -> int:
     return status.SUCCESS
 
 
-def handle_c_store(event: evt.Event, archive: Archive) -> int | Dataset:
+def handle_c_store(event: evt.Event, archive: Archive, settings: Settings) -> int | Dataset:
     """PS3.4 B.2.3: store the data set and answer with the outcome's status."""
     request = cast(C_STORE, event.request)
     dataset = request.DataSet
@@ -48,6 +57,8 @@ def handle_c_store(event: evt.Event, archive: Archive) -> int | Dataset:
         return _failure(status.PROCESSING_FAILURE, "data set was not received in memory")
     requestor = event.assoc.requestor
     caller = Caller(ae_title=requestor.ae_title, address=requestor.address)
+    if not permitted(settings, caller.ae_title, "store"):
+        return _failure(status.NOT_AUTHORIZED, f"{caller.ae_title} may not store here")
     try:
         archive.ingest(
             dataset.getvalue(),
@@ -91,11 +102,17 @@ class _AssociationServer(ThreadedAssociationServer):
     or (``listen=False``) only serves connections handed to it."""
 
     def __init__(
-        self, *args: Any, listen: bool = True, dispatch: Dispatcher | None = None, **kwargs: Any
+        self,
+        *args: Any,
+        listen: bool = True,
+        dispatch: Dispatcher | None = None,
+        retrieval: Retrieval | None = None,
+        **kwargs: Any,
     ) -> None:
         # Set before the base class binds (or, with listen=False, doesn't).
         self.listen = listen
         self.dispatch = dispatch
+        self.retrieval = retrieval
         super().__init__(*args, **kwargs)
 
     def server_bind(self) -> None:
@@ -122,6 +139,18 @@ class _AssociationServer(ThreadedAssociationServer):
         # No accept loop ran (its socket was never bound): nothing to wait for.
         self.server_close()
         self.ae._servers.remove(self)
+
+
+class _ArchiveRequestHandler(TunedRequestHandler):
+    server: _AssociationServer
+
+    def _create_association(self) -> Any:
+        assoc = super()._create_association()
+        # Same object, with C-MOVE and C-GET served by our Retrieval.
+        assoc.__class__ = RetrievingAssociation
+        assert isinstance(assoc, RetrievingAssociation)
+        assoc.retrieval = self.server.retrieval
+        return assoc
 
 
 class DicomNode:
@@ -156,7 +185,8 @@ class DicomNode:
     def start(self) -> None:
         handlers: list[Any] = [
             (evt.EVT_C_ECHO, handle_c_echo),
-            (evt.EVT_C_STORE, handle_c_store, [self.archive]),
+            (evt.EVT_C_STORE, handle_c_store, [self.archive, self.settings]),
+            (evt.EVT_C_FIND, handle_c_find, [self.archive, self.settings]),
         ]
         # What AE.start_server(block=False) does, plus our tuned request handler.
         server = self.ae.make_server(
@@ -164,9 +194,10 @@ class DicomNode:
             evt_handlers=handlers,
             contexts=cheaply_copied(self.ae.supported_contexts),
             server_class=_AssociationServer,
-            request_handler=TunedRequestHandler,
+            request_handler=_ArchiveRequestHandler,
             listen=self.listen,
             dispatch=self.dispatch,
+            retrieval=Retrieval(self.archive, self.settings),
         )
         assert isinstance(server, _AssociationServer)
         if self.listen:
@@ -209,11 +240,28 @@ def _build_ae(settings: Settings) -> AE:
     # Orthanc accepts any called AE title by default (DicomCheckCalledAet=false):
     # modalities are often configured with a slightly different one.
     ae.require_called_aet = False
+    # A modality or another PACS moving images to us may connect in the middle
+    # of a move; our own sub-associations must not wait forever to connect.
+    ae.connection_timeout = settings.acse_timeout
+    if settings.known_nodes_only:
+        ae.require_calling_aet = [node.ae_title for node in settings.nodes]
     transfer_syntaxes = list(AllTransferSyntaxes)
     ae.add_supported_context(Verification, transfer_syntaxes)
     # Only known storage SOP classes: unknown abstract syntaxes are refused at
-    # negotiation (UNRESTRICTED_STORAGE_SERVICE stays off).
+    # negotiation (UNRESTRICTED_STORAGE_SERVICE stays off). Role selection is
+    # accepted so that a C-GET requestor can act as the Storage SCP.
     for context in AllStoragePresentationContexts:
         assert context.abstract_syntax is not None
-        ae.add_supported_context(context.abstract_syntax, transfer_syntaxes)
+        ae.add_supported_context(
+            context.abstract_syntax, transfer_syntaxes, scu_role=True, scp_role=True
+        )
+    # Identifiers are small: the uncompressed syntaxes are all Q/R needs.
+    identifier_syntaxes = [
+        ImplicitVRLittleEndian,
+        ExplicitVRLittleEndian,
+        DeflatedExplicitVRLittleEndian,
+        ExplicitVRBigEndian,
+    ]
+    for model in (*FIND_MODELS, *MOVE_MODELS, *GET_MODELS):
+        ae.add_supported_context(model, identifier_syntaxes)
     return ae

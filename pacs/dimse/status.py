@@ -8,6 +8,9 @@ C-STORE:
     0xA900  Error: Data Set does not match SOP Class (UIDs differ from the request)
     0xC000  Error: Cannot understand (malformed encoding, missing or bad UIDs)
     0x0110  Processing failure (an unexpected error; logged with its traceback)
+    0x0124  Refused: Not authorized (PS3.7 C.4): a known node without "store" rights
+
+Query/Retrieve statuses live beside their SCPs in ``find`` and ``retrieve``.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from pacs.errors import (
 SUCCESS = 0x0000
 DUPLICATE_SOP_INSTANCE = 0x0111
 PROCESSING_FAILURE = 0x0110
+NOT_AUTHORIZED = 0x0124
 OUT_OF_RESOURCES = 0xA700
 DATA_SET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
 CANNOT_UNDERSTAND = 0xC000

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from pacs.index.query import Query
 from pacs.index.schema import Level
 from pacs.types import ArchiveStatistics
 
@@ -78,6 +79,14 @@ class Index(Protocol):
 
         ``uid`` is the Patient ID at PATIENT level, else the entity's instance UID.
         """
+        ...
+
+    def find(self, query: Query) -> Iterator[dict[str, Any]]:
+        """Column name -> value for each matching entity, lazily (see ``pacs.index.query``)."""
+        ...
+
+    def count(self, query: Query) -> int:
+        """How many entities ``find`` would return, ignoring limit and offset."""
         ...
 
     def statistics(self) -> ArchiveStatistics: ...

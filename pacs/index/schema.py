@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import re
+import unicodedata
 from dataclasses import dataclass
 
 
@@ -137,7 +138,35 @@ ATTRIBUTES: tuple[Attribute, ...] = (
     Attribute("VerificationFlag", IM),
 )
 
+# Kept by the index itself as instances come and go (PS3.4 C.6.1.1.2-C.6.1.1.4
+# "additional keys"), never read from a data set.
+COMPUTED_ATTRIBUTES: tuple[Attribute, ...] = (
+    Attribute("NumberOfPatientRelatedStudies", P, INT),
+    Attribute("NumberOfPatientRelatedSeries", P, INT),
+    Attribute("NumberOfPatientRelatedInstances", P, INT),
+    Attribute("NumberOfStudyRelatedSeries", ST, INT),
+    Attribute("NumberOfStudyRelatedInstances", ST, INT),
+    Attribute("ModalitiesInStudy", ST),
+    Attribute("SOPClassesInStudy", ST),
+    Attribute("NumberOfSeriesRelatedInstances", SE, INT),
+)
+
 BY_KEYWORD: dict[str, Attribute] = {a.keyword: a for a in ATTRIBUTES if not a.path}
+SEARCHABLE: dict[str, Attribute] = {**BY_KEYWORD, **{a.keyword: a for a in COMPUTED_ATTRIBUTES}}
+"""Every attribute a query can match on or return, by keyword."""
+
+UNIQUE_KEYS: dict[Level, Attribute] = {
+    Level.PATIENT: BY_KEYWORD["PatientID"],
+    Level.STUDY: BY_KEYWORD["StudyInstanceUID"],
+    Level.SERIES: BY_KEYWORD["SeriesInstanceUID"],
+    Level.IMAGE: BY_KEYWORD["SOPInstanceUID"],
+}
+LEVELS = (Level.PATIENT, Level.STUDY, Level.SERIES, Level.IMAGE)
+
+
+def normalise_name(value: str) -> str:
+    """Fold a person name for case-insensitive matching, keeping diacritics (NFC)."""
+    return unicodedata.normalize("NFC", value).casefold()
 
 
 def attributes_at(level: Level) -> tuple[Attribute, ...]:

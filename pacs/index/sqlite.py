@@ -11,14 +11,14 @@ from __future__ import annotations
 import fcntl
 import sqlite3
 import threading
-import unicodedata
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from pacs.index.base import InstanceRecord, StoredInstance
-from pacs.index.schema import ATTRIBUTES, Kind, Level, attributes_at, norm_column
+from pacs.index.query import AnyOf, Condition, Match, Query, Range, SingleValue, UidList, Wildcard
+from pacs.index.schema import ATTRIBUTES, Kind, Level, attributes_at, norm_column, normalise_name
 from pacs.types import ArchiveStatistics
 
 SCHEMA_VERSION = 1
@@ -114,11 +114,6 @@ class _PendingAdd:
         self.done = False
         self.existing: StoredInstance | None = None
         self.error: Exception | None = None
-
-
-def normalise_name(value: str) -> str:
-    """Fold a person name for case-insensitive matching, keeping diacritics (NFC)."""
-    return unicodedata.normalize("NFC", value).casefold()
 
 
 class SqliteIndex:
@@ -240,6 +235,27 @@ class SqliteIndex:
         with self._reading() as db:
             row = db.execute(f"SELECT * FROM {_TABLES[level]} WHERE {key} = ?", (uid,)).fetchone()
         return dict(row) if row else None
+
+    def find(self, query: Query) -> Iterator[dict[str, Any]]:
+        """Rows of ``query.columns`` for every entity matching ``query``, lazily."""
+        sql, params = _select(query)
+        with self._reading() as db:
+            cursor = db.execute(sql, params)
+        try:
+            while True:
+                with self._reading():
+                    rows = cursor.fetchmany(256)
+                if not rows:
+                    return
+                for row in rows:
+                    yield dict(row)
+        finally:
+            cursor.close()
+
+    def count(self, query: Query) -> int:
+        sql, params = _select(query, count=True)
+        with self._reading() as db:
+            return int(db.execute(sql, params).fetchone()[0])
 
     def statistics(self) -> ArchiveStatistics:
         with self._reading() as db:
@@ -492,3 +508,100 @@ class SqliteIndex:
             self._writer.close()
             if self._lock_file is not None:
                 self._lock_file.close()
+
+
+# -- query translation (PS3.4 C.2.2.2), one function per matching kind ---------
+
+_ALIAS = {Level.PATIENT: "p", Level.STUDY: "st", Level.SERIES: "se", Level.IMAGE: "i"}
+_JOINS = {
+    Level.PATIENT: "patients p",
+    Level.STUDY: "studies st JOIN patients p ON p.pk = st.patient_pk",
+    Level.SERIES: "series se JOIN studies st ON st.pk = se.study_pk"
+    " JOIN patients p ON p.pk = st.patient_pk",
+    Level.IMAGE: "instances i JOIN series se ON se.pk = i.series_pk"
+    " JOIN studies st ON st.pk = se.study_pk JOIN patients p ON p.pk = st.patient_pk",
+}
+# SQL fragments: '\' || col || '\' frames every value of a multi-valued column.
+_FRAMED = "('\\' || {} || '\\')"
+
+Clause = tuple[str, list[Any]]
+
+
+def _select(query: Query, count: bool = False) -> Clause:
+    where: list[str] = []
+    params: list[Any] = []
+    for condition in query.conditions:
+        sql, values = _condition(condition)
+        where.append(sql)
+        params += values
+    if count:
+        columns = "count(*)"
+    else:
+        columns = (
+            ", ".join(f"{_ALIAS[level]}.{column} AS {column}" for level, column in query.columns)
+            or f"{_ALIAS[query.level]}.pk AS pk"
+        )
+    sql = f"SELECT {columns} FROM {_JOINS[query.level]}"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    if not count and (query.limit is not None or query.offset):
+        # Unary + keeps SQLite from walking the primary key to avoid the sort,
+        # which would scan every row instead of using the search indexes.
+        sql += f" ORDER BY +{_ALIAS[query.level]}.pk LIMIT ? OFFSET ?"
+        params += [-1 if query.limit is None else query.limit, query.offset]
+    return sql, params
+
+
+def _condition(condition: Condition) -> Clause:
+    column = f"{_ALIAS[condition.level]}.{condition.column}"
+    return _MATCHERS[type(condition.match)](column, condition.match, condition.multi_valued)
+
+
+def _single_value(column: str, match: Any, multi_valued: bool) -> Clause:
+    if multi_valued:
+        return f"instr({_FRAMED.format(column)}, ?) > 0", [f"\\{match.value}\\"]
+    return f"{column} = ?", [match.value]
+
+
+def _uid_list(column: str, match: Any, multi_valued: bool) -> Clause:
+    if multi_valued:
+        return _any_of(column, AnyOf(tuple(SingleValue(v) for v in match.values)), True)
+    return f"{column} IN ({', '.join('?' * len(match.values))})", list(match.values)
+
+
+def _wildcard(column: str, match: Any, multi_valued: bool) -> Clause:
+    # GLOB is case-sensitive, as DICOM matching is, and uses an index on a
+    # literal prefix. Its only other special character is '['.
+    pattern = match.pattern.replace("[", "[[]")
+    if multi_valued:
+        return f"{_FRAMED.format(column)} GLOB ?", [f"*\\{pattern}\\*"]
+    return f"{column} GLOB ?", [pattern]
+
+
+def _range(column: str, match: Any, multi_valued: bool) -> Clause:
+    parts, params = [], []
+    if match.lower is not None:
+        parts.append(f"{column} >= ?")
+        params.append(match.lower)
+    if match.upper is not None:
+        parts.append(f"{column} <= ?")
+        params.append(match.upper)
+    return " AND ".join(parts) or f"{column} IS NOT NULL", params
+
+
+def _any_of(column: str, match: Any, multi_valued: bool) -> Clause:
+    parts, params = [], []
+    for alternative in match.alternatives:
+        sql, values = _MATCHERS[type(alternative)](column, alternative, multi_valued)
+        parts.append(sql)
+        params += values
+    return "(" + " OR ".join(parts) + ")", params
+
+
+_MATCHERS: dict[type[Match], Callable[[str, Any, bool], Clause]] = {
+    SingleValue: _single_value,
+    UidList: _uid_list,
+    Wildcard: _wildcard,
+    Range: _range,
+    AnyOf: _any_of,
+}

@@ -1,0 +1,447 @@
+"""C-MOVE and C-GET SCPs (PS3.4 C.4.2, C.4.3), sending stored bytes as they are.
+
+pynetdicom's own Q/R SCP wants a decoded pydicom ``Dataset`` per instance and
+re-encodes it, and for C-MOVE proposes whatever contexts the AE was set up
+with. Here each instance goes out as the stored bytes when the peer accepts the
+stored transfer syntax (so a moved study is byte-identical), or converted by the
+archive when it accepts only another; the sub-association proposes, per SOP
+class, the stored syntaxes plus the node's preferred and the uncompressed ones.
+Only one instance is in memory at a time.
+
+``RetrievingAssociation`` routes C-MOVE and C-GET requests here and leaves
+every other request to pynetdicom.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from io import BytesIO
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_GET, C_MOVE, C_STORE
+from pynetdicom.dsutils import decode, encode
+from pynetdicom.presentation import PresentationContext, build_context
+from pynetdicom.status import code_to_category
+
+from pacs.config import Node, Settings
+from pacs.core import Archive
+from pacs.dimse.identifier import (
+    GET_MODELS,
+    MOVE_MODELS,
+    NOT_AUTHORIZED,
+    UNABLE_TO_PROCESS,
+    IdentifierError,
+    parse_identifier,
+    permitted,
+)
+from pacs.errors import PacsError
+from pacs.index.base import StoredInstance
+
+log = logging.getLogger(__name__)
+
+PENDING = 0xFF00
+CANCEL = 0xFE00
+SUCCESS = 0x0000
+WARNING_SUBOPERATIONS = 0xB000
+UNABLE_TO_PERFORM_SUBOPERATIONS = 0xA702
+MOVE_DESTINATION_UNKNOWN = 0xA801
+_MAX_CONTEXTS = 128  # PS3.8 9.3.2.2: presentation context IDs are odd numbers 1-255
+_MAX_COUNT = 0xFFFF  # the sub-operation counts are US
+_ERROR_COMMENT_LENGTH = 64
+_UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+
+
+@dataclass
+class _Progress:
+    remaining: int
+    completed: int = 0
+    failed: int = 0
+    warning: int = 0
+    failed_uids: list[str] = field(default_factory=list)
+
+
+class Retrieval:
+    """Serves C-MOVE and C-GET requests for one archive."""
+
+    def __init__(self, archive: Archive, settings: Settings) -> None:
+        self.archive = archive
+        self.settings = settings
+
+    def serve(
+        self, assoc: Association, request: C_MOVE | C_GET, context: PresentationContext
+    ) -> None:
+        is_move = isinstance(request, C_MOVE)
+        response: C_MOVE | C_GET = C_MOVE() if is_move else C_GET()
+        response.MessageIDBeingRespondedTo = request.MessageID
+        response.AffectedSOPClassUID = request.AffectedSOPClassUID
+        send = _Responder(assoc, response, context)
+        calling = assoc.requestor.ae_title
+        service = "move" if is_move else "get"
+        if not permitted(self.settings, calling, service):
+            send.failure(NOT_AUTHORIZED, f"{calling} may not retrieve from this archive")
+            return
+        try:
+            instances = self._instances(request, context, is_move)
+        except IdentifierError as exc:
+            send.failure(exc.status, str(exc))
+            return
+        except PacsError as exc:
+            send.failure(UNABLE_TO_PROCESS, str(exc))
+            return
+
+        if is_move:
+            assert isinstance(request, C_MOVE)
+            destination = self.settings.node(str(request.MoveDestination or ""))
+            if destination is None:
+                log.warning(
+                    "C-MOVE from %s to unknown %r refused", calling, request.MoveDestination
+                )
+                send.failure(
+                    MOVE_DESTINATION_UNKNOWN,
+                    f"move destination {request.MoveDestination!s:.16} is not a known node",
+                )
+                return
+            if not instances:
+                send.final(_Progress(0))
+                return
+            store_assoc = self._associate(assoc, destination, instances)
+            if store_assoc is None:
+                # dcm4chee answers an unreachable destination the same way.
+                send.failure(
+                    UNABLE_TO_PERFORM_SUBOPERATIONS,
+                    f"cannot associate with {destination}",
+                    failed=len(instances),
+                )
+                return
+            preferred: Sequence[str] = destination.transfer_syntaxes
+            originator = (calling, int(request.MessageID or 0))
+        else:
+            store_assoc, preferred, originator = assoc, _requestor_preferences(assoc), None
+            if not instances:
+                send.final(_Progress(0))
+                return
+
+        progress = _Progress(remaining=len(instances))
+        try:
+            self._send_all(
+                assoc, store_assoc, request, instances, preferred, originator, progress, send
+            )
+        finally:
+            if store_assoc is not assoc and store_assoc.is_established:
+                store_assoc.release()
+        log.info(
+            "C-%s from %s: %d sent, %d failed, %d warnings, %d left",
+            service.upper(),
+            calling,
+            progress.completed,
+            progress.failed,
+            progress.warning,
+            progress.remaining,
+        )
+
+    def _instances(
+        self, request: C_MOVE | C_GET, context: PresentationContext, is_move: bool
+    ) -> list[StoredInstance]:
+        models = MOVE_MODELS if is_move else GET_MODELS
+        model = models[str(request.AffectedSOPClassUID)]
+        transfer_syntax = UID(context.transfer_syntax[0])
+        try:
+            identifier = decode(
+                request.Identifier or BytesIO(),
+                transfer_syntax.is_implicit_VR,
+                transfer_syntax.is_little_endian,
+                transfer_syntax.is_deflated,
+            )
+        except Exception as exc:
+            raise IdentifierError(
+                UNABLE_TO_PROCESS, f"identifier cannot be decoded: {exc}"
+            ) from None
+        query = parse_identifier(identifier, model)
+        return self.archive.instances_to_retrieve(query.level, query.keys)
+
+    def _associate(
+        self, assoc: Association, destination: Node, instances: list[StoredInstance]
+    ) -> Association | None:
+        contexts = _proposed_contexts(instances, destination.transfer_syntaxes)
+        store_assoc = assoc.ae.associate(
+            destination.host,
+            destination.port,
+            contexts=contexts,
+            ae_title=destination.ae_title,
+            max_pdu=self.settings.max_pdu_size,
+        )
+        if not store_assoc.is_established:
+            log.warning("cannot associate with move destination %s", destination)
+            return None
+        _no_delay(store_assoc)
+        return store_assoc
+
+    def _send_all(
+        self,
+        assoc: Association,
+        store_assoc: Association,
+        request: C_MOVE | C_GET,
+        instances: list[StoredInstance],
+        preferred: Sequence[str],
+        originator: tuple[str, int] | None,
+        progress: _Progress,
+        send: _Responder,
+    ) -> None:
+        message_id = int(request.MessageID or 0)
+        sub_message_id = 0
+        for index, stored in enumerate(instances):
+            if message_id in assoc.dimse.cancel_req:
+                progress.failed_uids += [s.sop_instance_uid for s in instances[index:]]
+                send.cancelled(progress)
+                return
+            if not (assoc.is_established and store_assoc.is_established):
+                progress.failed += progress.remaining
+                progress.failed_uids += [s.sop_instance_uid for s in instances[index:]]
+                progress.remaining = 0
+                break
+            sub_message_id = sub_message_id % 0xFFFF + 1
+            category = self._send_one(store_assoc, stored, preferred, sub_message_id, originator)
+            progress.remaining -= 1
+            if category == "Success":
+                progress.completed += 1
+            elif category == "Warning":
+                progress.warning += 1
+            else:
+                progress.failed += 1
+                progress.failed_uids.append(stored.sop_instance_uid)
+            if progress.remaining:
+                send.pending(progress)
+        if assoc.is_established:
+            send.final(progress)
+
+    def _send_one(
+        self,
+        store_assoc: Association,
+        stored: StoredInstance,
+        preferred: Sequence[str],
+        message_id: int,
+        originator: tuple[str, int] | None,
+    ) -> str:
+        contexts = {
+            str(cx.transfer_syntax[0]): cx
+            for cx in store_assoc.accepted_contexts
+            if cx.abstract_syntax == stored.sop_class_uid
+            and (store_assoc.is_requestor or cx.as_scu)
+        }
+        if not contexts:
+            log.warning(
+                "%s not sent: the peer accepted no context for SOP class %s",
+                stored.sop_instance_uid,
+                stored.sop_class_uid,
+            )
+            return "Failure"
+        accepted = _ordered(list(contexts), preferred)
+        try:
+            transfer_syntax, data = self.archive.dataset_for_transfer(stored, accepted)
+        except PacsError as exc:
+            log.warning("%s not sent: %s", stored.sop_instance_uid, exc)
+            return "Failure"
+        request = C_STORE()
+        request.MessageID = message_id
+        request.AffectedSOPClassUID = stored.sop_class_uid
+        request.AffectedSOPInstanceUID = stored.sop_instance_uid
+        request.Priority = 0  # MEDIUM
+        if originator is not None:
+            request.MoveOriginatorApplicationEntityTitle = originator[0]
+            request.MoveOriginatorMessageID = originator[1]
+        request.DataSet = BytesIO(data)
+        del data
+        status = _exchange(store_assoc, request, contexts[transfer_syntax])
+        if status is None:
+            log.warning(
+                "%s: no C-STORE response; aborting the association", stored.sop_instance_uid
+            )
+            store_assoc.abort()
+            return "Failure"
+        category = code_to_category(status)
+        if category not in ("Success", "Warning"):
+            log.warning(
+                "%s refused by the peer with status 0x%04X", stored.sop_instance_uid, status
+            )
+        return str(category)
+
+
+def _exchange(assoc: Association, request: C_STORE, context: PresentationContext) -> int | None:
+    """Send a C-STORE request and wait for its response, as ``send_c_store`` does.
+
+    The association's reactor is paused meanwhile so that it does not take the
+    response from the queue first (in an SCP handler it is already paused).
+    """
+    assoc._reactor_checkpoint.clear()
+    try:
+        while not assoc._is_paused and assoc.is_alive():
+            time.sleep(0.0001)
+        assert context.context_id is not None
+        assoc.dimse.send_msg(request, context.context_id)
+        while True:
+            _, response = assoc.dimse.get_msg(block=True)
+            if response is None:
+                return None
+            if (
+                isinstance(response, C_STORE)
+                and response.MessageIDBeingRespondedTo == request.MessageID
+            ):
+                return int(response.Status or 0)
+            log.warning(
+                "ignoring unexpected %s while waiting for a C-STORE response",
+                type(response).__name__,
+            )
+    finally:
+        assoc._reactor_checkpoint.set()
+
+
+def _proposed_contexts(
+    instances: list[StoredInstance], preferred: Sequence[str]
+) -> list[PresentationContext]:
+    """Per SOP class: one context per stored syntax, and one with the fall-backs.
+
+    A separate context per stored syntax lets the destination accept each as
+    is (a single context could take only one); the fall-back context carries
+    the node's preferred syntaxes and the uncompressed ones. When that makes
+    more than 128 contexts, one context per SOP class carries them all.
+    """
+    stored: dict[str, list[str]] = {}
+    for instance in instances:
+        syntaxes = stored.setdefault(instance.sop_class_uid, [])
+        if instance.transfer_syntax_uid not in syntaxes:
+            syntaxes.append(instance.transfer_syntax_uid)
+    fallback = list(dict.fromkeys([*preferred, *_UNCOMPRESSED]))
+    contexts = []
+    for sop_class, syntaxes in stored.items():
+        for syntax in syntaxes:
+            if syntax not in fallback:
+                contexts.append(build_context(sop_class, [syntax]))
+        contexts.append(build_context(sop_class, fallback))
+    if len(contexts) > _MAX_CONTEXTS:
+        contexts = [
+            build_context(sop_class, list(dict.fromkeys([*syntaxes, *fallback])))
+            for sop_class, syntaxes in stored.items()
+        ]
+    if len(contexts) > _MAX_CONTEXTS:
+        log.warning("more than %d SOP classes to send; the rest will fail", _MAX_CONTEXTS)
+    return contexts[:_MAX_CONTEXTS]
+
+
+def _ordered(accepted: list[str], preferred: Sequence[str]) -> list[str]:
+    rank = {ts: i for i, ts in enumerate(preferred)}
+    return sorted(accepted, key=lambda ts: rank.get(ts, len(rank)))
+
+
+def _requestor_preferences(assoc: Association) -> list[str]:
+    # A C-GET requestor states its preference by the order of its proposals.
+    return [str(cx.transfer_syntax[0]) for cx in assoc.accepted_contexts]
+
+
+def _no_delay(assoc: Association) -> None:
+    # pynetdicom leaves Nagle's algorithm on: each small PDU would wait for an ACK.
+    sock = assoc.dul.socket.socket if assoc.dul.socket is not None else None
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class _Responder:
+    """Builds and sends the C-MOVE/C-GET responses of one request (PS3.4 C.4.2.3)."""
+
+    def __init__(
+        self, assoc: Association, response: C_MOVE | C_GET, context: PresentationContext
+    ) -> None:
+        self.assoc = assoc
+        self.response = response
+        self.context = context
+
+    def pending(self, progress: _Progress) -> None:
+        self._send(PENDING, progress, remaining=True)
+
+    def cancelled(self, progress: _Progress) -> None:
+        self._send(CANCEL, progress, remaining=True, failed_uids=progress.failed_uids)
+
+    def final(self, progress: _Progress) -> None:
+        if not progress.failed and not progress.warning:
+            self._send(SUCCESS, progress)
+        elif progress.failed and not progress.completed and not progress.warning:
+            self._send(UNABLE_TO_PERFORM_SUBOPERATIONS, progress, failed_uids=progress.failed_uids)
+        else:
+            self._send(WARNING_SUBOPERATIONS, progress, failed_uids=progress.failed_uids)
+
+    def failure(self, status: int, comment: str, failed: int = 0) -> None:
+        self._send(
+            status,
+            _Progress(0, failed=failed) if failed else None,
+            comment=comment,
+        )
+
+    def _send(
+        self,
+        status: int,
+        progress: _Progress | None,
+        *,
+        remaining: bool = False,
+        failed_uids: list[str] | None = None,
+        comment: str = "",
+    ) -> None:
+        response = self.response
+        response.Status = status
+        response.Identifier = None
+        response.ErrorComment = comment.replace("\\", "/")[:_ERROR_COMMENT_LENGTH] or None  # type: ignore[assignment]
+        response.NumberOfRemainingSuboperations = (
+            min(progress.remaining, _MAX_COUNT) if progress and remaining else None
+        )
+        response.NumberOfCompletedSuboperations = _count(progress, "completed")
+        response.NumberOfFailedSuboperations = _count(progress, "failed")
+        response.NumberOfWarningSuboperations = _count(progress, "warning")
+        if failed_uids:
+            identifier = Dataset()
+            identifier.FailedSOPInstanceUIDList = failed_uids
+            syntax = UID(self.context.transfer_syntax[0])
+            encoded: Any = encode(
+                identifier, syntax.is_implicit_VR, syntax.is_little_endian, syntax.is_deflated
+            )
+            response.Identifier = BytesIO(encoded)
+        assert self.context.context_id is not None
+        self.assoc.dimse.send_msg(response, self.context.context_id)
+
+
+def _count(progress: _Progress | None, name: str) -> int | None:
+    return None if progress is None else min(int(getattr(progress, name)), _MAX_COUNT)
+
+
+class RetrievingAssociation(Association):
+    """An acceptor association whose C-MOVE and C-GET requests go to ``Retrieval``."""
+
+    retrieval: Retrieval | None = None
+
+    def _serve_request(self, msg: Any, context_id: int) -> None:
+        context = self._accepted_cx.get(context_id)
+        if (
+            self.retrieval is None
+            or not isinstance(msg, C_MOVE | C_GET)
+            or not msg.is_valid_request
+            or context is None
+            or self._sent_release
+        ):
+            super()._serve_request(msg, context_id)
+            return
+        # What pynetdicom's _serve_request does around a service class's SCP().
+        self.dimse.cancel_req = {}
+        self._is_paused = True
+        try:
+            self.retrieval.serve(self, msg, context)
+        except Exception:
+            log.exception("C-MOVE/C-GET failed")
+            if self.is_established:
+                self.abort()
+        finally:
+            self._is_paused = False
+            self.dimse.cancel_req = {}
