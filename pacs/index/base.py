@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -64,6 +64,10 @@ class Index(Protocol):
         Returns ``None`` when inserted, or the instance already stored under the
         same SOP Instance UID (then nothing changes).
         """
+        ...
+
+    def add_instances(self, records: Sequence[InstanceRecord]) -> list[StoredInstance | None]:
+        """``add_instance`` for many records in one transaction, for bulk loading."""
         ...
 
     def replace_instance(self, record: InstanceRecord) -> StoredInstance | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import fcntl
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -284,6 +284,16 @@ class SqliteIndex:
         if pending.error is not None:
             raise pending.error
         return pending.existing
+
+    def add_instances(self, records: Sequence[InstanceRecord]) -> list[StoredInstance | None]:
+        """``add_instance`` for many records in one transaction (bulk loading)."""
+        batch = [_PendingAdd(record) for record in records]
+        with self._write_lock:
+            self._commit_batch(batch)
+        for item in batch:
+            if item.error is not None:
+                raise item.error
+        return [item.existing for item in batch]
 
     def _commit_batch(self, batch: list[_PendingAdd]) -> None:
         try:
