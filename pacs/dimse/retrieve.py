@@ -15,8 +15,6 @@ every other request to pynetdicom.
 from __future__ import annotations
 
 import logging
-import socket
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from io import BytesIO
@@ -41,6 +39,7 @@ from pacs.dimse.identifier import (
     parse_identifier,
     permitted,
 )
+from pacs.dimse.transport import paused_reactor
 from pacs.errors import PacsError
 from pacs.index.base import StoredInstance
 
@@ -180,7 +179,6 @@ class Retrieval:
         if not store_assoc.is_established:
             log.warning("cannot associate with move destination %s", destination)
             return None
-        _no_delay(store_assoc)
         return store_assoc
 
     def _send_all(
@@ -274,16 +272,9 @@ class Retrieval:
 
 
 def _exchange(assoc: Association, request: C_STORE, context: PresentationContext) -> int | None:
-    """Send a C-STORE request and wait for its response, as ``send_c_store`` does.
-
-    The association's reactor is paused meanwhile so that it does not take the
-    response from the queue first (in an SCP handler it is already paused).
-    """
-    assoc._reactor_checkpoint.clear()
-    try:
-        while not assoc._is_paused and assoc.is_alive():
-            time.sleep(0.0001)
-        assert context.context_id is not None
+    """Send a C-STORE request and wait for its response; ``None`` on DIMSE timeout."""
+    assert context.context_id is not None
+    with paused_reactor(assoc):
         assoc.dimse.send_msg(request, context.context_id)
         while True:
             _, response = assoc.dimse.get_msg(block=True)
@@ -298,8 +289,6 @@ def _exchange(assoc: Association, request: C_STORE, context: PresentationContext
                 "ignoring unexpected %s while waiting for a C-STORE response",
                 type(response).__name__,
             )
-    finally:
-        assoc._reactor_checkpoint.set()
 
 
 def _proposed_contexts(
@@ -342,13 +331,6 @@ def _ordered(accepted: list[str], preferred: Sequence[str]) -> list[str]:
 def _requestor_preferences(assoc: Association) -> list[str]:
     # A C-GET requestor states its preference by the order of its proposals.
     return [str(cx.transfer_syntax[0]) for cx in assoc.accepted_contexts]
-
-
-def _no_delay(assoc: Association) -> None:
-    # pynetdicom leaves Nagle's algorithm on: each small PDU would wait for an ACK.
-    sock = assoc.dul.socket.socket if assoc.dul.socket is not None else None
-    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 class _Responder:

@@ -21,7 +21,7 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
 )
-from pynetdicom import AE, evt
+from pynetdicom import evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
@@ -34,7 +34,7 @@ from pacs.dimse import status
 from pacs.dimse.find import handle_c_find
 from pacs.dimse.identifier import FIND_MODELS, GET_MODELS, MOVE_MODELS, permitted
 from pacs.dimse.retrieve import Retrieval, RetrievingAssociation
-from pacs.dimse.transport import TunedRequestHandler, cheaply_copied
+from pacs.dimse.transport import TunedAE, TunedRequestHandler, cheaply_copied
 from pacs.errors import PacsError
 from pacs.types import Caller
 
@@ -228,8 +228,8 @@ class DicomNode:
         self.ae.shutdown()
 
 
-def _build_ae(settings: Settings) -> AE:
-    ae = AE(ae_title=settings.ae_title)
+def _build_ae(settings: Settings) -> TunedAE:
+    ae = TunedAE(ae_title=settings.ae_title)
     ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
     ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
     ae.maximum_associations = settings.max_associations

@@ -23,12 +23,14 @@ import select
 import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from pynetdicom import AE
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.presentation import PresentationContext
-from pynetdicom.transport import AssociationSocket, RequestHandler
+from pynetdicom.transport import AddressInformation, AssociationSocket, RequestHandler
 
 if TYPE_CHECKING:
     from pynetdicom.association import Association
@@ -175,25 +177,64 @@ def cheaply_copied(contexts: list[PresentationContext]) -> list[PresentationCont
     return contexts
 
 
+def make_event_driven(assoc: Association, sock: AssociationSocket) -> None:
+    """Switch a new, not yet started association to waiting on events.
+
+    Same objects and state; only how they wait differs (see module docstring).
+    """
+    sock.__class__ = EventDrivenAssociationSocket
+    assert isinstance(sock, EventDrivenAssociationSocket)
+    sock.attach_wakeup()
+    assoc.dul.to_provider_queue = _SignallingQueue(sock.wake)
+    assoc.dul._run_loop_delay = 0  # ready() now blocks until there is work
+    dimse = assoc.dimse
+    dimse.__class__ = PromptDIMSEServiceProvider
+    assert isinstance(dimse, PromptDIMSEServiceProvider)
+    assoc.dul.to_user_queue = _SignallingQueue(dimse.nudge)
+
+
+def _no_delay(sock: socket.socket | ssl.SSLSocket | None) -> None:
+    if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 class TunedRequestHandler(RequestHandler):
+    """Accepted associations: event-driven, without Nagle's algorithm."""
+
     def _create_association(self) -> Association:
-        client = self.request
-        if isinstance(client, socket.socket) and client.family in (
-            socket.AF_INET,
-            socket.AF_INET6,
-        ):
-            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        _no_delay(self.request)
         assoc = super()._create_association()
-        # Same objects and state; only how they wait differs (see module docstring).
-        sock = assoc.dul.socket
-        assert sock is not None
-        sock.__class__ = EventDrivenAssociationSocket
-        assert isinstance(sock, EventDrivenAssociationSocket)
-        sock.attach_wakeup()
-        assoc.dul.to_provider_queue = _SignallingQueue(sock.wake)
-        assoc.dul._run_loop_delay = 0  # ready() now blocks until there is work
-        dimse = assoc.dimse
-        dimse.__class__ = PromptDIMSEServiceProvider
-        assert isinstance(dimse, PromptDIMSEServiceProvider)
-        assoc.dul.to_user_queue = _SignallingQueue(dimse.nudge)
+        assert assoc.dul.socket is not None
+        make_event_driven(assoc, assoc.dul.socket)
         return assoc
+
+
+class TunedAE(AE):
+    """Associations we request (C-MOVE sub-operations) get the same tuning."""
+
+    def _create_socket(
+        self, assoc: Association, address: AddressInformation, tls_args: Any
+    ) -> AssociationSocket:
+        sock = super()._create_socket(assoc, address, tls_args)
+        _no_delay(sock.socket)
+        make_event_driven(assoc, sock)
+        return sock
+
+
+@contextmanager
+def paused_reactor(assoc: Association) -> Iterator[None]:
+    """Hold the association's reactor while we exchange messages ourselves,
+    as ``Association.send_c_store`` does, so it does not take our responses.
+
+    Inside an SCP handler the reactor is already paused (it is running us).
+    """
+    assoc._reactor_checkpoint.clear()
+    dimse = assoc.dimse
+    if isinstance(dimse, PromptDIMSEServiceProvider):
+        dimse.nudge()  # end its wait on the message queue so it reaches the checkpoint
+    try:
+        while not assoc._is_paused and assoc.is_alive():
+            time.sleep(0.0001)
+        yield
+    finally:
+        assoc._reactor_checkpoint.set()

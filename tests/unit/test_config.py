@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from pacs.cli import build_parser
-from pacs.config import Node, Settings, load_settings, parse_node
+from pacs.config import SERVICES, Node, Settings, load_settings, parse_node
 from pacs.core.archive import DuplicatePolicy
 from pacs.errors import ConfigError
 
@@ -181,6 +181,8 @@ BAD_VALUES = [
     ("nodes", "CT1@host:99999", "between 1 and 65535"),
     ("nodes", "A@h:1,A@h:2", "defined twice"),
     ("nodes", "THIS_AE_IS_FAR_TOO_LONG@h:1", "AE@HOST:PORT|not a valid AE title"),
+    ("known_nodes_only", "maybe", "true or false"),
+    ("case_insensitive_names", "2", "true or false"),
 ]
 
 
@@ -324,3 +326,53 @@ def test_example_config_lists_every_setting_with_its_default(tmp_path: Path) -> 
     config.write_text("".join(f"{key} = {value}\n" for key, value in settings.items()))
     assert set(settings) == {f.name for f in dataclasses.fields(Settings)} - {"nodes"}
     assert load_settings(config_file=config, environ={}) == Settings()
+
+
+def test_node_tables_with_permissions_and_transfer_syntaxes(tmp_path: Path) -> None:
+    config = toml(
+        tmp_path,
+        "known_nodes_only = true\ncase_insensitive_names = false\n"
+        '[[nodes]]\nae_title = "WS"\nhost = "10.0.0.40"\nport = 11112\n'
+        'allow = ["find", "GET"]\n'
+        'transfer_syntaxes = ["1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2"]\n'
+        '[[nodes]]\nae_title = "CT1"\nhost = "10.0.0.21"\nport = 104\n',
+    )
+    settings = load_settings(None, config, NO_ENV)
+    assert settings.known_nodes_only is True
+    assert settings.case_insensitive_names is False
+    workstation, scanner = settings.nodes
+    assert workstation.allow == frozenset({"find", "get"})
+    assert workstation.transfer_syntaxes == ("1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2")
+    # A node given without "allow" may do everything; without preferences, as stored.
+    assert scanner.allow == frozenset(SERVICES)
+    assert scanner.transfer_syntaxes == ()
+    assert settings.node(" WS ") is workstation
+    assert settings.node("UNKNOWN") is None
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ('allow = ["find", "delete"]', "unknown service 'delete'"),
+        ('allow = "find"', "list of services"),
+        ('transfer_syntaxes = ["1.2.3"]', "not a known transfer syntax"),
+        ('transfer_syntaxes = "1.2.840.10008.1.2"', "list of UIDs"),
+        ('colour = "red"', "unknown key 'colour'"),
+    ],
+)
+def test_bad_node_tables(tmp_path: Path, table: str, message: str) -> None:
+    config = toml(tmp_path, f'[[nodes]]\nae_title = "WS"\nhost = "h"\nport = 1\n{table}\n')
+    with pytest.raises(ConfigError, match=message):
+        load_settings(None, config, NO_ENV)
+
+
+@pytest.mark.parametrize(("text", "expected"), [("1", True), ("on", True), ("False", False)])
+def test_booleans_from_the_environment(text: str, expected: bool) -> None:
+    settings = load_settings(environ={"PACS_KNOWN_NODES_ONLY": text})
+    assert settings.known_nodes_only is expected
+
+
+def test_known_nodes_only_flag() -> None:
+    args = build_parser().parse_args(["serve", "--known-nodes-only"])
+    assert args.known_nodes_only is True
+    assert build_parser().parse_args(["serve"]).known_nodes_only is None
