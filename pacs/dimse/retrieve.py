@@ -112,7 +112,7 @@ class Retrieval:
                 return
             store_assoc = self._associate(assoc, destination, instances)
             if store_assoc is None:
-                # dcm4chee answers an unreachable destination the same way.
+                # As DCMTK's dcmqrscp does: every sub-operation failed (A702).
                 send.failure(
                     UNABLE_TO_PERFORM_SUBOPERATIONS,
                     f"cannot associate with {destination}",
