@@ -40,9 +40,15 @@ from pacs.index.schema import (
 
 _RANGE_VRS = frozenset(("DA", "TM", "DT"))
 _NO_WILDCARD_VRS = frozenset(("UI", "DA", "TM", "DT", "IS", "DS", "US", "UL", "SS", "SL"))
-_DA = re.compile(r"\d{8}")
-_TM = re.compile(r"\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?")
-_DT = re.compile(r"\d{4}(\d{2}(\d{2}(\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?)?)?)?([+-]\d{4})?")
+# PS3.5 Table 6.2-1, with the calendar's and the clock's limits (leap second allowed).
+_MONTH, _DAY = r"(0[1-9]|1[0-2])", r"(0[1-9]|[12]\d|3[01])"
+_HOUR, _MINUTE, _SECOND = r"([01]\d|2[0-3])", r"[0-5]\d", r"([0-5]\d|60)"
+_OFFSET = r"([+-](0\d|1[0-4])[0-5]\d)"  # UTC offsets run from -1200 to +1400
+_DA = re.compile(rf"\d{{4}}{_MONTH}{_DAY}")
+_TM = re.compile(rf"{_HOUR}({_MINUTE}({_SECOND}(\.\d{{1,6}})?)?)?")
+_DT = re.compile(
+    rf"\d{{4}}({_MONTH}({_DAY}({_HOUR}({_MINUTE}({_SECOND}(\.\d{{1,6}})?)?)?)?)?)?{_OFFSET}?"
+)
 # Upper bounds of partial times are padded to the end of the period they name,
 # so "-1200" includes 12:00:30 (a lower bound is already the period's start).
 _TM_END = "235959.999999"
@@ -123,21 +129,23 @@ def _condition(key: SearchKey, value: str, case_insensitive_names: bool) -> Cond
     if attribute.kind is Kind.PERSON_NAME and case_insensitive_names:
         column = norm_column(attribute)
         value = normalise_name(value)
-    parts = [part.strip(" ") for part in value.split("\\")]
+    parts = [part.strip(" ") for part in value.split("\\") if part.strip(" ")]
+    if not parts:
+        return None  # only separators: no value to match, as if empty
     if vr == "UI":
         try:
-            uids = tuple(check_uid(key.keyword, part) for part in parts if part)
+            uids = tuple(check_uid(key.keyword, part) for part in parts)
         except InvalidDatasetError as exc:
             raise InvalidQueryError(str(exc)) from None
         match: Match = UidList(uids) if len(uids) > 1 else SingleValue(uids[0])
     elif len(parts) > 1:
         if vr in _RANGE_VRS and any("-" in part for part in parts):
             raise InvalidQueryError(f"{key.keyword}: a list of values cannot hold a range")
-        match = AnyOf(tuple(_single(key, vr, part) for part in parts if part))
-    elif vr in _RANGE_VRS and _is_range(vr, value):
-        match = _range(key.keyword, vr, value)
+        match = AnyOf(tuple(_single(key, vr, part) for part in parts))
+    elif vr in _RANGE_VRS and _is_range(vr, parts[0]):
+        match = _range(key.keyword, vr, parts[0])
     else:
-        match = _single(key, vr, value)
+        match = _single(key, vr, parts[0])
     return Condition(attribute.level, column, match, key.multi_valued)
 
 

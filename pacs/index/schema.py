@@ -165,8 +165,17 @@ LEVELS = (Level.PATIENT, Level.STUDY, Level.SERIES, Level.IMAGE)
 
 
 def normalise_name(value: str) -> str:
-    """Fold a person name for case-insensitive matching, keeping diacritics (NFC)."""
-    return unicodedata.normalize("NFC", value).casefold()
+    """Fold a person name for case-insensitive matching, keeping diacritics (NFC).
+
+    Character by character, so that the folded name has as many characters as
+    the original and ``?`` still stands for one: ``casefold`` would turn ``ß``
+    into ``ss`` and ``Wei?`` would no longer find ``Weiß``.
+    """
+    text = unicodedata.normalize("NFC", value)
+    folded = text.lower()
+    if len(folded) == len(text):
+        return folded
+    return "".join(c.lower() if len(c.lower()) == 1 else c for c in text)
 
 
 def attributes_at(level: Level) -> tuple[Attribute, ...]:

@@ -9,6 +9,8 @@ the archive acknowledges the instance.
 from __future__ import annotations
 
 import fcntl
+import functools
+import re
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -22,6 +24,7 @@ from pacs.index.schema import ATTRIBUTES, Kind, Level, attributes_at, norm_colum
 from pacs.types import ArchiveStatistics
 
 SCHEMA_VERSION = 1
+_IDLE_READERS = 8  # connections kept for streamed results (see ``find``)
 
 _TABLES = {
     Level.PATIENT: "patients",
@@ -124,6 +127,7 @@ class SqliteIndex:
         self._queue_lock = threading.Lock()
         self._queue: list[_PendingAdd] = []
         self._local = threading.local()
+        self._idle_readers: list[sqlite3.Connection] = []
         self._lock_file = None if self._in_memory else open(self._path + ".writer-lock", "ab")
         self._writer = self._connect(writer=True)
         try:
@@ -137,6 +141,9 @@ class SqliteIndex:
             self._path, isolation_level=None, check_same_thread=False, timeout=30
         )
         connection.row_factory = sqlite3.Row
+        connection.create_function(
+            "dicom_any_value_matches", 2, _any_value_matches, deterministic=True
+        )
         if writer and not self._in_memory:
             # WAL is a property of the file: set once by the writer, under the
             # cross-process lock, never by readers (which could then wait on it).
@@ -237,13 +244,33 @@ class SqliteIndex:
         return dict(row) if row else None
 
     def find(self, query: Query) -> Iterator[dict[str, Any]]:
-        """Rows of ``query.columns`` for every entity matching ``query``, lazily."""
+        """Rows of ``query.columns`` for every entity matching ``query``, lazily.
+
+        A result being read holds its own connection (and so its own snapshot of
+        the database), so that the reading thread's other queries, between two
+        rows, still see what was committed since.
+        """
         sql, params = _select(query)
-        with self._reading() as db:
-            cursor = db.execute(sql, params)
+        if self._in_memory:
+            yield from self._find_in_memory(sql, params)
+            return
+        connection = self._borrow_reader()
+        cursor = connection.execute(sql, params)
+        try:
+            while rows := cursor.fetchmany(256):
+                for row in rows:
+                    yield dict(row)
+        finally:
+            cursor.close()
+            self._return_reader(connection)
+
+    def _find_in_memory(self, sql: str, params: list[Any]) -> Iterator[dict[str, Any]]:
+        # One connection only: hold the lock per batch, never across a yield.
+        with self._write_lock:
+            cursor = self._writer.execute(sql, params)
         try:
             while True:
-                with self._reading():
+                with self._write_lock:
                     rows = cursor.fetchmany(256)
                 if not rows:
                     return
@@ -251,6 +278,19 @@ class SqliteIndex:
                     yield dict(row)
         finally:
             cursor.close()
+
+    def _borrow_reader(self) -> sqlite3.Connection:
+        with self._queue_lock:
+            if self._idle_readers:
+                return self._idle_readers.pop()
+        return self._connect()
+
+    def _return_reader(self, connection: sqlite3.Connection) -> None:
+        with self._queue_lock:
+            if len(self._idle_readers) < _IDLE_READERS:
+                self._idle_readers.append(connection)
+                return
+        connection.close()
 
     def count(self, query: Query) -> int:
         sql, params = _select(query, count=True)
@@ -514,6 +554,10 @@ class SqliteIndex:
         return cursor.lastrowid
 
     def close(self) -> None:
+        with self._queue_lock:
+            for connection in self._idle_readers:
+                connection.close()
+            self._idle_readers.clear()
         with self._write_lock:
             self._writer.close()
             if self._lock_file is not None:
@@ -580,12 +624,26 @@ def _uid_list(column: str, match: Any, multi_valued: bool) -> Clause:
 
 
 def _wildcard(column: str, match: Any, multi_valued: bool) -> Clause:
+    if multi_valued:
+        # GLOB's * would run across the backslash into the next value.
+        return f"dicom_any_value_matches({column}, ?)", [match.pattern]
     # GLOB is case-sensitive, as DICOM matching is, and uses an index on a
     # literal prefix. Its only other special character is '['.
-    pattern = match.pattern.replace("[", "[[]")
-    if multi_valued:
-        return f"{_FRAMED.format(column)} GLOB ?", [f"*\\{pattern}\\*"]
-    return f"{column} GLOB ?", [pattern]
+    return f"{column} GLOB ?", [match.pattern.replace("[", "[[]")]
+
+
+@functools.lru_cache(maxsize=256)
+def _wildcard_regex(pattern: str) -> re.Pattern[str]:
+    translated = re.escape(pattern).replace(r"\*", ".*").replace(r"\?", ".")
+    return re.compile(translated, re.DOTALL)
+
+
+def _any_value_matches(value: str | None, pattern: str) -> bool:
+    """C.2.2.2.4 on a multi-valued attribute: some one value matches the pattern."""
+    if value is None:
+        return False
+    regex = _wildcard_regex(pattern)
+    return any(regex.fullmatch(one) for one in value.split("\\"))
 
 
 def _range(column: str, match: Any, multi_valued: bool) -> Clause:
