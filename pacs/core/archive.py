@@ -331,14 +331,14 @@ class Archive:
     ) -> tuple[str, bytes]:
         """The data set (no file meta) in the first of ``accepted`` syntaxes we can make.
 
-        As stored when the stored syntax is among ``accepted`` (byte for byte),
-        else converted by ``pacs.pixels``. Returns (transfer syntax UID, bytes).
-        Raises ``UnsupportedTransferSyntaxError`` when no accepted syntax can be
-        produced. Reads one instance into memory, never more.
+        ``accepted`` is in the caller's order of preference. The stored syntax
+        gives the stored bytes unchanged; others are made by ``pacs.pixels``.
+        Returns (transfer syntax UID, bytes). Raises
+        ``UnsupportedTransferSyntaxError`` when no accepted syntax can be made.
+        Reads one instance into memory, never more.
         """
         target = next(
-            (ts for ts in accepted if ts == stored.transfer_syntax_uid),
-            next((ts for ts in accepted if can_transcode(stored.transfer_syntax_uid, ts)), None),
+            (ts for ts in accepted if can_transcode(stored.transfer_syntax_uid, ts)), None
         )
         if target is None:
             raise UnsupportedTransferSyntaxError(

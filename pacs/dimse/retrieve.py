@@ -122,7 +122,9 @@ class Retrieval:
             preferred: Sequence[str] = destination.transfer_syntaxes
             originator = (calling, int(request.MessageID or 0))
         else:
-            store_assoc, preferred, originator = assoc, _requestor_preferences(assoc), None
+            # The requestor's order is lost in negotiation: send as stored when it
+            # accepted that, else convert (see _ordered).
+            store_assoc, preferred, originator = assoc, (), None
             if not instances:
                 send.final(_Progress(0))
                 return
@@ -240,7 +242,7 @@ class Retrieval:
                 stored.sop_class_uid,
             )
             return "Failure"
-        accepted = _ordered(list(contexts), preferred)
+        accepted = _ordered(list(contexts), preferred, stored.transfer_syntax_uid)
         try:
             transfer_syntax, data = self.archive.dataset_for_transfer(stored, accepted)
         except PacsError as exc:
@@ -294,28 +296,29 @@ def _exchange(assoc: Association, request: C_STORE, context: PresentationContext
 def _proposed_contexts(
     instances: list[StoredInstance], preferred: Sequence[str]
 ) -> list[PresentationContext]:
-    """Per SOP class: one context per stored syntax, and one with the fall-backs.
+    """Per SOP class: one context per preferred and per stored syntax, then one
+    with the uncompressed fall-backs.
 
-    A separate context per stored syntax lets the destination accept each as
-    is (a single context could take only one); the fall-back context carries
-    the node's preferred syntaxes and the uncompressed ones. When that makes
-    more than 128 contexts, one context per SOP class carries them all.
+    One syntax per context, because a destination accepts one syntax per
+    context and chooses by its own order: this way it can accept each syntax
+    it supports, and we choose among them (``_ordered``). When that makes more
+    than 128 contexts, one context per SOP class carries them all.
     """
     stored: dict[str, list[str]] = {}
     for instance in instances:
         syntaxes = stored.setdefault(instance.sop_class_uid, [])
         if instance.transfer_syntax_uid not in syntaxes:
             syntaxes.append(instance.transfer_syntax_uid)
-    fallback = list(dict.fromkeys([*preferred, *_UNCOMPRESSED]))
     contexts = []
     for sop_class, syntaxes in stored.items():
-        for syntax in syntaxes:
-            if syntax not in fallback:
-                contexts.append(build_context(sop_class, [syntax]))
-        contexts.append(build_context(sop_class, fallback))
+        singles = list(dict.fromkeys([*preferred, *syntaxes]))
+        contexts += [build_context(sop_class, [syntax]) for syntax in singles]
+        fallback = [syntax for syntax in _UNCOMPRESSED if syntax not in singles]
+        if fallback:
+            contexts.append(build_context(sop_class, fallback))
     if len(contexts) > _MAX_CONTEXTS:
         contexts = [
-            build_context(sop_class, list(dict.fromkeys([*syntaxes, *fallback])))
+            build_context(sop_class, list(dict.fromkeys([*preferred, *syntaxes, *_UNCOMPRESSED])))
             for sop_class, syntaxes in stored.items()
         ]
     if len(contexts) > _MAX_CONTEXTS:
@@ -323,14 +326,10 @@ def _proposed_contexts(
     return contexts[:_MAX_CONTEXTS]
 
 
-def _ordered(accepted: list[str], preferred: Sequence[str]) -> list[str]:
-    rank = {ts: i for i, ts in enumerate(preferred)}
+def _ordered(accepted: list[str], preferred: Sequence[str], stored: str) -> list[str]:
+    """The node's preferences first, then the stored syntax, then the rest."""
+    rank = {ts: i for i, ts in enumerate(dict.fromkeys([*preferred, stored]))}
     return sorted(accepted, key=lambda ts: rank.get(ts, len(rank)))
-
-
-def _requestor_preferences(assoc: Association) -> list[str]:
-    # A C-GET requestor states its preference by the order of its proposals.
-    return [str(cx.transfer_syntax[0]) for cx in assoc.accepted_contexts]
 
 
 class _Responder:

@@ -15,6 +15,7 @@ from typing import Any, cast
 
 from pydicom.dataset import Dataset
 from pydicom.uid import (
+    UID,
     AllTransferSyntaxes,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
@@ -228,6 +229,29 @@ class DicomNode:
         self.ae.shutdown()
 
 
+def acceptance_order() -> list[str]:
+    """Every transfer syntax, in the order we pick one when a context offers several.
+
+    pynetdicom, as acceptor, takes the first syntax of *its own* list that the
+    requestor proposed. Explicit VR Little Endian comes first, because it keeps
+    every VR (private tags included) and is what we send back as stored; then
+    the lossless compressed syntaxes, then the lossy ones (a sender that
+    proposes only those has nothing better), then Implicit VR and Big Endian.
+    DCMTK's storescp prefers explicit VR likewise.
+    """
+
+    def rank(uid: str) -> int:
+        syntax = UID(uid)
+        if syntax == ExplicitVRLittleEndian:
+            return 0
+        if syntax in (ImplicitVRLittleEndian, ExplicitVRBigEndian):
+            return 3 if syntax == ImplicitVRLittleEndian else 4
+        lossless = ("Lossless" in syntax.name and "Lossy" not in syntax.name) or syntax.is_deflated
+        return 1 if lossless else 2
+
+    return sorted(AllTransferSyntaxes, key=rank)  # stable: pydicom's order within a rank
+
+
 def _build_ae(settings: Settings) -> TunedAE:
     ae = TunedAE(ae_title=settings.ae_title)
     ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
@@ -245,7 +269,7 @@ def _build_ae(settings: Settings) -> TunedAE:
     ae.connection_timeout = settings.acse_timeout
     if settings.known_nodes_only:
         ae.require_calling_aet = [node.ae_title for node in settings.nodes]
-    transfer_syntaxes = list(AllTransferSyntaxes)
+    transfer_syntaxes = acceptance_order()
     ae.add_supported_context(Verification, transfer_syntaxes)
     # Only known storage SOP classes: unknown abstract syntaxes are refused at
     # negotiation (UNRESTRICTED_STORAGE_SERVICE stays off). Role selection is
