@@ -23,7 +23,7 @@ from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from pacs.core import encoding
+from pacs.core import dicomjson, encoding
 from pacs.core.attributes import check_request, index_values, required_uids
 from pacs.core.query import build_query, row_values
 from pacs.errors import (
@@ -154,6 +154,7 @@ class Archive:
             try:
                 content_hash = hashlib.sha256(dataset_bytes).hexdigest()
                 values = index_values(dataset)
+                metadata = _metadata(dataset, uids, layout)
             except BaseException:
                 with contextlib.suppress(PacsError):
                     pending.result()
@@ -166,6 +167,7 @@ class Archive:
             if early is not None:
                 return early
             values = index_values(dataset)
+            metadata = _metadata(dataset, uids, layout)
             self._put_blob(key, meta, dataset_bytes)
         # Offsets only make sense where the blob holds the data set uncompressed.
         pixel_offset = (
@@ -183,6 +185,7 @@ class Archive:
             pixel_data_length=None if pixel_offset is None else layout.pixel_data_length,
             source_ae_title=caller.ae_title,
             stored_at=datetime.now(UTC).isoformat(timespec="milliseconds"),
+            metadata=metadata,
         )
         try:
             if existing is not None and self.duplicate_policy is DuplicatePolicy.REPLACE:
@@ -430,6 +433,20 @@ class Archive:
 
     def statistics(self) -> ArchiveStatistics:
         return self.index.statistics()
+
+
+def instance_path(study_instance_uid: str, series_instance_uid: str, sop_instance_uid: str) -> str:
+    """The instance's resource path below the DICOMweb root (PS3.18 10.4.1)."""
+    return f"studies/{study_instance_uid}/series/{series_instance_uid}/instances/{sop_instance_uid}"
+
+
+def _metadata(dataset: Dataset, uids: dict[str, str], layout: encoding.Layout) -> bytes:
+    # Computed while the blob is being fsynced in another thread, so it costs
+    # CPU but not latency; WADO-RS metadata then never parses a file.
+    path = instance_path(
+        uids["StudyInstanceUID"], uids["SeriesInstanceUID"], uids["SOPInstanceUID"]
+    )
+    return dicomjson.instance_metadata(dataset, path, layout.pixel_data_offset is not None)
 
 
 def _index_error(exc: Exception) -> StorageError:

@@ -313,7 +313,7 @@ def _proposed_contexts(
     for sop_class, syntaxes in stored.items():
         singles = list(dict.fromkeys([*preferred, *syntaxes]))
         contexts += [build_context(sop_class, [syntax]) for syntax in singles]
-        fallback = [syntax for syntax in _UNCOMPRESSED if syntax not in singles]
+        fallback: list[str] = [str(ts) for ts in _UNCOMPRESSED if ts not in singles]
         if fallback:
             contexts.append(build_context(sop_class, fallback))
     if len(contexts) > _MAX_CONTEXTS:

@@ -29,6 +29,8 @@ class InstanceRecord:
     source_ae_title: str
     stored_at: str
     """UTC time of storage, ISO 8601."""
+    metadata: bytes | None = None
+    """The instance's DICOM JSON (``pacs.core.dicomjson``), precomputed for WADO-RS."""
 
     @property
     def sop_instance_uid(self) -> str:
@@ -87,6 +89,14 @@ class Index(Protocol):
 
     def find(self, query: Query) -> Iterator[dict[str, Any]]:
         """Column name -> value for each matching entity, lazily (see ``pacs.index.query``)."""
+        ...
+
+    def set_metadata(self, sop_instance_uid: str, metadata: bytes) -> None:
+        """Record the precomputed DICOM JSON of an instance stored without it.
+
+        ``find`` returns it as the column ``metadata`` at IMAGE level (``None``
+        when absent).
+        """
         ...
 
     def count(self, query: Query) -> int:

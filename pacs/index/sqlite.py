@@ -23,7 +23,7 @@ from pacs.index.query import AnyOf, Condition, Match, Query, Range, SingleValue,
 from pacs.index.schema import ATTRIBUTES, Kind, Level, attributes_at, norm_column, normalise_name
 from pacs.types import ArchiveStatistics
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _IDLE_READERS = 8  # connections kept for streamed results (see ``find``)
 
 _TABLES = {
@@ -166,6 +166,15 @@ class SqliteIndex:
             if version < 1:
                 for statement in _create_statements():
                     db.execute(statement)
+            if version < 2:
+                # Precomputed DICOM JSON per instance (WADO-RS metadata); kept
+                # apart so that scans of the instances table stay small.
+                db.execute(
+                    """CREATE TABLE instance_metadata (
+                         instance_pk INTEGER PRIMARY KEY
+                           REFERENCES instances(pk) ON DELETE CASCADE,
+                         json BLOB NOT NULL)"""
+                )
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     @contextmanager
@@ -292,6 +301,14 @@ class SqliteIndex:
                 return
         connection.close()
 
+    def set_metadata(self, sop_instance_uid: str, metadata: bytes) -> None:
+        with self._transaction() as db:
+            db.execute(
+                """INSERT OR REPLACE INTO instance_metadata (instance_pk, json)
+                   SELECT pk, ? FROM instances WHERE sop_instance_uid = ?""",
+                (metadata, sop_instance_uid),
+            )
+
     def count(self, query: Query) -> int:
         sql, params = _select(query, count=True)
         with self._reading() as db:
@@ -416,7 +433,7 @@ class SqliteIndex:
             )
             new_series = True
 
-        self._insert_row(
+        instance_pk = self._insert_row(
             db,
             Level.IMAGE,
             values,
@@ -432,6 +449,11 @@ class SqliteIndex:
                 "stored_at": record.stored_at,
             },
         )
+        if record.metadata is not None:
+            db.execute(
+                "INSERT INTO instance_metadata (instance_pk, json) VALUES (?, ?)",
+                (instance_pk, record.metadata),
+            )
         db.execute(
             """UPDATE patients SET
                  number_of_patient_related_studies = number_of_patient_related_studies + ?,

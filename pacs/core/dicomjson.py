@@ -1,0 +1,142 @@
+"""The DICOM JSON Model (PS3.18 Annex F), written fast.
+
+Used twice: at ingest, to precompute each instance's metadata once (so that
+WADO-RS metadata is a concatenation of stored JSON, never a parse), and by
+QIDO-RS for index rows. Unlike pydicom's ``to_json_dict`` it never reads a
+bulk data value it would not inline, writes an empty value inside a list as
+``null`` (PS3.18 F.2.5), and lets orjson do the writing.
+
+Bulk data (pixel data, and any binary value over ``INLINE_LIMIT`` bytes) is
+never inlined: it gets a ``BulkDataURI`` relative to the instance's WADO-RS
+URL, prefixed with ``BASE_PLACEHOLDER``, which the HTTP front end replaces
+with the request's base URL when it serves the JSON.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import orjson
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.valuerep import PersonName
+
+BASE_PLACEHOLDER = "\u0000BASE\u0000"
+"""Stands for the DICOMweb root URL inside precomputed metadata."""
+
+INLINE_LIMIT = 1024
+"""Binary values up to this size are inlined (base64); larger ones are bulk data."""
+
+_BINARY_VRS = frozenset(("OB", "OD", "OF", "OL", "OV", "OW", "UN"))
+_NUMBER_VRS = frozenset(("FL", "FD", "SL", "SS", "UL", "US", "SV", "UV"))
+_TEXT_AS_NUMBER = frozenset(("DS", "IS"))
+
+
+def instance_metadata(
+    dataset: Dataset,
+    bulk_prefix: str,
+    pixel_data: bool,
+) -> bytes:
+    """An instance's metadata as DICOM JSON bytes (one object).
+
+    ``bulk_prefix`` is the instance path below the DICOMweb root
+    (``studies/S/series/R/instances/I``); ``pixel_data`` says whether the
+    instance has Pixel Data (read separately, never part of ``dataset``).
+    """
+    model = _dataset(dataset, f"{BASE_PLACEHOLDER}/{bulk_prefix}/bulkdata", "")
+    if pixel_data:
+        model["7FE00010"] = {
+            "vr": "OB",
+            "BulkDataURI": f"{BASE_PLACEHOLDER}/{bulk_prefix}/bulkdata/7FE00010",
+        }
+    return orjson.dumps(model)
+
+
+def attributes(values: Iterable[tuple[int, str, Any]]) -> dict[str, Any]:
+    """DICOM JSON for (tag, VR, value) triples, as QIDO-RS builds from index rows."""
+    model: dict[str, Any] = {}
+    for tag, vr, value in values:
+        model[f"{tag:08X}"] = _attribute(vr, value)
+    return model
+
+
+def _dataset(dataset: Dataset, bulk_base: str, path: str) -> dict[str, Any]:
+    model: dict[str, Any] = {}
+    for element in dataset:
+        tag = element.tag
+        if tag.group == 0x0002 or tag.element == 0x0000:
+            continue  # file meta and group lengths are not part of the model
+        key = f"{tag:08X}"
+        model[key] = _element(element, bulk_base, f"{path}{key}")
+    return model
+
+
+def _element(element: DataElement, bulk_base: str, path: str) -> dict[str, Any]:
+    vr = element.VR
+    if " or " in vr:  # ambiguous VR left unresolved: say OB/US as PS3.5 would default
+        vr = vr.split(" or ")[0]
+    if vr == "SQ":
+        items = [_dataset(item, bulk_base, f"{path}/") for item in element.value or ()]
+        return {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
+    if vr in _BINARY_VRS:
+        value = element.value
+        if value is None or value == b"":
+            return {"vr": vr}
+        if isinstance(value, bytes) and len(value) <= INLINE_LIMIT:
+            return {"vr": vr, "InlineBinary": base64.b64encode(value).decode("ascii")}
+        return {"vr": vr, "BulkDataURI": f"{bulk_base}/{path}"}
+    return _attribute(vr, element.value)
+
+
+def _attribute(vr: str, value: Any) -> dict[str, Any]:
+    if value is None or value == "" or value == b"":
+        return {"vr": vr}
+    values = list(value) if isinstance(value, MultiValue | list | tuple) else [value]
+    if vr == "PN":
+        names = [_person_name(v) for v in values]
+        return {"vr": vr, "Value": names}
+    if vr in _TEXT_AS_NUMBER:
+        return {"vr": vr, "Value": [_number(v) for v in values]}
+    if vr in _NUMBER_VRS:
+        return {"vr": vr, "Value": [v if isinstance(v, int) else float(v) for v in values]}
+    if vr == "AT":
+        return {"vr": vr, "Value": [f"{int(v):08X}" for v in values]}
+    if vr in _BINARY_VRS:
+        return {"vr": vr, "InlineBinary": base64.b64encode(bytes(value)).decode("ascii")}
+    # PS3.18 F.2.5: an empty value inside a multi-valued string is null.
+    return {"vr": vr, "Value": [None if v in ("", None) else str(v) for v in values]}
+
+
+def _number(value: Any) -> Any:
+    if value in ("", None):
+        return None
+    if isinstance(value, int):
+        return int(value)  # pydicom's IS is an int subclass; orjson wants the real thing
+    if isinstance(value, float):
+        return float(value) if math.isfinite(value) else str(value)
+    text = str(value).strip()
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        number = float(text)
+    except ValueError:
+        return text  # malformed IS/DS: keep the text rather than lose the value
+    return number if math.isfinite(number) else text
+
+
+def _person_name(value: Any) -> dict[str, str] | None:
+    if value in ("", None):
+        return None
+    name = value if isinstance(value, PersonName) else PersonName(str(value))
+    groups = str(name).split("=")
+    model: dict[str, str] = {}
+    for label, group in zip(("Alphabetic", "Ideographic", "Phonetic"), groups, strict=False):
+        if group:
+            model[label] = group
+    return model or None
