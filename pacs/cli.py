@@ -50,6 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="a known remote DICOM node; repeat for several",
     )
     serve.add_argument(
+        "--cors-origin",
+        dest="cors_origins",
+        action="append",
+        metavar="ORIGIN",
+        help="a web origin allowed to call DICOMweb from a browser (* for any); repeatable",
+    )
+    serve.add_argument(
         "--known-nodes-only",
         action="store_const",
         const=True,

@@ -73,6 +73,8 @@ class Settings:
     """Refuse associations whose calling AE title is not among ``nodes``."""
     case_insensitive_names: bool = True
     """Match person names in queries regardless of case (PS3.4 C.2.2.2.1.1)."""
+    cors_origins: tuple[str, ...] = ()
+    """Web origins allowed to call DICOMweb from a browser (``*`` for any)."""
 
     def node(self, ae_title: str) -> Node | None:
         title = ae_title.strip()
@@ -296,6 +298,19 @@ def _as_bool(name: str, value: Any) -> bool:
     raise ConfigError(f"{name} must be true or false, not {value!r}")
 
 
+def _as_origins(name: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [part for part in re.split(r"[,\s]+", value) if part]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{name} must be a list of origins, not {value!r}")
+    for origin in value:
+        if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
+            raise ConfigError(
+                f"{name}: {origin!r} is not an origin like https://viewer.example.org"
+            )
+    return tuple(value)
+
+
 def _as_policy(name: str, value: Any) -> DuplicatePolicy:
     try:
         return DuplicatePolicy(_as_str(name, value).lower())
@@ -328,6 +343,7 @@ _CONVERTERS = {
     "log_level": _as_log_level,
     "known_nodes_only": _as_bool,
     "case_insensitive_names": _as_bool,
+    "cors_origins": _as_origins,
 }
 
 __all__ = ["ENV_PREFIX", "SERVICES", "Node", "Settings", "load_settings", "parse_node"]

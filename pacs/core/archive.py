@@ -18,10 +18,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pydicom.dataset import Dataset
+from pydicom.encaps import generate_frames
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_dataset
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from pacs.core import dicomjson, encoding
 from pacs.core.attributes import check_request, index_values, required_uids
@@ -39,7 +40,7 @@ from pacs.errors import (
 from pacs.index.base import Index, InstanceRecord, StoredInstance
 from pacs.index.query import Query
 from pacs.index.schema import LEVELS, UNIQUE_KEYS, Level
-from pacs.pixels import can_transcode, transcode
+from pacs.pixels import NATIVE_SYNTAXES, bulk_value, can_transcode, decode_frames, transcode
 from pacs.types import ArchiveStatistics, Caller, StoreOutcome, StoreResult
 from storage import BlobNotFoundError, BlobStore, BlobStoreError, BlobStoreFullError
 
@@ -106,6 +107,7 @@ class Archive:
         *,
         sop_class_uid: str | None = None,
         sop_instance_uid: str | None = None,
+        study_instance_uid: str | None = None,
     ) -> StoreResult:
         """Store one encoded data set (as a C-STORE request carries it).
 
@@ -139,7 +141,7 @@ class Archive:
         except Exception as exc:  # pydicom signals bad encodings with assorted types
             raise InvalidDatasetError(f"data set cannot be parsed: {exc}") from None
         uids = required_uids(dataset)
-        check_request(uids, sop_class_uid, sop_instance_uid)
+        check_request(uids, sop_class_uid, sop_instance_uid, study_instance_uid)
         existing = self.index.find_instance(uids["SOPInstanceUID"])
         meta = encoding.file_meta_bytes(
             uids["SOPClassUID"], uids["SOPInstanceUID"], transfer_syntax_uid, caller.ae_title
@@ -212,8 +214,14 @@ class Archive:
         log.info("stored %s from %s (%s)", uids["SOPInstanceUID"], caller, outcome.value)
         return self._result(outcome, uids, transfer_syntax_uid, record.size)
 
-    def ingest_part10(self, data: bytes, caller: Caller) -> StoreResult:
-        """Store a Part 10 file (or a bare Implicit VR Little Endian data set)."""
+    def ingest_part10(
+        self, data: bytes, caller: Caller, *, study_instance_uid: str | None = None
+    ) -> StoreResult:
+        """Store a Part 10 file (or a bare Implicit VR Little Endian data set).
+
+        With ``study_instance_uid`` (STOW-RS to a study), an instance of
+        another study is refused (``DatasetMismatchError``).
+        """
         meta, offset = encoding.split_part10(data)
         if meta:
             raw_ts = meta.get(0x00020010)
@@ -230,7 +238,9 @@ class Archive:
                 address=caller.address,
                 user=caller.user,
             )
-        return self.ingest(data[offset:], transfer_syntax_uid, caller)
+        return self.ingest(
+            data[offset:], transfer_syntax_uid, caller, study_instance_uid=study_instance_uid
+        )
 
     def ingest_dataset(self, dataset: Dataset, caller: Caller) -> StoreResult:
         """Encode a pydicom data set in its file meta's transfer syntax and store it."""
@@ -406,24 +416,144 @@ class Archive:
             raise InvalidQueryError(f"a {level.value} retrieval needs {own_key}")
         if any("*" in value or "?" in value for name, value in keys.items() if name in unique):
             raise InvalidQueryError("retrieval keys cannot hold wildcards")
-        query = build_query(
-            Level.IMAGE, {name: value for name, value in keys.items() if name in unique}
-        )
-        query = Query(
-            Level.IMAGE,
-            query.conditions,
-            (
-                (Level.STUDY, "study_instance_uid"),
-                (Level.SERIES, "series_instance_uid"),
-                (Level.IMAGE, "sop_instance_uid"),
-                (Level.IMAGE, "sop_class_uid"),
-                (Level.IMAGE, "transfer_syntax_uid"),
-                (Level.IMAGE, "blob_key"),
-                (Level.IMAGE, "size"),
-                (Level.IMAGE, "content_hash"),
-            ),
-        )
+        query = self._unique_key_query(level, keys)
         return [StoredInstance(**row) for row in self.index.find(query)]
+
+    def metadata(self, level: Level, keys: Mapping[str, str]) -> list[bytes]:
+        """The DICOM JSON of every instance at ``level`` named by ``keys`` (PS3.18 10.4.1.1.2).
+
+        Each is one JSON object whose bulk data URIs start with
+        ``dicomjson.BASE_PLACEHOLDER``. Precomputed at ingest; an instance
+        stored before that existed is computed now, once, and kept.
+        """
+        query = self._unique_key_query(level, keys, (Level.IMAGE, "metadata"))
+        found = []
+        for row in self.index.find(query):
+            metadata = row.pop("metadata")
+            if metadata is None:
+                metadata = self._compute_metadata(StoredInstance(**row))
+            found.append(bytes(metadata))
+        if not found:
+            raise NotFoundError(f"no {level.value.lower()} matches {dict(keys)}")
+        return found
+
+    def _compute_metadata(self, stored: StoredInstance) -> bytes:
+        part10 = self._read_blob(stored)
+        _, offset = encoding.split_part10(part10)
+        enc = encoding.Encoding.of(stored.transfer_syntax_uid)
+        plain = part10[offset:]
+        if enc.deflated:
+            plain = encoding.inflate(plain)
+        layout = encoding.walk(plain, enc)
+        dataset = read_dataset(
+            encoding.header_stream(plain, layout), enc.implicit_vr, enc.little_endian
+        )
+        uids = {
+            "StudyInstanceUID": stored.study_instance_uid,
+            "SeriesInstanceUID": stored.series_instance_uid,
+            "SOPInstanceUID": stored.sop_instance_uid,
+        }
+        metadata = _metadata(dataset, uids, layout)
+        self.index.set_metadata(stored.sop_instance_uid, metadata)
+        return metadata
+
+    def part10_for_transfer(
+        self, stored: StoredInstance, transfer_syntax_uid: str | None, chunk_size: int = 1 << 20
+    ) -> tuple[str, Iterator[bytes]]:
+        """The instance as a Part 10 file, in chunks, as stored (``None``) or converted.
+
+        As stored, the blob is read ``chunk_size`` bytes at a time, so an
+        instance of any size streams in bounded memory. A conversion holds
+        one instance. Raises ``UnsupportedTransferSyntaxError``.
+        """
+        target = transfer_syntax_uid or stored.transfer_syntax_uid
+        if target == stored.transfer_syntax_uid:
+            return target, self.blobs.iter_chunks(stored.blob_key, chunk_size)
+        syntax, dataset = self.dataset_for_transfer(stored, [target])
+        meta = encoding.file_meta_bytes(stored.sop_class_uid, stored.sop_instance_uid, syntax, "")
+        return syntax, iter((meta, dataset))
+
+    def frames(
+        self, sop_instance_uid: str, numbers: Sequence[int], transfer_syntax_uid: str | None
+    ) -> tuple[str, list[bytes]]:
+        """Frames (1-based) of an instance, as stored (``None``) or uncompressed.
+
+        Uncompressed frames of native pixel data are byte ranges of the blob,
+        never decoded; compressed frames as stored are the fragments of the
+        encapsulated value; anything else is decoded by pydicom. Raises
+        ``NotFoundError`` for a frame number out of range and
+        ``UnsupportedTransferSyntaxError`` for a syntax we cannot produce.
+        """
+        row = self.entity(Level.IMAGE, sop_instance_uid)
+        stored = self.instance(sop_instance_uid)
+        count = int(row.get("number_of_frames") or 1)  # type: ignore[call-overload]
+        offset = row.get("pixel_data_offset")
+        if offset is None and row.get("rows") is None:
+            raise NotFoundError(f"instance {sop_instance_uid} has no pixel data")
+        bad = [n for n in numbers if not 1 <= n <= count]
+        if bad:
+            raise NotFoundError(f"instance {sop_instance_uid} has {count} frames, not {bad[0]}")
+        native = stored.transfer_syntax_uid in NATIVE_SYNTAXES
+        target = transfer_syntax_uid or stored.transfer_syntax_uid
+        if native and target in NATIVE_SYNTAXES:
+            target = ExplicitVRLittleEndian
+        elif target not in (stored.transfer_syntax_uid, ExplicitVRLittleEndian):
+            raise UnsupportedTransferSyntaxError(
+                f"frames of {sop_instance_uid} can be sent as stored"
+                f" ({stored.transfer_syntax_uid}) or uncompressed, not as {target}"
+            )
+        frame_size = _native_frame_size(row)
+        if (
+            target == ExplicitVRLittleEndian
+            and native
+            and isinstance(offset, int)
+            and frame_size
+            and stored.transfer_syntax_uid != ExplicitVRBigEndian
+        ):
+            return target, [
+                self._read_range(stored, offset + (n - 1) * frame_size, frame_size) for n in numbers
+            ]
+        part10 = self._read_blob(stored)
+        if target == stored.transfer_syntax_uid and isinstance(offset, int):
+            frames = list(
+                generate_frames(part10[offset:], number_of_frames=count)  # encapsulated
+            )
+            return target, [frames[n - 1] for n in numbers]
+        return ExplicitVRLittleEndian, decode_frames(part10, [n - 1 for n in numbers])
+
+    def bulkdata(self, sop_instance_uid: str, path: Sequence[str]) -> tuple[str, bytes]:
+        """The value at a BulkDataURI path (tag, item number, tag, ...) of an instance.
+
+        Returns (transfer syntax UID of the value, bytes): Pixel Data as
+        stored, compressed or not, like Orthanc and dcm4chee.
+        """
+        stored = self.instance(sop_instance_uid)
+        part10 = self._read_blob(stored)
+        value = bulk_value(part10, path)
+        if value is None:
+            raise NotFoundError(f"instance {sop_instance_uid} has no bulk data at {'/'.join(path)}")
+        return stored.transfer_syntax_uid, value
+
+    def _read_blob(self, stored: StoredInstance) -> bytes:
+        try:
+            return self.blobs.get(stored.blob_key)
+        except BlobNotFoundError:
+            raise StorageError(f"blob of {stored.sop_instance_uid} is missing") from None
+        except BlobStoreError as exc:
+            raise StorageError(f"cannot read {stored.sop_instance_uid}: {exc}") from exc
+
+    def _read_range(self, stored: StoredInstance, offset: int, length: int) -> bytes:
+        try:
+            return self.blobs.get_range(stored.blob_key, offset, length)
+        except BlobStoreError as exc:
+            raise StorageError(f"cannot read {stored.sop_instance_uid}: {exc}") from exc
+
+    def _unique_key_query(
+        self, level: Level, keys: Mapping[str, str], *extra: tuple[Level, str]
+    ) -> Query:
+        unique = {UNIQUE_KEYS[above].keyword for above in LEVELS[: LEVELS.index(level) + 1]}
+        query = build_query(Level.IMAGE, {k: v for k, v in keys.items() if k in unique})
+        return Query(Level.IMAGE, query.conditions, _STORED_COLUMNS + extra)
 
     def entity(self, level: Level, uid: str) -> dict[str, object]:
         row = self.index.entity(level, uid)
@@ -433,6 +563,29 @@ class Archive:
 
     def statistics(self) -> ArchiveStatistics:
         return self.index.statistics()
+
+
+_STORED_COLUMNS = (
+    (Level.STUDY, "study_instance_uid"),
+    (Level.SERIES, "series_instance_uid"),
+    (Level.IMAGE, "sop_instance_uid"),
+    (Level.IMAGE, "sop_class_uid"),
+    (Level.IMAGE, "transfer_syntax_uid"),
+    (Level.IMAGE, "blob_key"),
+    (Level.IMAGE, "size"),
+    (Level.IMAGE, "content_hash"),
+)
+
+
+def _native_frame_size(row: Mapping[str, Any]) -> int | None:
+    try:
+        rows, columns = int(row["rows"]), int(row["columns"])
+        samples, bits = int(row.get("samples_per_pixel") or 1), int(row["bits_allocated"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    if bits % 8:
+        return None  # 1-bit data packs frames across byte boundaries: decode instead
+    return rows * columns * samples * bits // 8
 
 
 def instance_path(study_instance_uid: str, series_instance_uid: str, sop_instance_uid: str) -> str:

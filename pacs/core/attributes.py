@@ -59,9 +59,18 @@ def required_uids(dataset: Dataset) -> dict[str, str]:
 
 
 def check_request(
-    uids: dict[str, str], sop_class_uid: str | None, sop_instance_uid: str | None
+    uids: dict[str, str],
+    sop_class_uid: str | None,
+    sop_instance_uid: str | None,
+    study_instance_uid: str | None = None,
 ) -> None:
-    """PS3.4 B.2.3: the data set must be the one the C-STORE request announced."""
+    """PS3.4 B.2.3: the data set must be the one the C-STORE request announced
+    (PS3.18 10.5: and of the study a STOW-RS request is addressed to)."""
+    if study_instance_uid and uids["StudyInstanceUID"] != study_instance_uid:
+        raise DatasetMismatchError(
+            f"Study Instance UID {uids['StudyInstanceUID']} differs from"
+            f" {study_instance_uid} in the request"
+        )
     if sop_class_uid and uids["SOPClassUID"] != sop_class_uid:
         raise DatasetMismatchError(
             f"SOP Class UID {uids['SOPClassUID']} in the data set differs from"

@@ -9,7 +9,9 @@ bulk data value it would not inline, writes an empty value inside a list as
 Bulk data (pixel data, and any binary value over ``INLINE_LIMIT`` bytes) is
 never inlined: it gets a ``BulkDataURI`` relative to the instance's WADO-RS
 URL, prefixed with ``BASE_PLACEHOLDER``, which the HTTP front end replaces
-with the request's base URL when it serves the JSON.
+with the request's base URL when it serves the JSON. Inside sequences the
+path names each level as tag and item number (1-based), as dcm4chee does:
+``bulkdata/54000100/1/54001010``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ from pydicom.valuerep import PersonName
 
 BASE_PLACEHOLDER = "\u0000BASE\u0000"
 """Stands for the DICOMweb root URL inside precomputed metadata."""
+
+BASE_PLACEHOLDER_JSON = orjson.dumps(BASE_PLACEHOLDER)[1:-1]
+"""The placeholder as it appears inside encoded JSON (its NULs escaped)."""
 
 INLINE_LIMIT = 1024
 """Binary values up to this size are inlined (base64); larger ones are bulk data."""
@@ -80,7 +85,10 @@ def _element(element: DataElement, bulk_base: str, path: str) -> dict[str, Any]:
     if " or " in vr:  # ambiguous VR left unresolved: say OB/US as PS3.5 would default
         vr = vr.split(" or ")[0]
     if vr == "SQ":
-        items = [_dataset(item, bulk_base, f"{path}/") for item in element.value or ()]
+        items = [
+            _dataset(item, bulk_base, f"{path}/{number}/")
+            for number, item in enumerate(element.value or (), start=1)
+        ]
         return {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
     if vr in _BINARY_VRS:
         value = element.value

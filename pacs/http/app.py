@@ -1,4 +1,4 @@
-"""The Starlette application: system endpoints now, DICOMweb and viewer later.
+"""The Starlette application: system endpoints and DICOMweb; the viewer later.
 
 Endpoints are ``async``; the synchronous archive is reached through a thread
 pool so that a slow disk never stalls the event loop.
@@ -15,6 +15,8 @@ from typing import Any
 import orjson
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -22,6 +24,7 @@ from starlette.routing import Route
 import pacs
 from pacs.config import Settings
 from pacs.core import Archive
+from pacs.dicomweb import dicomweb_routes, error_handlers
 
 
 class JSONResponse(Response):
@@ -78,7 +81,24 @@ def create_http_app(
             if on_shutdown is not None:
                 await run_in_threadpool(on_shutdown)
 
+    middleware = []
+    if settings.cors_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(settings.cors_origins),
+                allow_methods=["GET", "POST", "OPTIONS"],
+                allow_headers=["*"],
+                expose_headers=["Warning", "Content-Type", "Content-Length", "ETag"],
+            )
+        )
     return Starlette(
-        routes=[Route("/health", health), Route("/system", system)],
+        routes=[
+            Route("/health", health),
+            Route("/system", system),
+            *dicomweb_routes(archive, settings),
+        ],
         lifespan=lifespan,
+        middleware=middleware,
+        exception_handlers=error_handlers(),
     )

@@ -610,14 +610,19 @@ def _select(query: Query, count: bool = False) -> Clause:
         sql, values = _condition(condition)
         where.append(sql)
         params += values
+    joins = _JOINS[query.level]
+    selected = []
+    for level, column in query.columns:
+        if (level, column) == (Level.IMAGE, "metadata"):
+            # Precomputed JSON lives in its own table (see _migrate).
+            selected.append("m.json AS metadata")
+            joins += " LEFT JOIN instance_metadata m ON m.instance_pk = i.pk"
+        else:
+            selected.append(f"{_ALIAS[level]}.{column} AS {column}")
+    columns = ", ".join(selected) or f"{_ALIAS[query.level]}.pk AS pk"
     if count:
         columns = "count(*)"
-    else:
-        columns = (
-            ", ".join(f"{_ALIAS[level]}.{column} AS {column}" for level, column in query.columns)
-            or f"{_ALIAS[query.level]}.pk AS pk"
-        )
-    sql = f"SELECT {columns} FROM {_JOINS[query.level]}"
+    sql = f"SELECT {columns} FROM {joins}"
     if where:
         sql += " WHERE " + " AND ".join(where)
     if not count and (query.limit is not None or query.offset):

@@ -26,7 +26,7 @@ from pydicom.uid import (
 
 from pacs.errors import InvalidDatasetError, UnsupportedTransferSyntaxError
 
-NATIVE = frozenset(
+NATIVE_SYNTAXES = frozenset(
     (
         ImplicitVRLittleEndian,
         ExplicitVRLittleEndian,
@@ -43,7 +43,7 @@ def can_transcode(source: str, target: str) -> bool:
         return True
     if target not in _TARGETS:
         return False
-    if source in NATIVE:
+    if source in NATIVE_SYNTAXES:
         return True
     try:
         return bool(get_decoder(UID(source)).is_available)

@@ -1,0 +1,145 @@
+"""Media types: Accept header negotiation and multipart/related bodies (PS3.18 8.7)."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+
+from pydicom.uid import UID
+
+from pacs.dicomweb.errors import DicomWebError
+
+DICOM = "application/dicom"
+DICOM_JSON = "application/dicom+json"
+OCTET_STREAM = "application/octet-stream"
+
+# PS3.18 Table 8.7.3-2/-3: the media type of a compressed frame or bulk value.
+FRAME_MEDIA_TYPES = {
+    "1.2.840.10008.1.2.4.50": "image/jpeg",
+    "1.2.840.10008.1.2.4.51": "image/jpeg",
+    "1.2.840.10008.1.2.4.57": "image/jpeg",
+    "1.2.840.10008.1.2.4.70": "image/jpeg",
+    "1.2.840.10008.1.2.4.80": "image/jls",
+    "1.2.840.10008.1.2.4.81": "image/jls",
+    "1.2.840.10008.1.2.4.90": "image/jp2",
+    "1.2.840.10008.1.2.4.91": "image/jp2",
+    "1.2.840.10008.1.2.4.92": "image/jpx",
+    "1.2.840.10008.1.2.4.93": "image/jpx",
+    "1.2.840.10008.1.2.4.201": "image/jphc",
+    "1.2.840.10008.1.2.4.202": "image/jphc",
+    "1.2.840.10008.1.2.4.203": "image/jphc",
+    "1.2.840.10008.1.2.5": "image/dicom-rle",
+    "1.2.840.10008.1.2.4.100": "video/mpeg",
+    "1.2.840.10008.1.2.4.101": "video/mpeg",
+    "1.2.840.10008.1.2.4.102": "video/mp4",
+    "1.2.840.10008.1.2.4.103": "video/mp4",
+    "1.2.840.10008.1.2.4.104": "video/mp4",
+    "1.2.840.10008.1.2.4.105": "video/mp4",
+    "1.2.840.10008.1.2.4.106": "video/mp4",
+    "1.2.840.10008.1.2.4.107": "video/H265",
+    "1.2.840.10008.1.2.4.108": "video/H265",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class MediaRange:
+    """One entry of an Accept header, with multipart/related unwrapped."""
+
+    media_type: str
+    """The part's media type (``application/dicom``), or ``*/*``."""
+    transfer_syntax: str | None
+    """``*``, a UID, or ``None`` when not given."""
+    multipart: bool
+    params: dict[str, str] = field(default_factory=dict)
+
+
+def parse_accept(header: str | None) -> list[MediaRange]:
+    """Accept header entries in order of preference (q values respected)."""
+    if not header or not header.strip():
+        return [MediaRange("*/*", None, True)]
+    ranges: list[tuple[float, int, MediaRange]] = []
+    for position, entry in enumerate(_split_outside_quotes(header, ",")):
+        parts = _split_outside_quotes(entry, ";")
+        main = parts[0].strip().lower()
+        if not main:
+            continue
+        params: dict[str, str] = {}
+        for part in parts[1:]:
+            name, _, value = part.partition("=")
+            params[name.strip().lower()] = value.strip().strip('"')
+        try:
+            quality = float(params.pop("q", "1"))
+        except ValueError:
+            quality = 1.0
+        if quality <= 0:
+            continue
+        multipart = main == "multipart/related"
+        media_type = params.get("type", "").lower() if multipart else main
+        ranges.append(
+            (
+                -quality,
+                position,
+                MediaRange(media_type or "*/*", params.get("transfer-syntax"), multipart, params),
+            )
+        )
+    ranges.sort(key=lambda item: (item[0], item[1]))
+    return [media_range for _, _, media_range in ranges]
+
+
+def _split_outside_quotes(text: str, separator: str) -> list[str]:
+    parts: list[str] = []
+    current: list[str] = []
+    quoted = False
+    for char in text:
+        if char == '"':
+            quoted = not quoted
+        if char == separator and not quoted:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current))
+    return parts
+
+
+def matches(media_range: MediaRange, media_type: str) -> bool:
+    wanted = media_range.media_type
+    if wanted in ("*/*", "*"):
+        return True
+    if wanted.endswith("/*"):
+        return media_type.startswith(wanted[:-1])
+    return wanted == media_type
+
+
+def checked_transfer_syntax(value: str | None) -> str | None:
+    """``None`` for ``*`` (as stored); else a known transfer syntax UID or 400."""
+    if value is None or value == "*":
+        return None
+    if not UID(value).is_transfer_syntax:
+        raise DicomWebError(400, f"transfer-syntax {value!r} is not a transfer syntax UID")
+    return value
+
+
+class Multipart:
+    """Writes a multipart/related body part by part (RFC 2387)."""
+
+    def __init__(self, part_type: str) -> None:
+        self.boundary = secrets.token_hex(16)
+        self.part_type = part_type
+
+    def content_type(self, transfer_syntax: str | None = None) -> str:
+        value = f'multipart/related; type="{self.part_type}"; boundary={self.boundary}'
+        if transfer_syntax:
+            value += f"; transfer-syntax={transfer_syntax}"
+        return value
+
+    def head(self, media_type: str, **params: str) -> bytes:
+        header = media_type + "".join(f"; {k.replace('_', '-')}={v}" for k, v in params.items())
+        return f"--{self.boundary}\r\nContent-Type: {header}\r\n\r\n".encode("ascii")
+
+    def tail(self) -> bytes:
+        return f"--{self.boundary}--\r\n".encode("ascii")
+
+    @staticmethod
+    def part_end() -> bytes:
+        return b"\r\n"

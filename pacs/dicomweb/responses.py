@@ -1,0 +1,84 @@
+"""Response helpers: DICOM JSON (gzip when asked), single-part bodies with
+validators and ranges, and the DICOMweb base URL."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from pacs.dicomweb.media import DICOM_JSON
+
+_GZIP_MINIMUM = 1024
+
+
+def base_url(request: Request) -> str:
+    """The DICOMweb root as the client reached it (``http://host:port/dicom-web``).
+
+    Taken from the Host header. Some clients (dicomweb-client) send it without
+    the port; when the request did not come through a proxy (no X-Forwarded-*
+    header) the port it reached is added back.
+    """
+    url = request.base_url
+    host = request.headers.get("host", "")
+    server = request.scope.get("server")
+    proxied = any(name.startswith("x-forwarded-") for name in request.headers)
+    if host and ":" not in host.rsplit("]", 1)[-1] and server and not proxied:
+        port = int(server[1])
+        if port not in (80, 443):
+            url = url.replace(port=port)
+    # Inside the /dicom-web mount, root_path holds the mount's path.
+    return f"{url.scheme}://{url.netloc}{request.scope.get('root_path', '')}"
+
+
+def json_response(
+    request: Request,
+    content: Any = None,
+    *,
+    body: bytes | None = None,
+    status: int = 200,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    """``application/dicom+json``, gzipped when the client accepts it and it pays."""
+    data = body if body is not None else orjson.dumps(content)
+    headers = dict(headers or {})
+    headers["Vary"] = "Accept-Encoding"
+    if len(data) >= _GZIP_MINIMUM and "gzip" in request.headers.get("accept-encoding", ""):
+        data = gzip.compress(data, compresslevel=1)
+        headers["Content-Encoding"] = "gzip"
+    return Response(data, status_code=status, media_type=DICOM_JSON, headers=headers)
+
+
+def single_part(
+    request: Request, data: bytes, media_type: str, headers: dict[str, str] | None = None
+) -> Response:
+    """A single-part body with an ETag, conditional GET and byte ranges (RFC 9110)."""
+    etag = '"' + hashlib.blake2b(data, digest_size=12).hexdigest() + '"'
+    headers = {"ETag": etag, "Accept-Ranges": "bytes", **(headers or {})}
+    if request.headers.get("if-none-match") == etag:
+        return Response(status_code=304, headers=headers)
+    requested = request.headers.get("range")
+    if requested and requested.startswith("bytes=") and "," not in requested:
+        start_text, _, end_text = requested[6:].partition("-")
+        try:
+            if start_text:
+                start = int(start_text)
+                end = int(end_text) if end_text else len(data) - 1
+            else:
+                start = max(0, len(data) - int(end_text))
+                end = len(data) - 1
+        except ValueError:
+            start, end = -1, -1
+        if 0 <= start <= end and start < len(data):
+            end = min(end, len(data) - 1)
+            headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
+            return Response(
+                data[start : end + 1], status_code=206, media_type=media_type, headers=headers
+            )
+        headers["Content-Range"] = f"bytes */{len(data)}"
+        return Response(status_code=416, headers=headers)
+    return Response(data, media_type=media_type, headers=headers)

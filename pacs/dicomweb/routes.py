@@ -1,0 +1,123 @@
+"""URL layout of the DICOMweb service (PS3.18 Table 10.4.1-1, 10.5.1-1, 10.6.1-1)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Mount, Route
+
+from pacs.config import Settings
+from pacs.core import Archive
+from pacs.core.attributes import check_uid
+from pacs.dicomweb import qido, stow, wado, wado_uri
+from pacs.dicomweb.errors import DicomWebError, error_response, http_status
+from pacs.errors import InvalidDatasetError, PacsError
+from pacs.index.schema import Level
+
+log = logging.getLogger(__name__)
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+_UID_PARAMS = {
+    "study": "StudyInstanceUID",
+    "series": "SeriesInstanceUID",
+    "instance": "SOPInstanceUID",
+}
+
+
+def _uids(request: Request) -> dict[str, str]:
+    """Path UIDs as query keys; a malformed one (or a path trick) is a 400."""
+    keys = {}
+    for name, keyword in _UID_PARAMS.items():
+        if name in request.path_params:
+            try:
+                keys[keyword] = check_uid(keyword, request.path_params[name])
+            except InvalidDatasetError as exc:
+                raise DicomWebError(400, str(exc)) from None
+    return keys
+
+
+def dicomweb_routes(archive: Archive, settings: Settings) -> list[BaseRoute]:
+    def level_of(keys: dict[str, str]) -> Level:
+        if "SOPInstanceUID" in keys:
+            return Level.IMAGE
+        return Level.SERIES if "SeriesInstanceUID" in keys else Level.STUDY
+
+    async def search_studies(request: Request) -> Response:
+        return await qido.search(request, archive, settings, Level.STUDY)
+
+    async def search_series(request: Request) -> Response:
+        return await qido.search(request, archive, settings, Level.SERIES, **_uids(request))
+
+    async def search_instances(request: Request) -> Response:
+        return await qido.search(request, archive, settings, Level.IMAGE, **_uids(request))
+
+    async def studies(request: Request) -> Response:
+        if request.method == "POST":
+            return await stow.store(request, archive, None)
+        return await search_studies(request)
+
+    async def study(request: Request) -> Response:
+        keys = _uids(request)
+        if request.method == "POST":
+            return await stow.store(request, archive, keys["StudyInstanceUID"])
+        return await wado.retrieve(request, archive, Level.STUDY, keys)
+
+    async def retrieve(request: Request) -> Response:
+        keys = _uids(request)
+        return await wado.retrieve(request, archive, level_of(keys), keys)
+
+    async def metadata(request: Request) -> Response:
+        keys = _uids(request)
+        return await wado.metadata(request, archive, level_of(keys), keys)
+
+    async def frames(request: Request) -> Response:
+        return await wado.frames(request, archive, _uids(request), request.path_params["frames"])
+
+    async def bulkdata(request: Request) -> Response:
+        return await wado.bulkdata(request, archive, _uids(request), request.path_params["path"])
+
+    series_path = "/studies/{study}/series/{series}"
+    instance_path = series_path + "/instances/{instance}"
+    service = [
+        Route("/studies", studies, methods=["GET", "POST"]),
+        Route("/series", search_series),
+        Route("/instances", search_instances),
+        Route("/studies/{study}", study, methods=["GET", "POST"]),
+        Route("/studies/{study}/metadata", metadata),
+        Route("/studies/{study}/series", search_series),
+        Route("/studies/{study}/instances", search_instances),
+        Route(series_path, retrieve),
+        Route(series_path + "/metadata", metadata),
+        Route(series_path + "/instances", search_instances),
+        Route(instance_path, retrieve),
+        Route(instance_path + "/metadata", metadata),
+        Route(instance_path + "/frames/{frames}", frames),
+        Route(instance_path + "/bulkdata/{path:path}", bulkdata),
+    ]
+
+    async def wado_uri_endpoint(request: Request) -> Response:
+        return await wado_uri.wado_uri(request, archive)
+
+    return [Mount("/dicom-web", routes=service), Route("/wado", wado_uri_endpoint)]
+
+
+async def _dicomweb_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, DicomWebError)
+    return error_response(exc.status, exc.reason)
+
+
+async def _archive_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, PacsError)
+    status = http_status(exc)
+    if status >= 500:
+        log.warning("%s %s failed: %s", request.method, request.url.path, exc)
+    return error_response(status, str(exc))
+
+
+def error_handlers() -> dict[Any, Callable[[Request, Exception], Awaitable[Response]]]:
+    return {DicomWebError: _dicomweb_error, PacsError: _archive_error}

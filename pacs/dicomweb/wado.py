@@ -1,0 +1,218 @@
+"""WADO-RS: instances, metadata, frames and bulk data (PS3.18 10.4).
+
+Instances stream from storage: a batch of parts (a few MB) is read in a
+worker thread while the event loop sends the previous one, so a study of any
+size passes through bounded memory and the first part leaves at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+from pydicom.uid import ExplicitVRLittleEndian
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from pacs.core import Archive
+from pacs.core.dicomjson import BASE_PLACEHOLDER_JSON
+from pacs.dicomweb.errors import DicomWebError
+from pacs.dicomweb.media import (
+    DICOM,
+    FRAME_MEDIA_TYPES,
+    OCTET_STREAM,
+    Multipart,
+    checked_transfer_syntax,
+    matches,
+    parse_accept,
+)
+from pacs.dicomweb.responses import base_url, json_response
+from pacs.index.base import StoredInstance
+from pacs.index.schema import Level
+from pacs.pixels import can_transcode
+
+_BATCH_BYTES = 8 << 20
+"""Bytes read per trip to a worker thread while streaming."""
+
+
+async def retrieve(
+    request: Request, archive: Archive, level: Level, keys: dict[str, str]
+) -> Response:
+    """Study, series or instance as ``multipart/related; type="application/dicom"``.
+
+    ``transfer-syntax=*`` sends every instance as stored; a UID converts to
+    it (406 when some instance cannot be); no parameter means Explicit VR
+    Little Endian, PS3.18 8.7.3.5.2's default.
+    """
+    target = _dicom_transfer_syntax(request)
+    instances = await run_in_threadpool(_found, archive, level, keys)
+    if target is not None:
+        refused = [s for s in instances if not can_transcode(s.transfer_syntax_uid, target)]
+        if refused:
+            raise DicomWebError(
+                406,
+                f"{len(refused)} instance(s) cannot be converted from"
+                f" {refused[0].transfer_syntax_uid} to {target}",
+            )
+    multipart = Multipart(DICOM)
+    headers = {}
+    syntaxes = {target or s.transfer_syntax_uid for s in instances}
+    if all(target in (None, s.transfer_syntax_uid) for s in instances):
+        # Sizes are known: a Content-Length spares the chunked encoding's copies.
+        length = len(multipart.tail()) + sum(
+            len(multipart.head(DICOM, transfer_syntax=s.transfer_syntax_uid)) + s.size + 2
+            for s in instances
+        )
+        headers["Content-Length"] = str(length)
+    parts = _dicom_parts(archive, instances, target, multipart)
+    return StreamingResponse(
+        _in_batches(parts),
+        media_type=multipart.content_type(syntaxes.pop() if len(syntaxes) == 1 else None),
+        headers=headers,
+    )
+
+
+def _found(archive: Archive, level: Level, keys: dict[str, str]) -> list[StoredInstance]:
+    from pacs.errors import NotFoundError
+
+    instances = archive.instances_to_retrieve(level, keys)
+    if not instances:
+        raise NotFoundError(f"no {level.value.lower()} {keys}")
+    return instances
+
+
+def _dicom_parts(
+    archive: Archive, instances: list[StoredInstance], target: str | None, multipart: Multipart
+) -> Iterator[bytes]:
+    for stored in instances:
+        syntax, chunks = archive.part10_for_transfer(stored, target)
+        yield multipart.head(DICOM, transfer_syntax=syntax)
+        yield from chunks
+        yield multipart.part_end()
+    yield multipart.tail()
+
+
+async def _in_batches(parts: Iterator[bytes]) -> AsyncIterator[bytes]:
+    def take() -> list[bytes]:
+        batch, size = [], 0
+        for piece in parts:
+            batch.append(piece)
+            size += len(piece)
+            if size >= _BATCH_BYTES:
+                break
+        return batch
+
+    while batch := await run_in_threadpool(take):
+        for piece in batch:
+            yield piece
+
+
+def _dicom_transfer_syntax(request: Request) -> str | None:
+    for media_range in parse_accept(request.headers.get("accept")):
+        if matches(media_range, DICOM) or media_range.media_type == "*/*":
+            if media_range.transfer_syntax is None:
+                return ExplicitVRLittleEndian
+            return checked_transfer_syntax(media_range.transfer_syntax)
+    raise DicomWebError(406, 'this resource is sent as multipart/related; type="application/dicom"')
+
+
+async def metadata(
+    request: Request, archive: Archive, level: Level, keys: dict[str, str]
+) -> Response:
+    """PS3.18 10.4.1.1.2: DICOM JSON of every instance, bulk data as BulkDataURI."""
+    _accept_json(request)
+    objects = await run_in_threadpool(archive.metadata, level, keys)
+    body = b"[" + b",".join(objects) + b"]"
+    body = body.replace(BASE_PLACEHOLDER_JSON, base_url(request).encode())
+    return json_response(request, body=body)
+
+
+def _accept_json(request: Request) -> None:
+    for media_range in parse_accept(request.headers.get("accept")):
+        if media_range.multipart:
+            continue
+        if matches(media_range, "application/dicom+json") or matches(
+            media_range, "application/json"
+        ):
+            return
+    raise DicomWebError(406, "metadata is sent as application/dicom+json")
+
+
+async def frames(
+    request: Request, archive: Archive, keys: dict[str, str], frame_list: str
+) -> Response:
+    """PS3.18 10.4.1.1.3: frames as octet-stream (uncompressed) or as stored."""
+    try:
+        numbers = [int(n) for n in frame_list.split(",") if n.strip()]
+    except ValueError:
+        raise DicomWebError(
+            400, f"frame list {frame_list!r} is not comma-separated numbers"
+        ) from None
+    if not numbers or any(n < 1 for n in numbers):
+        raise DicomWebError(400, "frame numbers start at 1")
+    sop = keys["SOPInstanceUID"]
+    stored = await run_in_threadpool(archive.instance, sop)
+    _check_parents(stored, keys)
+    target, media_type = _frame_syntax(request, stored.transfer_syntax_uid)
+    syntax, data = await run_in_threadpool(archive.frames, sop, numbers, target)
+    media_type = (
+        OCTET_STREAM
+        if syntax == ExplicitVRLittleEndian
+        else FRAME_MEDIA_TYPES.get(syntax, OCTET_STREAM)
+    )
+    return _multipart_values(data, media_type, syntax)
+
+
+def _frame_syntax(request: Request, stored_syntax: str) -> tuple[str | None, str]:
+    stored_type = FRAME_MEDIA_TYPES.get(stored_syntax, OCTET_STREAM)
+    for media_range in parse_accept(request.headers.get("accept")):
+        if media_range.media_type in ("*/*", "*"):
+            return None, stored_type
+        if media_range.media_type == OCTET_STREAM:
+            return ExplicitVRLittleEndian, OCTET_STREAM
+        if matches(media_range, stored_type):
+            wanted = checked_transfer_syntax(media_range.transfer_syntax)
+            if wanted in (None, stored_syntax):
+                return None, stored_type
+    raise DicomWebError(
+        406, f"frames are available as {OCTET_STREAM} (uncompressed) or {stored_type} (as stored)"
+    )
+
+
+async def bulkdata(request: Request, archive: Archive, keys: dict[str, str], path: str) -> Response:
+    """PS3.18 10.4.1.1.5: the value behind a BulkDataURI, as stored."""
+    sop = keys["SOPInstanceUID"]
+    stored = await run_in_threadpool(archive.instance, sop)
+    _check_parents(stored, keys)
+    steps = [step for step in path.split("/") if step]
+    syntax, value = await run_in_threadpool(archive.bulkdata, sop, steps)
+    compressed = steps[-1:] == ["7FE00010"] and syntax in FRAME_MEDIA_TYPES
+    media_type = FRAME_MEDIA_TYPES[syntax] if compressed else OCTET_STREAM
+    for media_range in parse_accept(request.headers.get("accept")):
+        if matches(media_range, media_type) or media_range.media_type in ("*/*", "*"):
+            return _multipart_values([value], media_type, syntax if compressed else None)
+    raise DicomWebError(406, f"this bulk data is available as {media_type}")
+
+
+def _multipart_values(values: list[bytes], media_type: str, syntax: str | None) -> Response:
+    multipart = Multipart(media_type)
+    params: dict[str, Any] = (
+        {"transfer_syntax": syntax} if syntax and media_type != OCTET_STREAM else {}
+    )
+    body = (
+        b"".join(
+            multipart.head(media_type, **params) + value + multipart.part_end() for value in values
+        )
+        + multipart.tail()
+    )
+    return Response(body, media_type=multipart.content_type())
+
+
+def _check_parents(stored: StoredInstance, keys: dict[str, str]) -> None:
+    from pacs.errors import NotFoundError
+
+    if keys.get("StudyInstanceUID") not in (None, stored.study_instance_uid) or keys.get(
+        "SeriesInstanceUID"
+    ) not in (None, stored.series_instance_uid):
+        raise NotFoundError(f"instance {stored.sop_instance_uid} is not in that study/series")
