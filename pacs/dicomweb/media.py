@@ -56,7 +56,7 @@ class MediaRange:
 def parse_accept(header: str | None) -> list[MediaRange]:
     """Accept header entries in order of preference (q values respected)."""
     if not header or not header.strip():
-        return [MediaRange("*/*", None, True)]
+        return [MediaRange("*/*", None, False)]
     ranges: list[tuple[float, int, MediaRange]] = []
     for position, entry in enumerate(_split_outside_quotes(header, ",")):
         parts = _split_outside_quotes(entry, ";")
@@ -109,6 +109,16 @@ def matches(media_range: MediaRange, media_type: str) -> bool:
     if wanted.endswith("/*"):
         return media_type.startswith(wanted[:-1])
     return wanted == media_type
+
+
+def require_json(accept: str | None) -> None:
+    """406 unless the client takes DICOM JSON (QIDO-RS results, metadata)."""
+    for media_range in parse_accept(accept):
+        if media_range.media_type in ("*/*", "*", "application/*"):
+            return
+        if not media_range.multipart and media_range.media_type in (DICOM_JSON, "application/json"):
+            return
+    raise DicomWebError(406, f"this resource is sent as {DICOM_JSON}")
 
 
 def checked_transfer_syntax(value: str | None) -> str | None:

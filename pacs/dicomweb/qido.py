@@ -18,6 +18,7 @@ from pacs.core import Archive
 from pacs.core.dicomjson import attributes
 from pacs.core.query import search_key
 from pacs.dicomweb.errors import DicomWebError
+from pacs.dicomweb.media import require_json
 from pacs.dicomweb.responses import base_url, json_response
 from pacs.index.schema import LEVELS, SEARCHABLE, Level
 
@@ -72,6 +73,7 @@ MAX_RESULTS = 10_000
 async def search(
     request: Request, archive: Archive, settings: Settings, level: Level, **path_uids: str
 ) -> Response:
+    require_json(request.headers.get("accept"))
     params = request.query_params
     keys, include_all, included = _keys(params.multi_items())
     keys.update(path_uids)

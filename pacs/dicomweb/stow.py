@@ -17,6 +17,7 @@ from starlette.responses import Response
 
 from pacs.core import Archive
 from pacs.core.archive import instance_path
+from pacs.core.encoding import split_part10, uid_value
 from pacs.dicomweb.errors import DicomWebError
 from pacs.dicomweb.media import DICOM
 from pacs.dicomweb.responses import base_url, json_response
@@ -107,8 +108,6 @@ def _failure(body: bytes | None, reason: int, comment: str) -> dict[str, Any]:
 
 def _uids(body: bytes) -> dict[str, str]:
     """The SOP Class/Instance UIDs of a refused part, from its file meta if readable."""
-    from pacs.core.encoding import split_part10, uid_value
-
     try:
         meta, _ = split_part10(body)
     except PacsError:

@@ -26,8 +26,10 @@ from pacs.dicomweb.media import (
     checked_transfer_syntax,
     matches,
     parse_accept,
+    require_json,
 )
 from pacs.dicomweb.responses import base_url, json_response
+from pacs.errors import NotFoundError
 from pacs.index.base import StoredInstance
 from pacs.index.schema import Level
 from pacs.pixels import can_transcode
@@ -74,8 +76,6 @@ async def retrieve(
 
 
 def _found(archive: Archive, level: Level, keys: dict[str, str]) -> list[StoredInstance]:
-    from pacs.errors import NotFoundError
-
     instances = archive.instances_to_retrieve(level, keys)
     if not instances:
         raise NotFoundError(f"no {level.value.lower()} {keys}")
@@ -121,22 +121,11 @@ async def metadata(
     request: Request, archive: Archive, level: Level, keys: dict[str, str]
 ) -> Response:
     """PS3.18 10.4.1.1.2: DICOM JSON of every instance, bulk data as BulkDataURI."""
-    _accept_json(request)
+    require_json(request.headers.get("accept"))
     objects = await run_in_threadpool(archive.metadata, level, keys)
     body = b"[" + b",".join(objects) + b"]"
     body = body.replace(BASE_PLACEHOLDER_JSON, base_url(request).encode())
     return json_response(request, body=body)
-
-
-def _accept_json(request: Request) -> None:
-    for media_range in parse_accept(request.headers.get("accept")):
-        if media_range.multipart:
-            continue
-        if matches(media_range, "application/dicom+json") or matches(
-            media_range, "application/json"
-        ):
-            return
-    raise DicomWebError(406, "metadata is sent as application/dicom+json")
 
 
 async def frames(
@@ -210,8 +199,6 @@ def _multipart_values(values: list[bytes], media_type: str, syntax: str | None) 
 
 
 def _check_parents(stored: StoredInstance, keys: dict[str, str]) -> None:
-    from pacs.errors import NotFoundError
-
     if keys.get("StudyInstanceUID") not in (None, stored.study_instance_uid) or keys.get(
         "SeriesInstanceUID"
     ) not in (None, stored.series_instance_uid):
