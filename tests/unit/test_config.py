@@ -182,6 +182,7 @@ BAD_VALUES = [
     ("nodes", "A@h:1,A@h:2", "defined twice"),
     ("nodes", "THIS_AE_IS_FAR_TOO_LONG@h:1", "AE@HOST:PORT|not a valid AE title"),
     ("known_nodes_only", "maybe", "true or false"),
+    ("cors_origins", "viewer.example.org", "not an origin"),
     ("case_insensitive_names", "2", "true or false"),
 ]
 
@@ -376,3 +377,17 @@ def test_known_nodes_only_flag() -> None:
     args = build_parser().parse_args(["serve", "--known-nodes-only"])
     assert args.known_nodes_only is True
     assert build_parser().parse_args(["serve"]).known_nodes_only is None
+
+
+def test_cors_origins_from_flags_and_environment() -> None:
+    args = build_parser().parse_args(
+        ["serve", "--cors-origin", "https://viewer.example.org", "--cors-origin", "*"]
+    )
+    assert args.cors_origins == ["https://viewer.example.org", "*"]
+    settings = load_settings({"cors_origins": args.cors_origins}, environ=NO_ENV)
+    assert settings.cors_origins == ("https://viewer.example.org", "*")
+    env = {"PACS_CORS_ORIGINS": "https://a.example.org, http://b.example.org:8042"}
+    assert load_settings(environ=env).cors_origins == (
+        "https://a.example.org",
+        "http://b.example.org:8042",
+    )
