@@ -159,9 +159,9 @@ async def _parts(
 
     # Preamble, up to the first delimiter.
     while (start := buffer.find(delimiter)) < 0:
+        del buffer[: max(0, len(buffer) - len(delimiter) + 1)]  # may end in a partial one
         if not await fill():
             return
-        del buffer[: max(0, len(buffer) - len(delimiter))]
     del buffer[: start + len(delimiter)]
     while True:
         while len(buffer) < 2 and await fill():

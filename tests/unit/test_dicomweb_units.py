@@ -1,0 +1,162 @@
+"""DICOM JSON, Accept negotiation and the streamed multipart parser, without a server."""
+
+from __future__ import annotations
+
+import asyncio
+import warnings
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import orjson
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+
+from pacs.core.dicomjson import BASE_PLACEHOLDER, attributes, instance_metadata
+from pacs.dicomweb.errors import DicomWebError
+from pacs.dicomweb.media import Multipart, parse_accept, require_json
+from pacs.dicomweb.stow import _boundary, _parts
+from tests.conftest import bundled_dicom_files
+
+TEST_FILES = Path(pydicom.data.__path__[0]) / "test_files"
+
+
+def _model(ds: Dataset, pixel_data: bool = False) -> dict[str, dict[str, object]]:
+    return orjson.loads(instance_metadata(ds, "studies/1/series/2/instances/3", pixel_data))
+
+
+def test_person_names_numbers_and_empty_values() -> None:
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.PatientName = "Nguyễn^Văn An=阮^文安"
+    ds.PatientWeight = "72.5"
+    ds.SeriesNumber = "3"
+    ds.Rows = 512
+    ds.ImageType = ["ORIGINAL", "", "AXIAL"]
+    ds.AccessionNumber = ""
+    ds.WindowCenter = ["40", "400"]
+    model = _model(ds)
+    assert model["00100010"] == {
+        "vr": "PN",
+        "Value": [{"Alphabetic": "Nguyễn^Văn An", "Ideographic": "阮^文安"}],
+    }
+    assert model["00101030"] == {"vr": "DS", "Value": [72.5]}
+    assert model["00200011"] == {"vr": "IS", "Value": [3]}
+    assert model["00280010"] == {"vr": "US", "Value": [512]}
+    # PS3.18 F.2.5: an empty value inside a list is null; an empty attribute has no Value.
+    assert model["00080008"] == {"vr": "CS", "Value": ["ORIGINAL", None, "AXIAL"]}
+    assert model["00080050"] == {"vr": "SH"}
+    assert model["00281050"] == {"vr": "DS", "Value": [40, 400]}
+
+
+def test_bulk_data_is_never_inline() -> None:
+    ds = pydicom.dcmread(TEST_FILES / "waveform_ecg.dcm")
+    model = _model(ds)
+    waveform = model["54000100"]["Value"][0]  # type: ignore[index]
+    uri = waveform["54001010"]["BulkDataURI"]
+    assert uri == f"{BASE_PLACEHOLDER}/studies/1/series/2/instances/3/bulkdata/54000100/1/54001010"
+    small = Dataset()
+    small.add_new(0x00091010, "OB", b"\x01\x02")
+    assert _model(small)["00091010"] == {"vr": "OB", "InlineBinary": "AQI="}
+    pixels = _model(Dataset(), pixel_data=True)["7FE00010"]
+    assert pixels["BulkDataURI"].endswith("/bulkdata/7FE00010")  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("path", bundled_dicom_files()[:40], ids=lambda p: p.name)
+def test_matches_pydicom_for_plain_values(path: Path) -> None:
+    """Our model equals pydicom's for every non-binary, non-sequence attribute."""
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom warns about odd values in its test files
+            reference = ds.to_json_dict(1024, lambda element: "bulk")
+    except Exception:
+        pytest.skip("pydicom cannot read or convert this file")
+    ours = _model(ds)
+    for tag, value in reference.items():
+        if (
+            tag.startswith("0002")
+            or tag.endswith("0000")
+            or value["vr"] in ("SQ", "OB", "OW", "UN")
+        ):
+            continue
+        if "Value" in value and any(v in ("", None) for v in value["Value"]):
+            continue  # pydicom writes "" where PS3.18 F.2.5 says null
+        assert ours[tag] == value, tag
+
+
+def test_attributes_for_index_rows() -> None:
+    model = attributes(
+        [(0x00100010, "PN", "Lê^Thị"), (0x00201208, "IS", 12), (0x00080061, "CS", ["CT", "MR"])]
+    )
+    assert model == {
+        "00100010": {"vr": "PN", "Value": [{"Alphabetic": "Lê^Thị"}]},
+        "00201208": {"vr": "IS", "Value": [12]},
+        "00080061": {"vr": "CS", "Value": ["CT", "MR"]},
+    }
+
+
+def test_accept_parsing() -> None:
+    ranges = parse_accept(
+        'multipart/related; type="application/dicom"; transfer-syntax=*; q=0.5, '
+        'multipart/related; type="application/octet-stream"'
+    )
+    assert [(r.media_type, r.transfer_syntax, r.multipart) for r in ranges] == [
+        ("application/octet-stream", None, True),
+        ("application/dicom", "*", True),
+    ]
+    assert parse_accept(None)[0].media_type == "*/*"
+    require_json("application/dicom+json")
+    require_json("*/*")
+    with pytest.raises(DicomWebError) as info:
+        require_json('multipart/related; type="application/dicom"')
+    assert info.value.status == 406
+
+
+def _chunked(data: bytes, size: int) -> AsyncIterator[bytes]:
+    async def stream() -> AsyncIterator[bytes]:
+        for start in range(0, len(data), size):
+            yield data[start : start + size]
+
+    return stream()
+
+
+async def _collect(data: bytes, size: int, boundary: bytes) -> list[tuple[dict[str, str], bytes]]:
+    return [part async for part in _parts(_chunked(data, size), boundary)]
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64, 1 << 20])
+def test_multipart_parts_split_anywhere(chunk: int) -> None:
+    writer = Multipart("application/dicom")
+    bodies = [b"first\r\n--not-the-boundary", b"", bytes(range(256)) * 40]
+    body = (
+        b"preamble\r\n"
+        + b"".join(writer.head("application/dicom") + part + writer.part_end() for part in bodies)
+        + writer.tail()
+    )
+    parts = asyncio.run(_collect(body, chunk, writer.boundary.encode()))
+    assert [data for _, data in parts] == bodies
+    assert all(headers["content-type"] == "application/dicom" for headers, _ in parts)
+
+
+def test_a_truncated_body_is_an_error() -> None:
+    writer = Multipart("application/dicom")
+    body = writer.head("application/dicom") + b"half a file"
+    with pytest.raises(DicomWebError) as info:
+        asyncio.run(_collect(body, 5, writer.boundary.encode()))
+    assert info.value.status == 400
+
+
+@pytest.mark.parametrize(
+    ("content_type", "status"),
+    [
+        ("application/dicom", 415),
+        ('multipart/related; type="application/dicom+json"; boundary=x', 415),
+        ('multipart/related; type="application/dicom"', 400),
+    ],
+)
+def test_stow_content_types(content_type: str, status: int) -> None:
+    with pytest.raises(DicomWebError) as info:
+        _boundary(content_type)
+    assert info.value.status == status
+    assert _boundary('multipart/related; type="application/dicom"; boundary="abc"') == b"abc"
