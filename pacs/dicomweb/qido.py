@@ -66,6 +66,7 @@ _DEFAULT_KEYS = {
     ),
 }
 _CONTROL = frozenset(("limit", "offset", "includefield", "fuzzymatching"))
+_MAX_NUMBER = 2**31 - 1
 MAX_RESULTS = 10_000
 """Most matches one response holds; clients page past it with ``offset``."""
 
@@ -158,8 +159,8 @@ def _integer(value: str | None, name: str) -> int | None:
         number = int(value)
     except ValueError:
         raise DicomWebError(400, f"{name} must be a whole number, not {value!r}") from None
-    if number < 0:
-        raise DicomWebError(400, f"{name} must not be negative")
+    if not 0 <= number <= _MAX_NUMBER:
+        raise DicomWebError(400, f"{name} must be between 0 and {_MAX_NUMBER}")
     return number
 
 

@@ -59,7 +59,8 @@ def single_part(
     """A single-part body with an ETag, conditional GET and byte ranges (RFC 9110)."""
     etag = '"' + hashlib.blake2b(data, digest_size=12).hexdigest() + '"'
     headers = {"ETag": etag, "Accept-Ranges": "bytes", **(headers or {})}
-    if request.headers.get("if-none-match") == etag:
+    if_none_match = request.headers.get("if-none-match", "")
+    if if_none_match.strip() == "*" or etag in [t.strip() for t in if_none_match.split(",")]:
         return Response(status_code=304, headers=headers)
     requested = request.headers.get("range")
     if requested and requested.startswith("bytes=") and "," not in requested:

@@ -81,6 +81,15 @@ def dicomweb_routes(archive: Archive, settings: Settings) -> list[BaseRoute]:
     async def bulkdata(request: Request) -> Response:
         return await wado.bulkdata(request, archive, _uids(request), request.path_params["path"])
 
+    async def unknown_resource(request: Request) -> Response:
+        # A path that fits no resource: a trick ("..", encoded slashes) is a
+        # malformed request, anything else a resource that does not exist.
+        rest = request.path_params["rest"]
+        raw = request.scope.get("raw_path", b"").decode("latin-1").lower()
+        if ".." in rest or "%2f" in raw or "%2e" in raw:
+            raise DicomWebError(400, "malformed resource path")
+        raise DicomWebError(404, f"no DICOMweb resource /{rest}")
+
     series_path = "/studies/{study}/series/{series}"
     instance_path = series_path + "/instances/{instance}"
     service = [
@@ -98,6 +107,7 @@ def dicomweb_routes(archive: Archive, settings: Settings) -> list[BaseRoute]:
         Route(instance_path + "/metadata", metadata),
         Route(instance_path + "/frames/{frames}", frames),
         Route(instance_path + "/bulkdata/{path:path}", bulkdata),
+        Route("/{rest:path}", unknown_resource, methods=["GET", "POST"]),
     ]
 
     async def wado_uri_endpoint(request: Request) -> Response:

@@ -7,6 +7,7 @@ size passes through bounded memory and the first part leaves at once.
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -164,9 +165,8 @@ def _frame_syntax(request: Request, stored_syntax: str) -> tuple[str | None, str
             wanted = checked_transfer_syntax(media_range.transfer_syntax)
             if wanted in (None, stored_syntax):
                 return None, stored_type
-    raise DicomWebError(
-        406, f"frames are available as {OCTET_STREAM} (uncompressed) or {stored_type} (as stored)"
-    )
+    forms = OCTET_STREAM if stored_type == OCTET_STREAM else f"{OCTET_STREAM} or {stored_type}"
+    raise DicomWebError(406, f"frames of this instance are available as {forms}")
 
 
 async def bulkdata(request: Request, archive: Archive, keys: dict[str, str], path: str) -> Response:
@@ -174,7 +174,14 @@ async def bulkdata(request: Request, archive: Archive, keys: dict[str, str], pat
     sop = keys["SOPInstanceUID"]
     stored = await run_in_threadpool(archive.instance, sop)
     _check_parents(stored, keys)
-    steps = [step for step in path.split("/") if step]
+    steps = path.split("/")
+    for position, step in enumerate(steps):
+        tag_step = position % 2 == 0
+        valid = re.fullmatch(r"[0-9A-Fa-f]{8}", step) if tag_step else step.isdigit()
+        if not valid:
+            raise DicomWebError(
+                400, f"bulk data path {path!r}: expected tag/item/tag..., found {step!r}"
+            )
     syntax, value = await run_in_threadpool(archive.bulkdata, sop, steps)
     compressed = steps[-1:] == ["7FE00010"] and syntax in FRAME_MEDIA_TYPES
     media_type = FRAME_MEDIA_TYPES[syntax] if compressed else OCTET_STREAM

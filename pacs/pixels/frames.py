@@ -56,9 +56,10 @@ def bulk_value(part10: bytes, path: Sequence[str]) -> bytes | None:
             return bytes(value) if isinstance(value, bytes | bytearray) else None
         try:
             number = int(steps.pop(0))
-            dataset = element.value[number - 1]
+            item = element.value[number - 1] if number >= 1 else None
         except (ValueError, IndexError, TypeError):
             return None
-        if number < 1:
-            return None
+        if not isinstance(item, Dataset):
+            return None  # a number into a value that is not a sequence
+        dataset = item
     return None
