@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import functools
 import hashlib
 import logging
 import secrets
@@ -26,6 +27,7 @@ from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRL
 
 from pacs.core import dicomjson, encoding
 from pacs.core.attributes import check_request, index_values, required_uids
+from pacs.core.metadata import MetadataWarmer
 from pacs.core.query import build_query, row_values
 from pacs.errors import (
     ConflictError,
@@ -91,11 +93,17 @@ class Archive:
         self._blob_writer = ThreadPoolExecutor(
             max_workers=blob_writers, thread_name_prefix="blob-writer"
         )
+        self._metadata = MetadataWarmer(index)
 
     def close(self) -> None:
         """Wait for writes in flight, then close the index."""
         self._blob_writer.shutdown(wait=True)
+        self._metadata.close()
         self.index.close()
+
+    def wait_for_metadata(self, timeout: float | None = None) -> bool:
+        """Wait until the metadata of every stored instance is precomputed."""
+        return self._metadata.wait_idle(timeout)
 
     # -- ingest --------------------------------------------------------------
 
@@ -156,7 +164,6 @@ class Archive:
             try:
                 content_hash = hashlib.sha256(dataset_bytes).hexdigest()
                 values = index_values(dataset)
-                metadata = _metadata(dataset, uids, layout)
             except BaseException:
                 with contextlib.suppress(PacsError):
                     pending.result()
@@ -169,7 +176,6 @@ class Archive:
             if early is not None:
                 return early
             values = index_values(dataset)
-            metadata = _metadata(dataset, uids, layout)
             self._put_blob(key, meta, dataset_bytes)
         # Offsets only make sense where the blob holds the data set uncompressed.
         pixel_offset = (
@@ -187,7 +193,6 @@ class Archive:
             pixel_data_length=None if pixel_offset is None else layout.pixel_data_length,
             source_ae_title=caller.ae_title,
             stored_at=datetime.now(UTC).isoformat(timespec="milliseconds"),
-            metadata=metadata,
         )
         try:
             if existing is not None and self.duplicate_policy is DuplicatePolicy.REPLACE:
@@ -211,6 +216,9 @@ class Archive:
             if isinstance(exc, (StorageError, ConflictError)):
                 raise
             raise _index_error(exc) from exc
+        self._metadata.submit(
+            uids["SOPInstanceUID"], functools.partial(_metadata, dataset, uids, layout)
+        )
         log.info("stored %s from %s (%s)", uids["SOPInstanceUID"], caller, outcome.value)
         return self._result(outcome, uids, transfer_syntax_uid, record.size)
 
@@ -454,7 +462,7 @@ class Archive:
             "SOPInstanceUID": stored.sop_instance_uid,
         }
         metadata = _metadata(dataset, uids, layout)
-        self.index.set_metadata(stored.sop_instance_uid, metadata)
+        self.index.set_metadata([(stored.sop_instance_uid, metadata)])
         return metadata
 
     def part10_for_transfer(
@@ -594,8 +602,7 @@ def instance_path(study_instance_uid: str, series_instance_uid: str, sop_instanc
 
 
 def _metadata(dataset: Dataset, uids: dict[str, str], layout: encoding.Layout) -> bytes:
-    # Computed while the blob is being fsynced in another thread, so it costs
-    # CPU but not latency; WADO-RS metadata then never parses a file.
+    # WADO-RS metadata then never parses a file (see pacs.core.metadata).
     path = instance_path(
         uids["StudyInstanceUID"], uids["SeriesInstanceUID"], uids["SOPInstanceUID"]
     )

@@ -91,8 +91,8 @@ class Index(Protocol):
         """Column name -> value for each matching entity, lazily (see ``pacs.index.query``)."""
         ...
 
-    def set_metadata(self, sop_instance_uid: str, metadata: bytes) -> None:
-        """Record the precomputed DICOM JSON of an instance stored without it.
+    def set_metadata(self, items: Sequence[tuple[str, bytes]]) -> None:
+        """Record the DICOM JSON of instances, as (SOP Instance UID, JSON), in one transaction.
 
         ``find`` returns it as the column ``metadata`` at IMAGE level (``None``
         when absent).

@@ -301,12 +301,12 @@ class SqliteIndex:
                 return
         connection.close()
 
-    def set_metadata(self, sop_instance_uid: str, metadata: bytes) -> None:
+    def set_metadata(self, items: Sequence[tuple[str, bytes]]) -> None:
         with self._transaction() as db:
-            db.execute(
+            db.executemany(
                 """INSERT OR REPLACE INTO instance_metadata (instance_pk, json)
                    SELECT pk, ? FROM instances WHERE sop_instance_uid = ?""",
-                (metadata, sop_instance_uid),
+                [(metadata, sop_instance_uid) for sop_instance_uid, metadata in items],
             )
 
     def count(self, query: Query) -> int:

@@ -12,13 +12,19 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
+from pacs.core import Archive
 from pacs.core.dicomjson import BASE_PLACEHOLDER, attributes, instance_metadata
 from pacs.dicomweb.errors import DicomWebError
 from pacs.dicomweb.media import Multipart, parse_accept, require_json
 from pacs.dicomweb.stow import _boundary, _parts
+from pacs.index.query import Query
+from pacs.index.schema import Level
+from pacs.types import Caller
 from tests.conftest import bundled_dicom_files
+from tests.dicom_factory import make_ct
 
 TEST_FILES = Path(pydicom.data.__path__[0]) / "test_files"
+CALLER = Caller("TEST", "127.0.0.1")
 
 
 def _model(ds: Dataset, pixel_data: bool = False) -> dict[str, dict[str, object]]:
@@ -160,3 +166,20 @@ def test_stow_content_types(content_type: str, status: int) -> None:
         _boundary(content_type)
     assert info.value.status == status
     assert _boundary('multipart/related; type="application/dicom"; boundary="abc"') == b"abc"
+
+
+def test_metadata_is_precomputed_after_ingest(memory_archive: Archive) -> None:
+    """The warmer records each instance's JSON once ingest goes quiet; no request needed."""
+    for number in (1, 2, 3):
+        memory_archive.ingest_dataset(make_ct("warm", 1, number), CALLER)
+    assert memory_archive.wait_for_metadata(timeout=10)
+    query = Query(
+        Level.IMAGE,
+        columns=((Level.IMAGE, "sop_instance_uid"), (Level.IMAGE, "metadata")),
+    )
+    rows = list(memory_archive.index.find(query))
+    assert len(rows) == 3
+    for row in rows:
+        model = orjson.loads(row["metadata"])
+        assert model["00080018"]["Value"] == [row["sop_instance_uid"]]
+        assert "7FE00010" in model and "BulkDataURI" in model["7FE00010"]

@@ -1,0 +1,118 @@
+"""Precomputing WADO-RS metadata after an instance is acknowledged.
+
+Making an instance's DICOM JSON costs about half a millisecond of CPU; done
+inside C-STORE it added that to every acknowledgement (3.0 -> 3.5 ms per CT
+slice in one process). Done by a thread *while* images arrive it was worse
+(5.6 ms): the thread holds the GIL in 5 ms slices while the ingest thread,
+back from its fsync, waits. So the thread waits for a lull: it starts once no
+instance has arrived for ``quiet`` seconds (or a job has waited ``max_delay``),
+works from the header the ingest already parsed, and records a batch per
+index transaction. What it never reaches (a full queue, a crash) is computed
+on first request by ``Archive.metadata``.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+
+from pacs.index.base import Index
+
+log = logging.getLogger(__name__)
+
+Job = tuple[str, Callable[[], bytes]]
+
+
+class MetadataWarmer:
+    def __init__(
+        self,
+        index: Index,
+        *,
+        max_pending: int = 1000,
+        batch: int = 200,
+        quiet: float = 0.1,
+        max_delay: float = 5.0,
+    ) -> None:
+        self._index = index
+        # Bounded: each job holds a parsed header (tens of kB).
+        self._jobs: queue.Queue[Job | None] = queue.Queue(maxsize=max_pending)
+        self._batch = batch
+        self._quiet = quiet
+        self._max_delay = max_delay
+        self._last_submit = 0.0
+        self._closing = threading.Event()
+        self._idle = threading.Event()
+        self._idle.set()
+        self._thread = threading.Thread(target=self._run, name="metadata-warmer", daemon=True)
+        self._thread.start()
+
+    def submit(self, sop_instance_uid: str, make: Callable[[], bytes]) -> None:
+        """Queue ``make`` (returns the JSON); dropped when the queue is full."""
+        self._idle.clear()
+        self._last_submit = time.monotonic()
+        try:
+            self._jobs.put_nowait((sop_instance_uid, make))
+        except queue.Full:
+            log.debug("metadata of %s left for its first request", sop_instance_uid)
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until every queued job is recorded (tests, shutdown)."""
+        return self._idle.wait(timeout)
+
+    def close(self) -> None:
+        """Record what is queued, without waiting for a lull, and stop."""
+        self._closing.set()
+        self._jobs.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            try:
+                first = self._jobs.get(timeout=1.0)
+            except queue.Empty:
+                self._idle.set()
+                continue
+            jobs = [] if first is None else [first]
+            stopping = first is None
+            waited_since = time.monotonic()
+            while (
+                not stopping
+                and not self._closing.is_set()
+                and time.monotonic() - self._last_submit < self._quiet
+                and time.monotonic() - waited_since < self._max_delay
+            ):
+                self._closing.wait(self._quiet / 2)
+            while not stopping and len(jobs) < self._batch:
+                try:
+                    job = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if job is None:
+                    stopping = True
+                else:
+                    jobs.append(job)
+            self._record(jobs)
+            if self._jobs.empty():
+                self._idle.set()
+        self._idle.set()
+
+    def _record(self, jobs: list[Job]) -> None:
+        done = []
+        for sop_instance_uid, make in jobs:
+            try:
+                done.append((sop_instance_uid, make()))
+            except Exception:  # one odd header must not stop the others
+                log.exception("metadata of %s could not be made", sop_instance_uid)
+        if not done:
+            return
+        try:
+            self._index.set_metadata(done)
+        except Exception:
+            log.exception("metadata of %d instances could not be recorded", len(done))
+
+
+__all__ = ["MetadataWarmer"]
