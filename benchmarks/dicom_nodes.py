@@ -25,7 +25,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -168,18 +168,22 @@ def start_orthanc(
     *,
     timeout: float = 30.0,
     executable: str = "Orthanc",
+    overrides: Mapping[str, Any] | None = None,
 ) -> OrthancProcess:
     """Start Orthanc with its storage under ``workdir`` and wait until C-ECHO works.
 
     Ports default to free ones; the returned process carries ``dicom_port``,
-    ``http_port``, ``ae_title`` and ``log_path``.  Use ``stop_process`` to end it.
+    ``http_port``, ``ae_title`` and ``log_path``.  ``overrides`` replaces top-level
+    keys of ``orthanc_config`` (e.g. ``{"Plugins": [...]}``).  Use ``stop_process``
+    to end it.
     """
     work = Path(workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)
     dicom_port = dicom_port or free_port()
     http_port = http_port or free_port()
     config = work / "config.json"
-    config.write_text(json.dumps(orthanc_config(work, ae_title, dicom_port, http_port), indent=2))
+    settings = {**orthanc_config(work, ae_title, dicom_port, http_port), **(overrides or {})}
+    config.write_text(json.dumps(settings, indent=2))
 
     env = dict(os.environ)
     # Debian's Orthanc (through DCMTK) reads TCP_NODELAY to disable Nagle on its DICOM

@@ -13,7 +13,7 @@ import functools
 import hashlib
 import logging
 import secrets
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
@@ -28,7 +28,7 @@ from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRL
 from pacs.core import dicomjson, encoding
 from pacs.core.attributes import check_request, index_values, required_uids
 from pacs.core.metadata import MetadataWarmer
-from pacs.core.query import build_query, row_values
+from pacs.core.query import build_query, row_reader
 from pacs.errors import (
     ConflictError,
     InvalidDatasetError,
@@ -402,8 +402,9 @@ class Archive:
             limit=limit,
             offset=offset,
         )
+        read = row_reader(tuple(return_keys))
         for row in self.index.find(query):
-            yield row_values(row, return_keys)
+            yield read(row)
 
     def count(
         self, level: Level, keys: Mapping[str, str], *, case_insensitive_names: bool = True
@@ -482,19 +483,28 @@ class Archive:
         return syntax, iter((meta, dataset))
 
     def frames(
-        self, sop_instance_uid: str, numbers: Sequence[int], transfer_syntax_uid: str | None
+        self,
+        keys: Mapping[str, str],
+        numbers: Sequence[int],
+        choose: Callable[[str], str | None],
     ) -> tuple[str, list[bytes]]:
-        """Frames (1-based) of an instance, as stored (``None``) or uncompressed.
+        """Frames (1-based) of the instance ``keys`` names (its UIDs, PS3.18 10.4.1.1.3).
 
-        Uncompressed frames of native pixel data are byte ranges of the blob,
-        never decoded; compressed frames as stored are the fragments of the
-        encapsulated value; anything else is decoded by pydicom. Raises
-        ``NotFoundError`` for a frame number out of range and
-        ``UnsupportedTransferSyntaxError`` for a syntax we cannot produce.
+        ``choose`` gets the stored transfer syntax and returns the one wanted
+        (``None``: as stored); it may raise to refuse. Uncompressed frames of
+        native pixel data are byte ranges of the blob, never decoded;
+        compressed frames as stored are the fragments of the encapsulated value;
+        anything else is decoded by pydicom. One index lookup in all. Raises
+        ``NotFoundError`` (no such instance, or a frame number out of range) and
+        ``UnsupportedTransferSyntaxError``.
         """
-        row = self.entity(Level.IMAGE, sop_instance_uid)
-        stored = self.instance(sop_instance_uid)
-        count = int(row.get("number_of_frames") or 1)  # type: ignore[call-overload]
+        query = self._unique_key_query(Level.IMAGE, keys, *_FRAME_COLUMNS)
+        row = next(iter(self.index.find(query)), None)
+        sop_instance_uid = keys.get("SOPInstanceUID", "")
+        if row is None:
+            raise NotFoundError(f"no instance {sop_instance_uid} in that study and series")
+        stored = StoredInstance(**{name: row[name] for name in _STORED_NAMES})
+        count = int(row.get("number_of_frames") or 1)
         offset = row.get("pixel_data_offset")
         if offset is None and row.get("rows") is None:
             raise NotFoundError(f"instance {sop_instance_uid} has no pixel data")
@@ -502,7 +512,7 @@ class Archive:
         if bad:
             raise NotFoundError(f"instance {sop_instance_uid} has {count} frames, not {bad[0]}")
         native = stored.transfer_syntax_uid in NATIVE_SYNTAXES
-        target = transfer_syntax_uid or stored.transfer_syntax_uid
+        target = choose(stored.transfer_syntax_uid) or stored.transfer_syntax_uid
         if native and target in NATIVE_SYNTAXES:
             target = ExplicitVRLittleEndian
         elif target not in (stored.transfer_syntax_uid, ExplicitVRLittleEndian):
@@ -582,6 +592,20 @@ _STORED_COLUMNS = (
     (Level.IMAGE, "blob_key"),
     (Level.IMAGE, "size"),
     (Level.IMAGE, "content_hash"),
+)
+
+
+_STORED_NAMES = tuple(column for _, column in _STORED_COLUMNS)
+_FRAME_COLUMNS = tuple(
+    (Level.IMAGE, column)
+    for column in (
+        "pixel_data_offset",
+        "number_of_frames",
+        "rows",
+        "columns",
+        "samples_per_pixel",
+        "bits_allocated",
+    )
 )
 
 

@@ -100,6 +100,11 @@ def _element(element: DataElement, bulk_base: str, path: str) -> dict[str, Any]:
     return _attribute(vr, element.value)
 
 
+def json_attribute(vr: str, value: Any) -> dict[str, Any]:
+    """One attribute of the model: ``{"vr": ..., "Value": [...]}``."""
+    return _attribute(vr, value)
+
+
 def _attribute(vr: str, value: Any) -> dict[str, Any]:
     if value is None or value == "" or value == b"":
         return {"vr": vr}

@@ -18,8 +18,9 @@ C.2.2.1.2 prescribes for unsupported optional keys.
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +63,7 @@ class SearchKey:
     multi_valued: bool
 
 
+@functools.lru_cache(maxsize=1024)
 def search_key(keyword: str) -> SearchKey | None:
     """The indexed attribute for ``keyword``, or ``None`` when the index lacks it."""
     attribute = SEARCHABLE.get(keyword)
@@ -107,16 +109,31 @@ def build_query(
 def row_values(row: Mapping[str, Any], return_keys: Iterable[str]) -> dict[str, Any]:
     """Keyword -> value for one index row: ``str``, ``int``, a list of ``str`` for
     multi-valued attributes, or ``None`` when the entity has no value."""
-    values: dict[str, Any] = {}
+    return row_reader(tuple(return_keys))(row)
+
+
+RowReader = Callable[[Mapping[str, Any]], dict[str, Any]]
+
+
+@functools.lru_cache(maxsize=256)
+def row_reader(return_keys: tuple[str, ...]) -> RowReader:
+    """``row_values`` for a fixed list of keys, with every lookup done once."""
+    plan = []
     for keyword in return_keys:
         key = search_key(keyword)
-        if key is None:
-            continue
-        value = row.get(key.attribute.column)
-        if value is not None and key.multi_valued and isinstance(value, str):
-            value = value.split("\\")
-        values[keyword] = value
-    return values
+        if key is not None:
+            plan.append((keyword, key.attribute.column, key.multi_valued))
+
+    def read(row: Mapping[str, Any]) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for keyword, column, multi_valued in plan:
+            value = row.get(column)
+            if multi_valued and isinstance(value, str):
+                value = value.split("\\")
+            values[keyword] = value
+        return values
+
+    return read
 
 
 def _condition(key: SearchKey, value: str, case_insensitive_names: bool) -> Condition | None:
@@ -208,4 +225,4 @@ def _checked_moment(keyword: str, vr: str, value: str) -> str:
     return value
 
 
-__all__ = ["SearchKey", "build_query", "row_values", "search_key"]
+__all__ = ["SearchKey", "build_query", "row_reader", "row_values", "search_key"]

@@ -15,7 +15,7 @@ from starlette.responses import Response
 
 from pacs.config import Settings
 from pacs.core import Archive
-from pacs.core.dicomjson import attributes
+from pacs.core.dicomjson import json_attribute
 from pacs.core.query import search_key
 from pacs.dicomweb.errors import DicomWebError
 from pacs.dicomweb.media import require_json
@@ -114,7 +114,8 @@ async def search(
         rows = rows[:cap]
         headers["Warning"] = '299 pacs "There are additional results that can be requested"'
     root = base_url(request)
-    body = [_model(row, level, wanted, root) for row in rows]
+    plan = _json_plan(wanted)
+    body = [_model(row, level, plan, root) for row in rows]
     return json_response(request, body, headers=headers)
 
 
@@ -164,16 +165,20 @@ def _integer(value: str | None, name: str) -> int | None:
     return number
 
 
-def _model(row: Mapping[str, Any], level: Level, wanted: list[str], root: str) -> dict[str, Any]:
-    triples = []
+def _json_plan(wanted: list[str]) -> list[tuple[str, str, str]]:
+    """(keyword, JSON tag, VR) per returned key, looked up once per request."""
+    plan = []
     for keyword in wanted:
-        if keyword not in row:
-            continue
         tag = tag_for_keyword(keyword)
         assert tag is not None
-        vr = dictionary_VR(keyword)
-        triples.append((tag, vr.split(" or ")[0], row[keyword]))
-    model = attributes(triples)
+        plan.append((keyword, f"{tag:08X}", dictionary_VR(keyword).split(" or ")[0]))
+    return plan
+
+
+def _model(
+    row: Mapping[str, Any], level: Level, plan: list[tuple[str, str, str]], root: str
+) -> dict[str, Any]:
+    model = {tag: json_attribute(vr, row[keyword]) for keyword, tag, vr in plan if keyword in row}
     study = row.get("StudyInstanceUID")
     url = f"{root}/studies/{study}"
     if level is not Level.STUDY:

@@ -23,6 +23,7 @@ from pacs.dicomweb.media import (
     DICOM,
     FRAME_MEDIA_TYPES,
     OCTET_STREAM,
+    MediaRange,
     Multipart,
     checked_transfer_syntax,
     matches,
@@ -141,30 +142,33 @@ async def frames(
         ) from None
     if not numbers or any(n < 1 for n in numbers):
         raise DicomWebError(400, "frame numbers start at 1")
-    sop = keys["SOPInstanceUID"]
-    stored = await run_in_threadpool(archive.instance, sop)
-    _check_parents(stored, keys)
-    target, media_type = _frame_syntax(request, stored.transfer_syntax_uid)
-    syntax, data = await run_in_threadpool(archive.frames, sop, numbers, target)
-    media_type = (
-        OCTET_STREAM
-        if syntax == ExplicitVRLittleEndian
-        else FRAME_MEDIA_TYPES.get(syntax, OCTET_STREAM)
-    )
-    return _multipart_values(data, media_type, syntax)
+    accept = parse_accept(request.headers.get("accept"))
+
+    def work() -> Response:
+        # One trip to a worker thread: lookup, read and body together.
+        syntax, data = archive.frames(keys, numbers, lambda stored: _frame_syntax(accept, stored))
+        media_type = (
+            OCTET_STREAM
+            if syntax == ExplicitVRLittleEndian
+            else FRAME_MEDIA_TYPES.get(syntax, OCTET_STREAM)
+        )
+        return _multipart_values(data, media_type, syntax)
+
+    return await run_in_threadpool(work)
 
 
-def _frame_syntax(request: Request, stored_syntax: str) -> tuple[str | None, str]:
+def _frame_syntax(accept: list[MediaRange], stored_syntax: str) -> str | None:
+    """The syntax to send frames in (``None``: as stored), or 406."""
     stored_type = FRAME_MEDIA_TYPES.get(stored_syntax, OCTET_STREAM)
-    for media_range in parse_accept(request.headers.get("accept")):
+    for media_range in accept:
         if media_range.media_type in ("*/*", "*"):
-            return None, stored_type
+            return None
         if media_range.media_type == OCTET_STREAM:
-            return ExplicitVRLittleEndian, OCTET_STREAM
+            return ExplicitVRLittleEndian
         if matches(media_range, stored_type):
             wanted = checked_transfer_syntax(media_range.transfer_syntax)
             if wanted in (None, stored_syntax):
-                return None, stored_type
+                return None
     forms = OCTET_STREAM if stored_type == OCTET_STREAM else f"{OCTET_STREAM} or {stored_type}"
     raise DicomWebError(406, f"frames of this instance are available as {forms}")
 

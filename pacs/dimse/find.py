@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from typing import Any, cast
 
@@ -80,6 +81,9 @@ def handle_c_find(event: evt.Event, archive: Archive, settings: Settings) -> Ite
                 return
             count += 1
             yield PENDING, _response(query.level, query.elements, unique_keys, values, settings)
+            # Let the DUL thread have the GIL: it sends this response now and
+            # sees a C-CANCEL at once, instead of after the whole search.
+            time.sleep(0)
     except PacsError as exc:
         yield _failure(UNABLE_TO_PROCESS, str(exc)), None
         return

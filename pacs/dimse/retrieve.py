@@ -14,6 +14,7 @@ every other request to pynetdicom.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -39,7 +40,7 @@ from pacs.dimse.identifier import (
     parse_identifier,
     permitted,
 )
-from pacs.dimse.transport import paused_reactor
+from pacs.dimse.transport import next_message, paused_reactor
 from pacs.errors import PacsError
 from pacs.index.base import StoredInstance
 
@@ -131,9 +132,15 @@ class Retrieval:
 
         progress = _Progress(remaining=len(instances))
         try:
-            self._send_all(
-                assoc, store_assoc, request, instances, preferred, originator, progress, send
-            )
+            # Our own sub-association's reactor is held for the whole move: we
+            # are its only user, and pausing it per instance raced with its
+            # wake-up (it could take a C-STORE response meant for us). A C-GET
+            # runs inside the requestor's reactor, which is already paused.
+            pause = paused_reactor(store_assoc) if is_move else contextlib.nullcontext()
+            with pause:
+                self._send_all(
+                    assoc, store_assoc, request, instances, preferred, originator, progress, send
+                )
         finally:
             if store_assoc is not assoc and store_assoc.is_established:
                 store_assoc.release()
@@ -274,23 +281,25 @@ class Retrieval:
 
 
 def _exchange(assoc: Association, request: C_STORE, context: PresentationContext) -> int | None:
-    """Send a C-STORE request and wait for its response; ``None`` on DIMSE timeout."""
+    """Send a C-STORE request and wait for its response; ``None`` on DIMSE timeout.
+
+    The association's reactor must be paused (see ``Retrieval.serve``).
+    """
     assert context.context_id is not None
-    with paused_reactor(assoc):
-        assoc.dimse.send_msg(request, context.context_id)
-        while True:
-            _, response = assoc.dimse.get_msg(block=True)
-            if response is None:
-                return None
-            if (
-                isinstance(response, C_STORE)
-                and response.MessageIDBeingRespondedTo == request.MessageID
-            ):
-                return int(response.Status or 0)
-            log.warning(
-                "ignoring unexpected %s while waiting for a C-STORE response",
-                type(response).__name__,
-            )
+    assoc.dimse.send_msg(request, context.context_id)
+    while True:
+        response = next_message(assoc)
+        if response is None:
+            return None
+        if (
+            isinstance(response, C_STORE)
+            and response.MessageIDBeingRespondedTo == request.MessageID
+        ):
+            return int(response.Status or 0)
+        log.warning(
+            "ignoring unexpected %s while waiting for a C-STORE response",
+            type(response).__name__,
+        )
 
 
 def _proposed_contexts(

@@ -238,3 +238,25 @@ def paused_reactor(assoc: Association) -> Iterator[None]:
         yield
     finally:
         assoc._reactor_checkpoint.set()
+
+
+def next_message(assoc: Association) -> Any:
+    """The next DIMSE message for an association whose reactor we hold, or
+    ``None`` after the DIMSE timeout or as soon as the connection is gone.
+
+    ``get_msg(block=True)`` alone would wait out the whole timeout when the
+    peer aborts: the abort goes to the (paused) reactor, not to this queue.
+    """
+    timeout = assoc.dimse.dimse_timeout
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        try:
+            item = assoc.dimse.msg_queue.get(timeout=0.2)
+        except queue.Empty:
+            closed = assoc.dul.state_machine.current_state == "Sta1" or not assoc.dul.is_alive()
+            if closed or (deadline is not None and time.monotonic() > deadline):
+                return None
+            continue
+        if item is _NUDGE:
+            continue
+        return item[1]

@@ -13,6 +13,7 @@ matching.
 from __future__ import annotations
 
 import enum
+import functools
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -48,6 +49,7 @@ class Attribute:
         return self.name or _snake(self.keyword)
 
 
+@functools.cache
 def _snake(keyword: str) -> str:
     keyword = keyword.replace("IDs", "Ids")
     return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", keyword).lower()
