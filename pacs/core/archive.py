@@ -93,7 +93,7 @@ class Archive:
         self._blob_writer = ThreadPoolExecutor(
             max_workers=blob_writers, thread_name_prefix="blob-writer"
         )
-        self._metadata = MetadataWarmer(index)
+        self._metadata = MetadataWarmer(index, self._backfill_metadata)
 
     def close(self) -> None:
         """Wait for writes in flight, then close the index."""
@@ -446,7 +446,27 @@ class Archive:
             raise NotFoundError(f"no {level.value.lower()} matches {dict(keys)}")
         return found
 
+    def _backfill_metadata(self, after: int, limit: int) -> tuple[int, int]:
+        """Make the JSON of up to ``limit`` instances lacking it; (-1, 0) when none are left."""
+        missing = self.index.instances_without_metadata(after, limit)
+        if not missing:
+            return -1, 0
+        made = []
+        for _, stored in missing:
+            try:
+                made.append((stored.sop_instance_uid, self._make_metadata(stored)))
+            except Exception as exc:  # skipped; a request for it will say why
+                log.warning("no metadata for %s: %s", stored.sop_instance_uid, exc)
+        if made:
+            self.index.set_metadata(made)
+        return missing[-1][0], len(made)
+
     def _compute_metadata(self, stored: StoredInstance) -> bytes:
+        metadata = self._make_metadata(stored)
+        self.index.set_metadata([(stored.sop_instance_uid, metadata)])
+        return metadata
+
+    def _make_metadata(self, stored: StoredInstance) -> bytes:
         part10 = self._read_blob(stored)
         _, offset = encoding.split_part10(part10)
         enc = encoding.Encoding.of(stored.transfer_syntax_uid)
@@ -462,9 +482,7 @@ class Archive:
             "SeriesInstanceUID": stored.series_instance_uid,
             "SOPInstanceUID": stored.sop_instance_uid,
         }
-        metadata = _metadata(dataset, uids, layout)
-        self.index.set_metadata([(stored.sop_instance_uid, metadata)])
-        return metadata
+        return _metadata(dataset, uids, layout)
 
     def part10_for_transfer(
         self, stored: StoredInstance, transfer_syntax_uid: str | None, chunk_size: int = 1 << 20

@@ -7,8 +7,10 @@ slice in one process). Done by a thread *while* images arrive it was worse
 back from its fsync, waits. So the thread waits for a lull: it starts once no
 instance has arrived for ``quiet`` seconds (or a job has waited ``max_delay``),
 works from the header the ingest already parsed, and records a batch per
-index transaction. What it never reaches (a full queue, a crash) is computed
-on first request by ``Archive.metadata``.
+index transaction. Whatever it missed (a full queue during a bulk import, a
+crash, instances older than this feature) it fills in from the stored files
+when the archive is quiet: once at start-up, and again after it dropped a
+job. Until then ``Archive.metadata`` computes what it needs on request.
 """
 
 from __future__ import annotations
@@ -24,12 +26,15 @@ from pacs.index.base import Index
 log = logging.getLogger(__name__)
 
 Job = tuple[str, Callable[[], bytes]]
+Backfill = Callable[[int, int], tuple[int, int]]
+"""(after, limit) -> (last position seen, instances done); see Archive."""
 
 
 class MetadataWarmer:
     def __init__(
         self,
         index: Index,
+        backfill: Backfill | None = None,
         *,
         max_pending: int = 1000,
         batch: int = 200,
@@ -44,6 +49,8 @@ class MetadataWarmer:
         self._max_delay = max_delay
         self._last_submit = 0.0
         self._closing = threading.Event()
+        self._backfill = backfill
+        self._backfill_needed = backfill is not None
         self._idle = threading.Event()
         self._idle.set()
         self._thread = threading.Thread(target=self._run, name="metadata-warmer", daemon=True)
@@ -56,7 +63,8 @@ class MetadataWarmer:
         try:
             self._jobs.put_nowait((sop_instance_uid, make))
         except queue.Full:
-            log.debug("metadata of %s left for its first request", sop_instance_uid)
+            self._backfill_needed = self._backfill is not None
+            log.debug("metadata of %s left for later", sop_instance_uid)
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Wait until every queued job is recorded (tests, shutdown)."""
@@ -74,6 +82,7 @@ class MetadataWarmer:
             try:
                 first = self._jobs.get(timeout=1.0)
             except queue.Empty:
+                self._fill_in()
                 self._idle.set()
                 continue
             jobs = [] if first is None else [first]
@@ -99,6 +108,27 @@ class MetadataWarmer:
             if self._jobs.empty():
                 self._idle.set()
         self._idle.set()
+
+    def _fill_in(self) -> None:
+        """Backfill in small steps, giving way as soon as new instances arrive."""
+        if not self._backfill_needed or self._backfill is None:
+            return
+        self._backfill_needed = False
+        position, total = 0, 0
+        while not self._closing.is_set():
+            if time.monotonic() - self._last_submit < self._quiet or not self._jobs.empty():
+                self._backfill_needed = True  # resume when quiet again
+                break
+            try:
+                position, done = self._backfill(position, 50)
+            except Exception:
+                log.exception("metadata backfill failed")
+                break
+            if position < 0:
+                break
+            total += done
+        if total:
+            log.info("metadata filled in for %d stored instances", total)
 
     def _record(self, jobs: list[Job]) -> None:
         done = []

@@ -7,6 +7,7 @@ size passes through bounded memory and the first part leaves at once.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -38,6 +39,7 @@ from pacs.pixels import can_transcode
 
 _BATCH_BYTES = 8 << 20
 """Bytes read per trip to a worker thread while streaming."""
+_FIRST_BATCH_BYTES = 1 << 20
 
 
 async def retrieve(
@@ -96,18 +98,30 @@ def _dicom_parts(
 
 
 async def _in_batches(parts: Iterator[bytes]) -> AsyncIterator[bytes]:
-    def take() -> list[bytes]:
+    """Read batches in a worker thread, the next one while this one is sent.
+
+    The first batch is small so that the first part leaves at once.
+    """
+
+    def take(budget: int) -> list[bytes]:
         batch, size = [], 0
         for piece in parts:
             batch.append(piece)
             size += len(piece)
-            if size >= _BATCH_BYTES:
+            if size >= budget:
                 break
         return batch
 
-    while batch := await run_in_threadpool(take):
-        for piece in batch:
-            yield piece
+    batch = await run_in_threadpool(take, _FIRST_BATCH_BYTES)
+    while batch:
+        upcoming = asyncio.ensure_future(run_in_threadpool(take, _BATCH_BYTES))
+        try:
+            for piece in batch:
+                yield piece
+        except BaseException:
+            upcoming.cancel()
+            raise
+        batch = await upcoming
 
 
 def _dicom_transfer_syntax(request: Request) -> str | None:

@@ -99,6 +99,13 @@ class Index(Protocol):
         """
         ...
 
+    def instances_without_metadata(
+        self, after: int, limit: int
+    ) -> list[tuple[int, StoredInstance]]:
+        """Up to ``limit`` instances with no DICOM JSON yet, after position ``after``,
+        as (position, instance), in storage order."""
+        ...
+
     def count(self, query: Query) -> int:
         """How many entities ``find`` would return, ignoring limit and offset."""
         ...

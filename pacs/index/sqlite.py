@@ -309,6 +309,24 @@ class SqliteIndex:
                 [(metadata, sop_instance_uid) for sop_instance_uid, metadata in items],
             )
 
+    def instances_without_metadata(
+        self, after: int, limit: int
+    ) -> list[tuple[int, StoredInstance]]:
+        with self._reading() as db:
+            rows = db.execute(
+                """SELECT i.pk, st.study_instance_uid, se.series_instance_uid,
+                          i.sop_instance_uid, i.sop_class_uid, i.transfer_syntax_uid,
+                          i.blob_key, i.size, i.content_hash
+                   FROM instances i
+                   JOIN series se ON se.pk = i.series_pk
+                   JOIN studies st ON st.pk = se.study_pk
+                   LEFT JOIN instance_metadata m ON m.instance_pk = i.pk
+                   WHERE i.pk > ? AND m.instance_pk IS NULL
+                   ORDER BY i.pk LIMIT ?""",
+                (after, limit),
+            ).fetchall()
+        return [(int(row[0]), StoredInstance(*row[1:])) for row in rows]
+
     def count(self, query: Query) -> int:
         sql, params = _select(query, count=True)
         with self._reading() as db:

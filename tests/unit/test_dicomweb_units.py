@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+import time
 import warnings
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,9 +19,11 @@ from pacs.core.dicomjson import BASE_PLACEHOLDER, attributes, instance_metadata
 from pacs.dicomweb.errors import DicomWebError
 from pacs.dicomweb.media import Multipart, parse_accept, require_json
 from pacs.dicomweb.stow import _boundary, _parts
+from pacs.index import SqliteIndex
 from pacs.index.query import Query
 from pacs.index.schema import Level
 from pacs.types import Caller
+from storage import FilesystemBlobStore
 from tests.conftest import bundled_dicom_files
 from tests.dicom_factory import make_ct
 
@@ -183,3 +187,26 @@ def test_metadata_is_precomputed_after_ingest(memory_archive: Archive) -> None:
         model = orjson.loads(row["metadata"])
         assert model["00080018"]["Value"] == [row["sop_instance_uid"]]
         assert "7FE00010" in model and "BulkDataURI" in model["7FE00010"]
+
+
+def test_missing_metadata_is_filled_in_when_quiet(tmp_path: Path) -> None:
+    """Instances stored without JSON (older server, dropped job) get it at start-up."""
+    index_path = tmp_path / "index.sqlite"
+    first = Archive(SqliteIndex(index_path), FilesystemBlobStore(tmp_path / "blobs"))
+    for number in (1, 2):
+        first.ingest_dataset(make_ct("backfill", 1, number), CALLER)
+    first.close()
+    with sqlite3.connect(index_path) as db:
+        db.execute("DELETE FROM instance_metadata")
+    second = Archive(SqliteIndex(index_path), FilesystemBlobStore(tmp_path / "blobs"))
+    try:
+        query = Query(Level.IMAGE, columns=((Level.IMAGE, "metadata"),))
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if all(row["metadata"] for row in second.index.find(query)):
+                break
+            time.sleep(0.1)
+        rows = list(second.index.find(query))
+        assert len(rows) == 2 and all(row["metadata"] for row in rows)
+    finally:
+        second.close()
