@@ -393,6 +393,7 @@ class Archive:
         Lazy: rows are read from the index as the caller consumes them, so a
         cancelled C-FIND stops reading. See ``pacs.core.query`` for the rules.
         """
+        self._metadata.touch()
         return_keys = list(return_keys)
         query = build_query(
             level,
@@ -425,6 +426,7 @@ class Archive:
             raise InvalidQueryError(f"a {level.value} retrieval needs {own_key}")
         if any("*" in value or "?" in value for name, value in keys.items() if name in unique):
             raise InvalidQueryError("retrieval keys cannot hold wildcards")
+        self._metadata.touch()
         query = self._unique_key_query(level, keys)
         return [StoredInstance(**row) for row in self.index.find(query)]
 
@@ -435,6 +437,7 @@ class Archive:
         ``dicomjson.BASE_PLACEHOLDER``. Precomputed at ingest; an instance
         stored before that existed is computed now, once, and kept.
         """
+        self._metadata.touch()
         query = self._unique_key_query(level, keys, (Level.IMAGE, "metadata"))
         found = []
         for row in self.index.find(query):
@@ -447,7 +450,11 @@ class Archive:
         return found
 
     def _backfill_metadata(self, after: int, limit: int) -> tuple[int, int]:
-        """Make the JSON of up to ``limit`` instances lacking it; (-1, 0) when none are left."""
+        """Make the JSON of up to ``limit`` instances lacking it.
+
+        Returns (last position seen, how many were made), or (-1, 0) when none
+        are left; instances whose file cannot be read are skipped.
+        """
         missing = self.index.instances_without_metadata(after, limit)
         if not missing:
             return -1, 0
@@ -456,7 +463,7 @@ class Archive:
             try:
                 made.append((stored.sop_instance_uid, self._make_metadata(stored)))
             except Exception as exc:  # skipped; a request for it will say why
-                log.warning("no metadata for %s: %s", stored.sop_instance_uid, exc)
+                log.debug("no metadata for %s: %s", stored.sop_instance_uid, exc)
         if made:
             self.index.set_metadata(made)
         return missing[-1][0], len(made)
@@ -516,6 +523,7 @@ class Archive:
         ``NotFoundError`` (no such instance, or a frame number out of range) and
         ``UnsupportedTransferSyntaxError``.
         """
+        self._metadata.touch()
         query = self._unique_key_query(Level.IMAGE, keys, *_FRAME_COLUMNS)
         row = next(iter(self.index.find(query)), None)
         sop_instance_uid = keys.get("SOPInstanceUID", "")

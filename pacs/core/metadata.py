@@ -66,6 +66,10 @@ class MetadataWarmer:
             self._backfill_needed = self._backfill is not None
             log.debug("metadata of %s left for later", sop_instance_uid)
 
+    def touch(self) -> None:
+        """Note activity (a query, a retrieval): the backfill waits for a lull."""
+        self._last_submit = time.monotonic()
+
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Wait until every queued job is recorded (tests, shutdown)."""
         return self._idle.wait(timeout)
@@ -114,7 +118,7 @@ class MetadataWarmer:
         if not self._backfill_needed or self._backfill is None:
             return
         self._backfill_needed = False
-        position, total = 0, 0
+        position, total, seen = 0, 0, 0
         while not self._closing.is_set():
             if time.monotonic() - self._last_submit < self._quiet or not self._jobs.empty():
                 self._backfill_needed = True  # resume when quiet again
@@ -127,8 +131,16 @@ class MetadataWarmer:
             if position < 0:
                 break
             total += done
+            seen += 50
+            # At most about half a core: the archive has other work.
+            self._closing.wait(0.02)
         if total:
             log.info("metadata filled in for %d stored instances", total)
+        if seen > total and position < 0:
+            log.warning(
+                "metadata backfill: some stored instances could not be read (log level"
+                " debug names them)"
+            )
 
     def _record(self, jobs: list[Job]) -> None:
         done = []
