@@ -449,15 +449,16 @@ class Archive:
             raise NotFoundError(f"no {level.value.lower()} matches {dict(keys)}")
         return found
 
-    def _backfill_metadata(self, after: int, limit: int) -> tuple[int, int]:
+    def _backfill_metadata(self, after: int, limit: int) -> tuple[int, int, int]:
         """Make the JSON of up to ``limit`` instances lacking it.
 
-        Returns (last position seen, how many were made), or (-1, 0) when none
-        are left; instances whose file cannot be read are skipped.
+        Returns (last position seen, how many were made, how many were looked
+        at), or (-1, 0, 0) when none are left; instances whose file cannot be
+        read are skipped.
         """
         missing = self.index.instances_without_metadata(after, limit)
         if not missing:
-            return -1, 0
+            return -1, 0, 0
         made = []
         for _, stored in missing:
             try:
@@ -466,7 +467,7 @@ class Archive:
                 log.debug("no metadata for %s: %s", stored.sop_instance_uid, exc)
         if made:
             self.index.set_metadata(made)
-        return missing[-1][0], len(made)
+        return missing[-1][0], len(made), len(missing)
 
     def _compute_metadata(self, stored: StoredInstance) -> bytes:
         metadata = self._make_metadata(stored)

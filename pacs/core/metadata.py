@@ -26,8 +26,8 @@ from pacs.index.base import Index
 log = logging.getLogger(__name__)
 
 Job = tuple[str, Callable[[], bytes]]
-Backfill = Callable[[int, int], tuple[int, int]]
-"""(after, limit) -> (last position seen, instances done); see Archive."""
+Backfill = Callable[[int, int], tuple[int, int, int]]
+"""(after, limit) -> (last position seen, instances done, instances looked at)."""
 
 
 class MetadataWarmer:
@@ -124,14 +124,14 @@ class MetadataWarmer:
                 self._backfill_needed = True  # resume when quiet again
                 break
             try:
-                position, done = self._backfill(position, 50)
+                position, done, examined = self._backfill(position, 50)
             except Exception:
                 log.exception("metadata backfill failed")
                 break
             if position < 0:
                 break
             total += done
-            seen += 50
+            seen += examined
             # At most about half a core: the archive has other work.
             self._closing.wait(0.02)
         if total:

@@ -1,18 +1,32 @@
-"""C-FIND SCP for the Patient Root, Study Root and Patient/Study Only models (PS3.4 C.4.1)."""
+"""C-FIND SCP for the Patient Root, Study Root and Patient/Study Only models (PS3.4 C.4.1).
+
+Served outside pynetdicom's C-FIND handler, for speed: through it each match
+became a pydicom ``Dataset``, was encoded by pydicom, and its command set
+encoded again, about 1 ms per match (50 ms for a name search matching 40
+studies). Here the response's elements are planned once per query and each
+match is written straight to bytes (Implicit or Explicit VR Little Endian;
+other syntaxes go through pydicom), behind a command set encoded once.
+"""
 
 from __future__ import annotations
 
 import logging
+import struct
 import time
-from collections.abc import Iterator
-from typing import Any, cast
+from collections.abc import Callable
+from io import BytesIO
+from typing import Any
 
-from pydicom.dataelem import DataElement
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset
-from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
-from pynetdicom import evt
+from pydicom.uid import UID
+from pynetdicom.association import Association
+from pynetdicom.dimse_messages import C_FIND_RSP
 from pynetdicom.dimse_primitives import C_FIND
+from pynetdicom.dsutils import decode, encode
+from pynetdicom.pdu_primitives import P_DATA
+from pynetdicom.presentation import PresentationContext
 
 from pacs.config import Settings
 from pacs.core import Archive
@@ -32,119 +46,227 @@ log = logging.getLogger(__name__)
 
 PENDING = 0xFF00
 CANCEL = 0xFE00
+SUCCESS = 0x0000
 _ERROR_COMMENT_LENGTH = 64
+_LONG_VRS = frozenset(
+    ("OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV")
+)
+_BINARY_NUMBERS = {"US": "<H", "SS": "<h", "UL": "<L", "SL": "<l", "FL": "<f", "FD": "<d"}
+_SPECIFIC_CHARACTER_SET = 0x00080005
 
-FindResponse = tuple[int | Dataset, Dataset | None]
 
+class Finder:
+    """Serves C-FIND requests for one archive."""
 
-def handle_c_find(event: evt.Event, archive: Archive, settings: Settings) -> Iterator[FindResponse]:
-    """PS3.4 C.4.1.2: one pending response per match, then success; stop on C-CANCEL.
+    def __init__(self, archive: Archive, settings: Settings) -> None:
+        self.archive = archive
+        self.settings = settings
 
-    Every requested key is returned, empty when the index does not hold it,
-    and the unique keys of the query level and the levels above are always
-    included (C.4.1.2.2, hierarchical). Like dcm4chee, responses also name the
-    AE to retrieve from (Retrieve AE Title) and say the images are ONLINE.
-    """
-    request = cast(C_FIND, event.request)
-    calling = event.assoc.requestor.ae_title
-    if not permitted(settings, calling, "find"):
-        yield _failure(NOT_AUTHORIZED, f"{calling} may not query this archive"), None
-        return
-    model = FIND_MODELS[str(request.AffectedSOPClassUID)]
-    try:
-        query = parse_identifier(event.identifier, model)
-    except IdentifierError as exc:
-        yield _failure(exc.status, str(exc)), None
-        return
-    except Exception as exc:  # the identifier cannot even be decoded
-        yield _failure(UNABLE_TO_PROCESS, f"identifier cannot be decoded: {exc}"), None
-        return
+    def serve(self, assoc: Association, request: C_FIND, context: PresentationContext) -> None:
+        """PS3.4 C.4.1.2: one pending response per match, then success; stop on C-CANCEL.
 
-    levels = LEVELS[: LEVELS.index(query.level) + 1]
-    if model == STUDY_ROOT:
-        levels = levels[1:]
-    unique_keys = [UNIQUE_KEYS[level].keyword for level in levels]
-    requested = [e.keyword for e in query.elements if e.keyword]
-    return_keys = list(dict.fromkeys(requested + unique_keys))
-    try:
-        matches = archive.search(
-            query.level,
-            query.keys,
-            return_keys,
-            case_insensitive_names=settings.case_insensitive_names,
-        )
+        Every requested key is returned, empty when the index does not hold it,
+        and the unique keys of the query level and the levels above are always
+        included (C.4.1.2.2, hierarchical). Like dcm4chee, responses also name
+        the AE to retrieve from (Retrieve AE Title) and say the images are ONLINE.
+        """
+        send = _Responder(assoc, request, context)
+        calling = assoc.requestor.ae_title
+        if not permitted(self.settings, calling, "find"):
+            send.status(NOT_AUTHORIZED, f"{calling} may not query this archive")
+            return
+        model = FIND_MODELS[str(request.AffectedSOPClassUID)]
+        syntax = UID(context.transfer_syntax[0])
+        try:
+            identifier = decode(
+                request.Identifier or BytesIO(),
+                syntax.is_implicit_VR,
+                syntax.is_little_endian,
+                syntax.is_deflated,
+            )
+            query = parse_identifier(identifier, model)
+        except IdentifierError as exc:
+            send.status(exc.status, str(exc))
+            return
+        except Exception as exc:  # the identifier cannot even be decoded
+            send.status(UNABLE_TO_PROCESS, f"identifier cannot be decoded: {exc}")
+            return
+
+        levels = LEVELS[: LEVELS.index(query.level) + 1]
+        if model == STUDY_ROOT:
+            levels = levels[1:]
+        unique_keys = [UNIQUE_KEYS[level].keyword for level in levels]
+        requested = [e.keyword for e in query.elements if e.keyword]
+        encode_match = _plan(query.level, query.elements, unique_keys, self.settings, syntax)
         count = 0
-        for values in matches:
-            if event.is_cancelled:
-                log.info("C-FIND from %s cancelled after %d matches", calling, count)
-                yield CANCEL, None
-                return
-            count += 1
-            yield PENDING, _response(query.level, query.elements, unique_keys, values, settings)
-            # Let the DUL thread have the GIL: it sends this response now and
-            # sees a C-CANCEL at once, instead of after the whole search.
-            time.sleep(0)
-    except PacsError as exc:
-        yield _failure(UNABLE_TO_PROCESS, str(exc)), None
-        return
-    except Exception:
-        log.exception("C-FIND from %s failed", calling)
-        yield _failure(UNABLE_TO_PROCESS, "internal error while searching"), None
-        return
-    log.info("C-FIND %s level from %s: %d matches", query.level.value, calling, count)
-    yield 0x0000, None
+        try:
+            matches = self.archive.search(
+                query.level,
+                query.keys,
+                list(dict.fromkeys(requested + unique_keys)),
+                case_insensitive_names=self.settings.case_insensitive_names,
+            )
+            for values in matches:
+                if request.MessageID in assoc.dimse.cancel_req:
+                    log.info("C-FIND from %s cancelled after %d matches", calling, count)
+                    send.status(CANCEL)
+                    return
+                count += 1
+                send.pending(encode_match(values))
+                # Let the DUL thread have the GIL: it sends this response now and
+                # sees a C-CANCEL at once, instead of after the whole search.
+                time.sleep(0)
+        except PacsError as exc:
+            send.status(UNABLE_TO_PROCESS, str(exc))
+            return
+        except Exception:
+            log.exception("C-FIND from %s failed", calling)
+            send.status(UNABLE_TO_PROCESS, "internal error while searching")
+            return
+        log.info("C-FIND %s level from %s: %d matches", query.level.value, calling, count)
+        send.status(SUCCESS)
 
 
-def _response(
+Element = tuple[int, str, Callable[[dict[str, Any]], Any]]
+
+
+def _plan(
     level: Level,
-    elements: tuple[DataElement, ...],
+    elements: tuple[Any, ...],
     unique_keys: list[str],
-    values: dict[str, Any],
     settings: Settings,
-) -> Dataset:
-    response = Dataset()
-    response.QueryRetrieveLevel = level.value
-    response.RetrieveAETitle = settings.ae_title
-    response.InstanceAvailability = "ONLINE"
+    syntax: UID,
+) -> Callable[[dict[str, Any]], bytes]:
+    """How to turn one match (keyword -> value) into identifier bytes."""
+    planned: dict[int, Element] = {
+        0x00080052: (0x00080052, "CS", lambda _: level.value),
+        0x00080054: (0x00080054, "AE", lambda _: settings.ae_title),
+        0x00080056: (0x00080056, "CS", lambda _: "ONLINE"),
+    }
     for element in elements:
-        if element.VR == "SQ":
-            response.add_new(element.tag, "SQ", Sequence())
-            continue
-        value = values.get(element.keyword) if element.keyword else None
-        response.add_new(element.tag, _concrete_vr(element.VR), _element_value(value))
+        vr = element.VR.split(" or ")[0]
+        keyword = element.keyword
+        if vr == "SQ" or not keyword:
+            planned[int(element.tag)] = (int(element.tag), vr, lambda _: None)
+        else:
+            planned[int(element.tag)] = (int(element.tag), vr, _getter(keyword))
     for keyword in unique_keys:
-        if keyword not in response and values.get(keyword) is not None:
-            setattr(response, keyword, values[keyword])
-    if _has_non_ascii(response):
-        # PS3.4 C.4.1.1.3.1: the response says how its text is encoded.
-        response.SpecificCharacterSet = "ISO_IR 192"
-    return response
+        tag = tag_for_keyword(keyword)
+        assert tag is not None
+        planned.setdefault(tag, (tag, dictionary_VR(keyword), _getter(keyword)))
+    ordered = [planned[tag] for tag in sorted(planned)]
+
+    if not syntax.is_little_endian or syntax.is_deflated:
+        return lambda values: _with_pydicom(ordered, values, syntax)
+    implicit = syntax.is_implicit_VR
+
+    def encode_match(values: dict[str, Any]) -> bytes:
+        texts = [(tag, vr, getter(values)) for tag, vr, getter in ordered]
+        non_ascii = any(isinstance(v, str) and not v.isascii() for _, _, v in texts)
+        parts = []
+        if non_ascii:
+            # PS3.4 C.4.1.1.3.1: the response says how its text is encoded.
+            parts.append(_element(_SPECIFIC_CHARACTER_SET, "CS", b"ISO_IR 192", implicit))
+        for tag, vr, value in texts:
+            parts.append(_element(tag, vr, _value_bytes(vr, value), implicit))
+        return b"".join(parts)
+
+    return encode_match
 
 
-def _element_value(value: Any) -> Any:
-    if value is None:
-        return None
-    if isinstance(value, list):
-        return [str(v) for v in value]
-    return value
+def _getter(keyword: str) -> Callable[[dict[str, Any]], Any]:
+    def get(values: dict[str, Any]) -> Any:
+        value = values.get(keyword)
+        if isinstance(value, list):
+            return "\\".join(str(v) for v in value)
+        return value
+
+    return get
 
 
-def _concrete_vr(vr: str) -> str:
-    # Ambiguous dictionary VRs ("US or SS") reach us from implicit VR identifiers.
-    return vr.split(" or ")[0] if " or " in vr else vr
+def _value_bytes(vr: str, value: Any) -> bytes:
+    if value is None or value == "":
+        return b""
+    if vr in _BINARY_NUMBERS:
+        number = float(value) if vr in ("FL", "FD") else int(value)
+        return struct.pack(_BINARY_NUMBERS[vr], number)
+    data = str(value).encode("utf-8")
+    if len(data) % 2:
+        data += b"\x00" if vr == "UI" else b" "
+    return data
 
 
-def _has_non_ascii(dataset: Dataset) -> bool:
-    for element in dataset:
-        value = element.value
-        texts = value if isinstance(value, MultiValue | list) else [value]
-        if any(not str(text).isascii() for text in texts if text is not None):
-            return True
-    return False
+def _element(tag: int, vr: str, value: bytes, implicit: bool) -> bytes:
+    head = struct.pack("<HH", tag >> 16, tag & 0xFFFF)
+    if implicit:
+        return head + struct.pack("<L", len(value)) + value
+    if vr in _LONG_VRS:
+        return head + vr.encode() + b"\x00\x00" + struct.pack("<L", len(value)) + value
+    return head + vr.encode() + struct.pack("<H", len(value)) + value
 
 
-def _failure(code: int, comment: str) -> Dataset:
-    status = Dataset()
-    status.Status = code
-    status.ErrorComment = comment.replace("\\", "/")[:_ERROR_COMMENT_LENGTH]
-    return status
+def _with_pydicom(ordered: list[Element], values: dict[str, Any], syntax: UID) -> bytes:
+    """Big endian or deflated identifiers: rare enough for pydicom's encoder."""
+    dataset = Dataset()
+    for tag, vr, getter in ordered:
+        value = getter(values)
+        dataset.add_new(tag, vr, Sequence() if vr == "SQ" else value)
+    if any(isinstance(v, str) and not v.isascii() for v in (e.value for e in dataset)):
+        dataset.SpecificCharacterSet = "ISO_IR 192"
+    data = encode(dataset, syntax.is_implicit_VR, syntax.is_little_endian, syntax.is_deflated)
+    return bytes(data or b"")
+
+
+class _Responder:
+    """Sends the responses of one C-FIND (PS3.4 C.4.1.3, PS3.7 9.3.2.2)."""
+
+    def __init__(self, assoc: Association, request: C_FIND, context: PresentationContext) -> None:
+        self.assoc = assoc
+        self.request = request
+        assert context.context_id is not None
+        self.context_id = context.context_id
+        self._pending_command: list[bytes] | None = None
+
+    def pending(self, identifier: bytes) -> None:
+        if self._pending_command is None:
+            # Every pending response has the same command set: encode it once.
+            self._pending_command = [
+                pdv
+                for pdata in _message(self.request, PENDING, b"\x00").encode_msg(
+                    self.context_id, self.assoc.dimse.maximum_pdu_size
+                )
+                for _, pdv in pdata.presentation_data_value_list
+                if pdv[0] & 0x01  # command fragments only
+            ]
+        for pdv in self._pending_command:
+            self._send(pdv)
+        limit = self.assoc.dimse.maximum_pdu_size
+        step = len(identifier) if not limit else max(1, limit - 6)
+        for start in range(0, max(len(identifier), 1), step):
+            last = start + step >= len(identifier)
+            self._send((b"\x02" if last else b"\x00") + identifier[start : start + step])
+
+    def status(self, code: int, comment: str = "") -> None:
+        response = C_FIND()
+        response.MessageIDBeingRespondedTo = self.request.MessageID
+        response.AffectedSOPClassUID = self.request.AffectedSOPClassUID
+        response.Status = code
+        if comment:
+            response.ErrorComment = comment.replace("\\", "/")[:_ERROR_COMMENT_LENGTH]  # type: ignore[assignment]
+        self.assoc.dimse.send_msg(response, self.context_id)
+
+    def _send(self, pdv: bytes) -> None:
+        pdata = P_DATA()
+        pdata.presentation_data_value_list.append((self.context_id, pdv))
+        self.assoc.dul.send_pdu(pdata)
+
+
+def _message(request: C_FIND, status: int, identifier: bytes) -> C_FIND_RSP:
+    response = C_FIND()
+    response.MessageIDBeingRespondedTo = request.MessageID
+    response.AffectedSOPClassUID = request.AffectedSOPClassUID
+    response.Status = status
+    response.Identifier = BytesIO(identifier)
+    message = C_FIND_RSP()
+    message.primitive_to_message(response)
+    return message

@@ -8,15 +8,15 @@ archive when it accepts only another; the sub-association proposes, per SOP
 class, the stored syntaxes plus the node's preferred and the uncompressed ones.
 Only one instance is in memory at a time.
 
-``RetrievingAssociation`` routes C-MOVE and C-GET requests here and leaves
-every other request to pynetdicom.
+``ArchiveAssociation`` routes C-FIND (to ``find.Finder``), C-MOVE and C-GET
+requests here and leaves every other request to pynetdicom.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from io import BytesIO
 from typing import Any
@@ -24,13 +24,14 @@ from typing import Any
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom.association import Association
-from pynetdicom.dimse_primitives import C_GET, C_MOVE, C_STORE
+from pynetdicom.dimse_primitives import C_FIND, C_GET, C_MOVE, C_STORE
 from pynetdicom.dsutils import decode, encode
 from pynetdicom.presentation import PresentationContext, build_context
 from pynetdicom.status import code_to_category
 
 from pacs.config import Node, Settings
 from pacs.core import Archive
+from pacs.dimse.find import Finder
 from pacs.dimse.identifier import (
     GET_MODELS,
     MOVE_MODELS,
@@ -407,29 +408,36 @@ def _count(progress: _Progress | None, name: str) -> int | None:
     return None if progress is None else min(int(getattr(progress, name)), _MAX_COUNT)
 
 
-class RetrievingAssociation(Association):
-    """An acceptor association whose C-MOVE and C-GET requests go to ``Retrieval``."""
+class ArchiveAssociation(Association):
+    """An acceptor association whose C-FIND, C-MOVE and C-GET requests are
+    served by ``Finder`` and ``Retrieval``; anything else by pynetdicom."""
 
+    finder: Finder | None = None
     retrieval: Retrieval | None = None
 
     def _serve_request(self, msg: Any, context_id: int) -> None:
         context = self._accepted_cx.get(context_id)
-        if (
-            self.retrieval is None
-            or not isinstance(msg, C_MOVE | C_GET)
-            or not msg.is_valid_request
-            or context is None
-            or self._sent_release
-        ):
+        serve: Callable[[], None] | None = None
+        if context is not None and msg.is_valid_request and not self._sent_release:
+            if isinstance(msg, C_FIND) and self.finder is not None:
+                finder = self.finder
+                serve = lambda: finder.serve(self, msg, context)  # noqa: E731
+            elif isinstance(msg, C_MOVE | C_GET) and self.retrieval is not None:
+                retrieval = self.retrieval
+                serve = lambda: retrieval.serve(self, msg, context)  # noqa: E731
+        if serve is None:
             super()._serve_request(msg, context_id)
             return
-        # What pynetdicom's _serve_request does around a service class's SCP().
-        self.dimse.cancel_req = {}
+        # What pynetdicom's _serve_request does around a service class's SCP(),
+        # except that a C-CANCEL already received for this very request is kept.
+        self.dimse.cancel_req = {
+            k: v for k, v in self.dimse.cancel_req.items() if k == msg.MessageID
+        }
         self._is_paused = True
         try:
-            self.retrieval.serve(self, msg, context)
+            serve()
         except Exception:
-            log.exception("C-MOVE/C-GET failed")
+            log.exception("%s failed", type(msg).__name__)
             if self.is_established:
                 self.abort()
         finally:

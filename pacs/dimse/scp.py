@@ -32,9 +32,9 @@ from pacs.config import Settings
 from pacs.core import Archive
 from pacs.core.encoding import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from pacs.dimse import status
-from pacs.dimse.find import handle_c_find
+from pacs.dimse.find import Finder
 from pacs.dimse.identifier import FIND_MODELS, GET_MODELS, MOVE_MODELS, permitted
-from pacs.dimse.retrieve import Retrieval, RetrievingAssociation
+from pacs.dimse.retrieve import ArchiveAssociation, Retrieval
 from pacs.dimse.transport import TunedAE, TunedRequestHandler, cheaply_copied
 from pacs.errors import PacsError
 from pacs.types import Caller
@@ -108,12 +108,14 @@ class _AssociationServer(ThreadedAssociationServer):
         listen: bool = True,
         dispatch: Dispatcher | None = None,
         retrieval: Retrieval | None = None,
+        finder: Finder | None = None,
         **kwargs: Any,
     ) -> None:
         # Set before the base class binds (or, with listen=False, doesn't).
         self.listen = listen
         self.dispatch = dispatch
         self.retrieval = retrieval
+        self.finder = finder
         super().__init__(*args, **kwargs)
 
     def server_bind(self) -> None:
@@ -147,10 +149,11 @@ class _ArchiveRequestHandler(TunedRequestHandler):
 
     def _create_association(self) -> Any:
         assoc = super()._create_association()
-        # Same object, with C-MOVE and C-GET served by our Retrieval.
-        assoc.__class__ = RetrievingAssociation
-        assert isinstance(assoc, RetrievingAssociation)
+        # Same object, with C-FIND, C-MOVE and C-GET served by our own code.
+        assoc.__class__ = ArchiveAssociation
+        assert isinstance(assoc, ArchiveAssociation)
         assoc.retrieval = self.server.retrieval
+        assoc.finder = self.server.finder
         return assoc
 
 
@@ -187,7 +190,6 @@ class DicomNode:
         handlers: list[Any] = [
             (evt.EVT_C_ECHO, handle_c_echo),
             (evt.EVT_C_STORE, handle_c_store, [self.archive, self.settings]),
-            (evt.EVT_C_FIND, handle_c_find, [self.archive, self.settings]),
         ]
         # What AE.start_server(block=False) does, plus our tuned request handler.
         server = self.ae.make_server(
@@ -199,6 +201,7 @@ class DicomNode:
             listen=self.listen,
             dispatch=self.dispatch,
             retrieval=Retrieval(self.archive, self.settings),
+            finder=Finder(self.archive, self.settings),
         )
         assert isinstance(server, _AssociationServer)
         if self.listen:
