@@ -238,13 +238,19 @@ class _Responder:
                 for _, pdv in pdata.presentation_data_value_list
                 if pdv[0] & 0x01  # command fragments only
             ]
-        for pdv in self._pending_command:
-            self._send(pdv)
         limit = self.assoc.dimse.maximum_pdu_size
         step = len(identifier) if not limit else max(1, limit - 6)
+        pdvs = list(self._pending_command)
         for start in range(0, max(len(identifier), 1), step):
             last = start + step >= len(identifier)
-            self._send((b"\x02" if last else b"\x00") + identifier[start : start + step])
+            pdvs.append((b"\x02" if last else b"\x00") + identifier[start : start + step])
+        # A small response travels as one P-DATA-TF holding both PDVs (PS3.8
+        # 9.3.5 allows several): half the PDUs to encode and send.
+        if not limit or sum(len(pdv) + 6 for pdv in pdvs) <= limit:
+            self._send(*pdvs)
+        else:
+            for pdv in pdvs:
+                self._send(pdv)
 
     def status(self, code: int, comment: str = "") -> None:
         response = C_FIND()
@@ -255,9 +261,9 @@ class _Responder:
             response.ErrorComment = comment.replace("\\", "/")[:_ERROR_COMMENT_LENGTH]  # type: ignore[assignment]
         self.assoc.dimse.send_msg(response, self.context_id)
 
-    def _send(self, pdv: bytes) -> None:
+    def _send(self, *pdvs: bytes) -> None:
         pdata = P_DATA()
-        pdata.presentation_data_value_list.append((self.context_id, pdv))
+        pdata.presentation_data_value_list.extend((self.context_id, pdv) for pdv in pdvs)
         self.assoc.dul.send_pdu(pdata)
 
 
