@@ -485,6 +485,7 @@ RETURN_KEYS = (
 KINDS = {
     "patient_id": "PatientID exact",
     "patient_name": "PatientName prefix*, lower case",
+    "study_day": "StudyDate range, 1 day (a day's list)",
     "study_date": "StudyDate range, 1 week",
     "accession": "AccessionNumber exact",
     "date_modality": "StudyDate 1 week + ModalitiesInStudy",
@@ -541,13 +542,18 @@ def query_cases(studies: list[Study], count: int, seed: int) -> dict[str, list[C
     dates = [s.study_date for s in studies]
     days = (date(FIRST_DAY.year + YEARS, 1, 1) - FIRST_DAY).days
 
-    def week(first: int) -> tuple[str, int, int]:
-        lower, upper = _day(first), _day(first + 6)
+    def week(first: int, length: int = 7) -> tuple[str, int, int]:
+        lower, upper = _day(first), _day(first + length - 1)
         return (
             f"{lower}-{upper}",
             bisect.bisect_left(dates, lower),
             bisect.bisect_right(dates, upper),
         )
+
+    cases["study_day"] = []
+    for first in rng.sample(range(days), count):
+        text, lo, hi = week(first, 1)
+        cases["study_day"].append(Case({"StudyDate": text}, hi - lo))
 
     cases["study_date"] = []
     for first in rng.sample(range(days - 6), count):
