@@ -29,6 +29,7 @@ from pacs.core import dicomjson, encoding
 from pacs.core.attributes import check_request, index_values, required_uids
 from pacs.core.metadata import MetadataWarmer
 from pacs.core.query import build_query, row_reader
+from pacs.core.rendering import RenderRequest, SizeBoundedCache
 from pacs.errors import (
     ConflictError,
     InvalidDatasetError,
@@ -43,6 +44,7 @@ from pacs.index.base import Index, InstanceRecord, StoredInstance
 from pacs.index.query import Query
 from pacs.index.schema import LEVELS, UNIQUE_KEYS, Level
 from pacs.pixels import NATIVE_SYNTAXES, bulk_value, can_transcode, decode_frames, transcode
+from pacs.pixels.render import decode_frame, picture
 from pacs.types import ArchiveStatistics, Caller, StoreOutcome, StoreResult
 from storage import BlobNotFoundError, BlobStore, BlobStoreError, BlobStoreFullError
 
@@ -94,6 +96,9 @@ class Archive:
             max_workers=blob_writers, thread_name_prefix="blob-writer"
         )
         self._metadata = MetadataWarmer(index, self._backfill_metadata)
+        # Decoded frames (a J2K frame costs tens of ms to decode) and pictures.
+        self._decoded: SizeBoundedCache[tuple[Dataset, Any]] = SizeBoundedCache(256 << 20)
+        self._pictures: SizeBoundedCache[bytes] = SizeBoundedCache(64 << 20)
 
     def close(self) -> None:
         """Wait for writes in flight, then close the index."""
@@ -565,6 +570,52 @@ class Archive:
             )
             return target, [frames[n - 1] for n in numbers]
         return ExplicitVRLittleEndian, decode_frames(part10, [n - 1 for n in numbers])
+
+    def rendered(self, keys: Mapping[str, str], frame: int, request: RenderRequest) -> bytes:
+        """A frame (0-based) of the instance ``keys`` names, as a picture (PS3.18 10.4.1.1.4).
+
+        Pictures and decoded frames are cached (bounded in bytes), keyed by the
+        instance's content hash and everything in ``request``.
+        """
+        self._metadata.touch()
+        row = next(iter(self.index.find(self._unique_key_query(Level.IMAGE, keys))), None)
+        if row is None:
+            raise NotFoundError(
+                f"no instance {keys.get('SOPInstanceUID')} in that study and series"
+            )
+        stored = StoredInstance(**row)
+        frame_key = (stored.sop_instance_uid, stored.content_hash, frame)
+        cached = self._pictures.get((frame_key, request))
+        if cached is not None:
+            return cached
+        decoded = self._decoded.get(frame_key)
+        if decoded is None:
+            decoded = decode_frame(self._read_blob(stored), frame)
+            self._decoded.put(frame_key, decoded, int(decoded[1].nbytes))
+        dataset, pixels = decoded
+        data = picture(
+            dataset,
+            pixels,
+            request.media_type,
+            window=request.window,
+            size=request.viewport,
+            quality=request.quality,
+        )
+        self._pictures.put((frame_key, request), data, len(data))
+        return data
+
+    def representative(self, level: Level, keys: Mapping[str, str]) -> dict[str, str]:
+        """The UIDs of the instance that stands for a study or series in a thumbnail:
+        the middle one of its instances as stored."""
+        instances = self.instances_to_retrieve(level, keys)
+        if not instances:
+            raise NotFoundError(f"no {level.value.lower()} matches {dict(keys)}")
+        chosen = instances[len(instances) // 2]
+        return {
+            "StudyInstanceUID": chosen.study_instance_uid,
+            "SeriesInstanceUID": chosen.series_instance_uid,
+            "SOPInstanceUID": chosen.sop_instance_uid,
+        }
 
     def bulkdata(self, sop_instance_uid: str, path: Sequence[str]) -> tuple[str, bytes]:
         """The value at a BulkDataURI path (tag, item number, tag, ...) of an instance.

@@ -13,7 +13,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from pacs.config import Settings
 from pacs.core import Archive
 from pacs.core.attributes import check_uid
-from pacs.dicomweb import qido, stow, wado, wado_uri
+from pacs.dicomweb import qido, rendered, stow, wado, wado_uri
 from pacs.dicomweb.errors import DicomWebError, error_response, http_status
 from pacs.errors import InvalidDatasetError, PacsError
 from pacs.index.schema import Level
@@ -90,6 +90,22 @@ def dicomweb_routes(archive: Archive, settings: Settings) -> list[BaseRoute]:
             raise DicomWebError(400, "malformed resource path")
         raise DicomWebError(404, f"no DICOMweb resource /{rest}")
 
+    async def rendered_resource(request: Request) -> Response:
+        keys = _uids(request)
+        level = level_of(keys)
+        if level is Level.IMAGE:
+            return await rendered.instance(request, archive, keys)
+        return await rendered.group(request, archive, level, keys)
+
+    async def rendered_frames(request: Request) -> Response:
+        return await rendered.frames(
+            request, archive, _uids(request), request.path_params["frames"]
+        )
+
+    async def thumbnail(request: Request) -> Response:
+        keys = _uids(request)
+        return await rendered.thumbnail(request, archive, level_of(keys), keys)
+
     series_path = "/studies/{study}/series/{series}"
     instance_path = series_path + "/instances/{instance}"
     service = [
@@ -98,13 +114,20 @@ def dicomweb_routes(archive: Archive, settings: Settings) -> list[BaseRoute]:
         Route("/instances", search_instances),
         Route("/studies/{study}", study, methods=["GET", "POST"]),
         Route("/studies/{study}/metadata", metadata),
+        Route("/studies/{study}/rendered", rendered_resource),
+        Route("/studies/{study}/thumbnail", thumbnail),
         Route("/studies/{study}/series", search_series),
         Route("/studies/{study}/instances", search_instances),
         Route(series_path, retrieve),
         Route(series_path + "/metadata", metadata),
+        Route(series_path + "/rendered", rendered_resource),
+        Route(series_path + "/thumbnail", thumbnail),
         Route(series_path + "/instances", search_instances),
         Route(instance_path, retrieve),
         Route(instance_path + "/metadata", metadata),
+        Route(instance_path + "/rendered", rendered_resource),
+        Route(instance_path + "/thumbnail", thumbnail),
+        Route(instance_path + "/frames/{frames}/rendered", rendered_frames),
         Route(instance_path + "/frames/{frames}", frames),
         Route(instance_path + "/bulkdata/{path:path}", bulkdata),
         Route("/{rest:path}", unknown_resource, methods=["GET", "POST"]),

@@ -8,11 +8,13 @@ from starlette.responses import Response
 
 from pacs.core import Archive
 from pacs.core.attributes import check_uid
+from pacs.core.rendering import RenderRequest
 from pacs.dicomweb.errors import DicomWebError
 from pacs.dicomweb.media import DICOM, checked_transfer_syntax
 from pacs.dicomweb.responses import single_part
 from pacs.errors import InvalidDatasetError, NotFoundError
-from pacs.pixels.render import FORMATS, render
+from pacs.pixels.pipeline import Window
+from pacs.pixels.render import FORMATS
 
 
 async def wado_uri(request: Request, archive: Archive) -> Response:
@@ -40,18 +42,20 @@ async def wado_uri(request: Request, archive: Archive) -> Response:
             data = await run_in_threadpool(_part10, archive, stored, syntax)
             return single_part(request, data, DICOM)
         if media_type in FORMATS or media_type == "image/*":
-            kind = "image/jpeg" if media_type == "image/*" else media_type
-            part10 = await run_in_threadpool(archive.read_instance, uids["objectUID"])
-            picture = await run_in_threadpool(
-                render,
-                part10,
-                kind,
-                frame=_number(params.get("frameNumber"), "frameNumber", 1) - 1,
+            render_as = RenderRequest(
+                media_type="image/jpeg" if media_type == "image/*" else media_type,
                 window=_window(params.get("windowCenter"), params.get("windowWidth")),
-                size=_size(params.get("rows"), params.get("columns")),
-                quality=_number(params.get("imageQuality"), "imageQuality", 90),
+                viewport=_size(params.get("rows"), params.get("columns")),
+                quality=min(_number(params.get("imageQuality"), "imageQuality", 90), 100),
             )
-            return single_part(request, picture, kind)
+            keys = {
+                "StudyInstanceUID": uids["studyUID"],
+                "SeriesInstanceUID": uids["seriesUID"],
+                "SOPInstanceUID": uids["objectUID"],
+            }
+            frame = _number(params.get("frameNumber"), "frameNumber", 1) - 1
+            picture = await run_in_threadpool(archive.rendered, keys, frame, render_as)
+            return single_part(request, picture, render_as.media_type)
     raise DicomWebError(406, f"contentType {params.get('contentType')!r} is not available")
 
 
@@ -72,13 +76,16 @@ def _number(value: str | None, name: str, default: int) -> int:
     return number
 
 
-def _window(centre: str | None, width: str | None) -> tuple[float, float] | None:
+def _window(centre: str | None, width: str | None) -> Window | None:
     if centre is None and width is None:
         return None
     try:
-        return float(centre or ""), float(width or "")
+        window = Window(float(centre or ""), float(width or ""))
     except ValueError:
         raise DicomWebError(400, "windowCenter and windowWidth must both be numbers") from None
+    if window.width <= 0:
+        raise DicomWebError(400, "windowWidth must be positive")
+    return window
 
 
 def _size(rows: str | None, columns: str | None) -> tuple[int, int] | None:

@@ -1,8 +1,9 @@
-"""Rendering a frame to an 8-bit picture (PS3.3 C.11 pixel pipeline, first cut).
+"""Rendering a frame to a picture (PS3.18 10.4.1.1.4 rendered resources).
 
-Modality LUT (rescale or LUT sequence), then the first VOI window or VOI LUT
-of the instance (or the caller's window), MONOCHROME1 inverted, colour kept
-as RGB; encoded by Pillow. The imaging-core issue extends this.
+Grey-scale frames go through ``pipeline`` (one lookup table for the Modality
+LUT, the VOI window or LUT and MONOCHROME1 inversion); colour frames are
+RGB after pydicom's YBR conversion, or through the palette. Only the frame
+asked for is decoded. Encoded by Pillow as JPEG, PNG or GIF.
 """
 
 from __future__ import annotations
@@ -13,9 +14,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 from pydicom import dcmread
-from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
+from pydicom.dataset import Dataset
+from pydicom.pixels.processing import apply_color_lut
+from pydicom.pixels.utils import pixel_array
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from pacs.errors import InvalidDatasetError, UnsupportedTransferSyntaxError
+from pacs.pixels.pipeline import Window, apply_lut, grey_lut
 
 FORMATS = {"image/jpeg": "JPEG", "image/png": "PNG", "image/gif": "GIF"}
 
@@ -25,59 +30,91 @@ def render(
     media_type: str = "image/jpeg",
     *,
     frame: int = 0,
-    window: tuple[float, float] | None = None,
+    window: tuple[float, float] | Window | None = None,
     size: tuple[int, int] | None = None,
     quality: int = 90,
 ) -> bytes:
-    """One frame (0-based) as JPEG, PNG or GIF; ``window`` is (centre, width);
-    ``size`` (rows, columns) fits the picture inside that box, keeping its shape."""
+    """One frame (0-based) as JPEG, PNG or GIF.
+
+    ``window`` is (centre, width) or a ``Window``; ``size`` (rows, columns)
+    fits the picture inside that box, keeping its shape.
+    """
+    dataset, pixels = decode_frame(part10, frame)
+    if isinstance(window, tuple):
+        window = Window(*window)
+    return picture(dataset, pixels, media_type, window=window, size=size, quality=quality)
+
+
+def decode_frame(part10: bytes, frame: int) -> tuple[Dataset, np.ndarray]:
+    """The header (without pixel data) and one decoded frame (0-based)."""
     try:
-        dataset = dcmread(BytesIO(part10))
-        pixels = dataset.pixel_array
+        dataset = dcmread(BytesIO(part10), stop_before_pixels=True)
+    except Exception as exc:  # pydicom signals bad files with assorted types
+        raise InvalidDatasetError(f"stored file cannot be parsed: {exc}") from exc
+    frames = _int(dataset, "NumberOfFrames", 1)
+    if not 0 <= frame < frames:
+        raise InvalidDatasetError(f"frame {frame + 1} is out of range (1-{frames})")
+    try:
+        if dataset.file_meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
+            # pydicom's frame reader cannot seek in a deflated stream: read it whole.
+            whole = dcmread(BytesIO(part10)).pixel_array
+            pixels = whole[frame] if frames > 1 else whole
+        else:
+            pixels = pixel_array(BytesIO(part10), index=frame)
     except (NotImplementedError, RuntimeError) as exc:
         raise UnsupportedTransferSyntaxError(f"cannot decode the pixel data: {exc}") from exc
     except Exception as exc:  # pydicom signals bad pixel data with assorted types
         raise InvalidDatasetError(f"cannot decode the pixel data: {exc}") from exc
-    frames = int(dataset.get("NumberOfFrames") or 1)
-    if not 0 <= frame < frames:
-        raise InvalidDatasetError(f"frame {frame + 1} is out of range (1-{frames})")
-    if frames > 1:
-        pixels = pixels[frame]
-    samples = int(dataset.get("SamplesPerPixel") or 1)
-    if samples == 1:
-        image = _grey(dataset, pixels, window)
-        picture = Image.fromarray(image, mode="L")
-    else:
-        if pixels.dtype != np.uint8:
-            top = float(2 ** int(dataset.get("BitsStored") or 8) - 1)
-            pixels = np.clip(pixels.astype(np.float32) * (255.0 / top), 0, 255)
-        picture = Image.fromarray(pixels.astype(np.uint8), mode="RGB")
+    return dataset, pixels
+
+
+def picture(
+    dataset: Dataset,
+    pixels: np.ndarray,
+    media_type: str,
+    *,
+    window: Window | None = None,
+    size: tuple[int, int] | None = None,
+    quality: int = 90,
+) -> bytes:
+    """A decoded frame through the display pipeline, encoded as ``media_type``."""
+    image = Image.fromarray(to_display(dataset, pixels, window))
     if size is not None:
-        picture.thumbnail((size[1], size[0]))
+        image.thumbnail((size[1], size[0]), Image.Resampling.BILINEAR)
     out = BytesIO()
     kind = FORMATS[media_type]
-    picture.save(out, format=kind, **({"quality": quality} if kind == "JPEG" else {}))
+    if kind == "JPEG":
+        image.save(out, format=kind, quality=quality)
+    else:
+        image.save(out, format=kind)
     return out.getvalue()
 
 
-def _grey(dataset: Any, pixels: np.ndarray, window: tuple[float, float] | None) -> np.ndarray:
-    values = apply_modality_lut(pixels, dataset).astype(np.float64)
-    if window is None and "WindowCenter" in dataset and "WindowWidth" in dataset:
-        window = (
-            float(np.atleast_1d(dataset.WindowCenter)[0]),
-            float(np.atleast_1d(dataset.WindowWidth)[0]),
-        )
-    if window is not None:
-        # PS3.3 C.11.2.1.2.1, linear function
-        centre, width = window
-        low = centre - 0.5 - (max(width, 1.0) - 1) / 2
-        high = centre - 0.5 + (max(width, 1.0) - 1) / 2
-    else:
-        if "VOILUTSequence" in dataset:
-            values = apply_voi_lut(values, dataset, index=0).astype(np.float64)
+def to_display(dataset: Any, pixels: np.ndarray, window: Window | None) -> np.ndarray:
+    """8-bit grey (rows, columns) or RGB (rows, columns, 3) for display."""
+    photometric = str(dataset.get("PhotometricInterpretation", "")).strip()
+    if photometric == "PALETTE COLOR":
+        rgb = apply_color_lut(pixels, dataset)
+        return _to_8_bits(rgb, 16 if rgb.dtype == np.uint16 else 8)
+    if pixels.ndim == 3 and pixels.shape[-1] in (3, 4):
+        return _to_8_bits(pixels[..., :3], _int(dataset, "BitsStored", 8))
+    if pixels.dtype.kind == "f" or _int(dataset, "BitsStored", 8) > 16:
+        values = pixels.astype(np.float64)
         low, high = float(values.min()), float(values.max())
-    scale = 255.0 / max(high - low, 1e-9)
-    image = np.clip((values - low) * scale, 0, 255).astype(np.uint8)
-    if dataset.get("PhotometricInterpretation", "") == "MONOCHROME1":
-        image = 255 - image
-    return image
+        return np.rint((values - low) * (255.0 / max(high - low, 1e-9))).astype(np.uint8)
+    lut, offset = grey_lut(dataset, window, pixels)
+    return apply_lut(pixels, lut, offset)
+
+
+def _int(dataset: Any, keyword: str, default: int) -> int:
+    """An integer attribute, or ``default`` when absent or malformed (an IS of '1A')."""
+    try:
+        return int(dataset.get(keyword) or default)
+    except (TypeError, ValueError):
+        return default
+
+
+def _to_8_bits(rgb: np.ndarray, bits: int) -> np.ndarray:
+    if rgb.dtype == np.uint8 or bits <= 8:
+        return rgb.astype(np.uint8, copy=False)
+    return (rgb >> (bits - 8)).astype(np.uint8)

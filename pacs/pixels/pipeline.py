@@ -1,0 +1,144 @@
+"""The grey-scale pixel pipeline as one lookup table (PS3.3 C.11).
+
+Stored value -> Modality LUT (rescale, or a LUT) -> VOI (window with the
+LINEAR, LINEAR_EXACT or SIGMOID function, or a VOI LUT) -> Presentation LUT
+(MONOCHROME1 and INVERSE flip) -> 8-bit output. For integer data of up to
+16 bits every step depends on the stored value alone, so the whole chain is
+computed once per distinct window over the range of possible stored values
+(at most 65,536 entries) and applied to the frame with one ``numpy.take``:
+no per-pixel arithmetic in floating point.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+LINEAR = "LINEAR"
+LINEAR_EXACT = "LINEAR_EXACT"
+SIGMOID = "SIGMOID"
+_FUNCTIONS = (LINEAR, LINEAR_EXACT, SIGMOID)
+_LUT_LIMIT = 1 << 16
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    centre: float
+    width: float
+    function: str = LINEAR
+
+
+def voi_window(
+    values: np.ndarray, window: Window, low: float = 0.0, high: float = 255.0
+) -> np.ndarray:
+    """PS3.3 C.11.2.1.2 (and C.11.2.1.3 for SIGMOID): values -> [low, high] floats."""
+    x = values.astype(np.float64, copy=False)
+    c, w = window.centre, window.width
+    span = high - low
+    if window.function == SIGMOID:
+        return span / (1.0 + np.exp(-4.0 * (x - c) / max(w, 1e-9))) + low
+    if window.function == LINEAR_EXACT:
+        w = max(w, 1e-9)
+        y = ((x - c) / w + 0.5) * span + low
+        return np.clip(y, low, high)
+    # LINEAR: width must be at least 1 (C.11.2.1.2.1)
+    w = max(w, 1.0)
+    if w == 1.0:
+        return np.where(x <= c - 0.5, low, high).astype(np.float64)
+    y = ((x - (c - 0.5)) / (w - 1.0) + 0.5) * span + low
+    return np.clip(y, low, high)
+
+
+def first_window(dataset: Any) -> Window | None:
+    """The instance's own first window (Window Center/Width and its function), if any."""
+    centres = dataset.get("WindowCenter")
+    widths = dataset.get("WindowWidth")
+    if centres is None or widths is None:
+        return None
+    try:
+        centre = float(np.atleast_1d(np.asarray(centres, dtype=object))[0])
+        width = float(np.atleast_1d(np.asarray(widths, dtype=object))[0])
+    except (TypeError, ValueError):
+        return None
+    function = str(dataset.get("VOILUTFunction", LINEAR) or LINEAR).upper()
+    return Window(centre, width, function if function in _FUNCTIONS else LINEAR)
+
+
+def grey_lut(
+    dataset: Any,
+    window: Window | None,
+    frame: np.ndarray | None = None,
+) -> tuple[np.ndarray, int]:
+    """An 8-bit lookup table over every possible stored value, and its offset.
+
+    ``lut[stored - offset]`` is the displayed value. Without a window of the
+    caller's or the instance's (or a VOI LUT), the frame's own range is used.
+    Raises ``ValueError`` for data a table cannot cover (floats, over 16 bits).
+    """
+    bits_stored = _int(dataset, "BitsStored", _int(dataset, "BitsAllocated", 8))
+    signed = _int(dataset, "PixelRepresentation", 0) == 1
+    if bits_stored > 16:
+        raise ValueError(f"{bits_stored}-bit data needs no table")
+    lowest = -(1 << (bits_stored - 1)) if signed else 0
+    size = 1 << bits_stored
+    stored = np.arange(lowest, lowest + size, dtype=np.int64)
+    modality = _modality(dataset, stored)
+    voi_lut = dataset.get("VOILUTSequence")
+    if window is None:
+        window = first_window(dataset)
+    if window is not None:
+        out = voi_window(modality, window)
+    elif voi_lut:
+        from pydicom.pixels.processing import apply_voi_lut
+
+        mapped = apply_voi_lut(modality.copy(), dataset, index=0).astype(np.float64)
+        span = max(float(mapped.max() - mapped.min()), 1e-9)
+        out = (mapped - mapped.min()) * (255.0 / span)
+    else:
+        if frame is not None and frame.size:
+            present = modality[np.clip(frame.astype(np.int64) - lowest, 0, size - 1)]
+            low, high = float(present.min()), float(present.max())
+        else:
+            low, high = float(modality.min()), float(modality.max())
+        out = voi_window(modality, Window((low + high) / 2 + 0.5, max(high - low, 1.0) + 1.0))
+    if _inverted(dataset):
+        out = 255.0 - out
+    return np.rint(out).astype(np.uint8), lowest
+
+
+def apply_lut(frame: np.ndarray, lut: np.ndarray, offset: int) -> np.ndarray:
+    """Map stored values through ``lut`` (one ``take``; Bits Stored masking included)."""
+    index = frame.astype(np.int64, copy=False) - offset
+    np.clip(index, 0, len(lut) - 1, out=index)
+    return np.take(lut, index)
+
+
+def _modality(dataset: Any, stored: np.ndarray) -> np.ndarray:
+    if "ModalityLUTSequence" in dataset:
+        from pydicom.pixels.processing import apply_modality_lut
+
+        return np.asarray(apply_modality_lut(stored.copy(), dataset), dtype=np.float64)
+    try:
+        slope = float(dataset.get("RescaleSlope") or 1.0)
+        intercept = float(dataset.get("RescaleIntercept") or 0.0)
+    except (TypeError, ValueError):
+        slope, intercept = 1.0, 0.0  # malformed DS: show stored values
+    return stored * slope + intercept
+
+
+def _int(dataset: Any, keyword: str, default: int) -> int:
+    try:
+        return int(dataset.get(keyword) or default)
+    except (TypeError, ValueError):
+        return default
+
+
+def _inverted(dataset: Any) -> bool:
+    """MONOCHROME1 shows low values white. Its Presentation LUT Shape, when
+    given, is INVERSE, naming the same single inversion (PS3.3 C.7.6.16.2.13);
+    INVERSE on MONOCHROME2 asks for one too."""
+    monochrome1 = str(dataset.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1"
+    shape = str(dataset.get("PresentationLUTShape", "") or "").strip().upper()
+    return monochrome1 or shape == "INVERSE"
