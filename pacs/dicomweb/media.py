@@ -121,6 +121,19 @@ def require_json(accept: str | None) -> None:
     raise DicomWebError(406, f"this resource is sent as {DICOM_JSON}")
 
 
+def frame_numbers(frame_list: str) -> list[int]:
+    """``1,3,5`` -> [1, 3, 5]; frame numbers start at 1 (PS3.18 8.3.3.1), else 400."""
+    try:
+        numbers = [int(n) for n in frame_list.split(",") if n.strip()]
+    except ValueError:
+        raise DicomWebError(
+            400, f"frame list {frame_list!r} is not comma-separated numbers"
+        ) from None
+    if not numbers or any(n < 1 for n in numbers):
+        raise DicomWebError(400, "frame numbers start at 1")
+    return numbers
+
+
 def checked_transfer_syntax(value: str | None) -> str | None:
     """``None`` for ``*`` (as stored); else a known transfer syntax UID or 400."""
     if value is None or value == "*":

@@ -16,7 +16,7 @@ from starlette.responses import Response
 from pacs.core import Archive
 from pacs.core.rendering import RenderRequest
 from pacs.dicomweb.errors import DicomWebError
-from pacs.dicomweb.media import Multipart, matches, parse_accept
+from pacs.dicomweb.media import Multipart, frame_numbers, matches, parse_accept
 from pacs.dicomweb.responses import single_part
 from pacs.errors import NotFoundError
 from pacs.index.schema import Level
@@ -49,14 +49,7 @@ async def frames(
     request: Request, archive: Archive, keys: dict[str, str], frame_list: str
 ) -> Response:
     """One picture for one frame; multipart/related pictures for several."""
-    try:
-        numbers = [int(n) for n in frame_list.split(",") if n.strip()]
-    except ValueError:
-        raise DicomWebError(
-            400, f"frame list {frame_list!r} is not comma-separated numbers"
-        ) from None
-    if not numbers or any(n < 1 for n in numbers):
-        raise DicomWebError(400, "frame numbers start at 1")
+    numbers = frame_numbers(frame_list)
     wanted = render_request(request)
 
     def work() -> list[bytes]:

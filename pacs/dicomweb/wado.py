@@ -27,6 +27,7 @@ from pacs.dicomweb.media import (
     MediaRange,
     Multipart,
     checked_transfer_syntax,
+    frame_numbers,
     matches,
     parse_accept,
     require_json,
@@ -148,14 +149,7 @@ async def frames(
     request: Request, archive: Archive, keys: dict[str, str], frame_list: str
 ) -> Response:
     """PS3.18 10.4.1.1.3: frames as octet-stream (uncompressed) or as stored."""
-    try:
-        numbers = [int(n) for n in frame_list.split(",") if n.strip()]
-    except ValueError:
-        raise DicomWebError(
-            400, f"frame list {frame_list!r} is not comma-separated numbers"
-        ) from None
-    if not numbers or any(n < 1 for n in numbers):
-        raise DicomWebError(400, "frame numbers start at 1")
+    numbers = frame_numbers(frame_list)
     accept = parse_accept(request.headers.get("accept"))
 
     def work() -> Response:

@@ -31,9 +31,13 @@ from pynetdicom.presentation import PresentationContext
 from pacs.config import Settings
 from pacs.core import Archive
 from pacs.dimse.identifier import (
+    CANCEL,
+    ERROR_COMMENT_LENGTH,
     FIND_MODELS,
     NOT_AUTHORIZED,
+    PENDING,
     STUDY_ROOT,
+    SUCCESS,
     UNABLE_TO_PROCESS,
     IdentifierError,
     parse_identifier,
@@ -44,10 +48,6 @@ from pacs.index.schema import LEVELS, UNIQUE_KEYS, Level
 
 log = logging.getLogger(__name__)
 
-PENDING = 0xFF00
-CANCEL = 0xFE00
-SUCCESS = 0x0000
-_ERROR_COMMENT_LENGTH = 64
 _LONG_VRS = frozenset(
     ("OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV")
 )
@@ -258,7 +258,7 @@ class _Responder:
         response.AffectedSOPClassUID = self.request.AffectedSOPClassUID
         response.Status = code
         if comment:
-            response.ErrorComment = comment.replace("\\", "/")[:_ERROR_COMMENT_LENGTH]  # type: ignore[assignment]
+            response.ErrorComment = comment.replace("\\", "/")[:ERROR_COMMENT_LENGTH]  # type: ignore[assignment]
         self.assoc.dimse.send_msg(response, self.context_id)
 
     def _send(self, *pdvs: bytes) -> None:

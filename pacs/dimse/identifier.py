@@ -45,6 +45,11 @@ GET_MODELS = {
 # Not query keys: the level itself, the character set, and what the SCP adds.
 _NOT_KEYS = frozenset((0x00080005, 0x00080052, 0x00080054, 0x00080056))
 
+# Statuses shared by C-FIND, C-MOVE and C-GET (PS3.4 C.4.1.1.4, C.4.2.1.5, C.4.3.1.4).
+SUCCESS = 0x0000
+PENDING = 0xFF00
+CANCEL = 0xFE00
+ERROR_COMMENT_LENGTH = 64  # Error Comment is LO
 IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS = 0xA900
 UNABLE_TO_PROCESS = 0xC000
 

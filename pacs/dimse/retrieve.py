@@ -33,9 +33,13 @@ from pacs.config import Node, Settings
 from pacs.core import Archive
 from pacs.dimse.find import Finder
 from pacs.dimse.identifier import (
+    CANCEL,
+    ERROR_COMMENT_LENGTH,
     GET_MODELS,
     MOVE_MODELS,
     NOT_AUTHORIZED,
+    PENDING,
+    SUCCESS,
     UNABLE_TO_PROCESS,
     IdentifierError,
     parse_identifier,
@@ -47,15 +51,11 @@ from pacs.index.base import StoredInstance
 
 log = logging.getLogger(__name__)
 
-PENDING = 0xFF00
-CANCEL = 0xFE00
-SUCCESS = 0x0000
 WARNING_SUBOPERATIONS = 0xB000
 UNABLE_TO_PERFORM_SUBOPERATIONS = 0xA702
 MOVE_DESTINATION_UNKNOWN = 0xA801
 _MAX_CONTEXTS = 128  # PS3.8 9.3.2.2: presentation context IDs are odd numbers 1-255
 _MAX_COUNT = 0xFFFF  # the sub-operation counts are US
-_ERROR_COMMENT_LENGTH = 64
 _UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 
 
@@ -385,7 +385,7 @@ class _Responder:
         response = self.response
         response.Status = status
         response.Identifier = None
-        response.ErrorComment = comment.replace("\\", "/")[:_ERROR_COMMENT_LENGTH] or None  # type: ignore[assignment]
+        response.ErrorComment = comment.replace("\\", "/")[:ERROR_COMMENT_LENGTH] or None  # type: ignore[assignment]
         response.NumberOfRemainingSuboperations = (
             min(progress.remaining, _MAX_COUNT) if progress and remaining else None
         )
