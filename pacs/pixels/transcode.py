@@ -11,17 +11,21 @@ from __future__ import annotations
 import zlib
 from io import BytesIO
 
+import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_dataset
 from pydicom.pixels.decoders.base import get_decoder
+from pydicom.pixels.encoders.base import get_encoder
 from pydicom.uid import (
     UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    RLELossless,
 )
 
 from pacs.errors import InvalidDatasetError, UnsupportedTransferSyntaxError
@@ -36,17 +40,31 @@ NATIVE_SYNTAXES = frozenset(
 )
 """Syntaxes whose pixel data is not compressed: conversion between them never decodes pixels."""
 _TARGETS = frozenset((ExplicitVRLittleEndian, ImplicitVRLittleEndian))
+LOSSLESS_TARGETS = frozenset((RLELossless, JPEG2000Lossless))
+"""Compressed syntaxes we encode: lossless only, so the instance stays the same
+instance (lossy output is a new instance, PS3.4 A.1.2.x; that comes with the
+imaging core)."""
 
 
 def can_transcode(source: str, target: str) -> bool:
     if source == target:
         return True
-    if target not in _TARGETS:
+    if target in LOSSLESS_TARGETS:
+        if not _encoder_available(target):
+            return False
+    elif target not in _TARGETS:
         return False
     if source in NATIVE_SYNTAXES:
         return True
     try:
         return bool(get_decoder(UID(source)).is_available)
+    except NotImplementedError:
+        return False
+
+
+def _encoder_available(target: str) -> bool:
+    try:
+        return bool(get_encoder(UID(target)).is_available)
     except NotImplementedError:
         return False
 
@@ -78,9 +96,36 @@ def transcode(data: bytes, source: str, target: str) -> bytes:
         if source_uid.is_compressed:
             # The same instance in another encoding keeps its UID, as in Orthanc and dcm4chee.
             dataset.decompress(generate_instance_uid=False)
+        elif source_uid == ExplicitVRBigEndian:
+            _to_little_endian(dataset)
     except (ValueError, TypeError, AttributeError, RuntimeError, NotImplementedError) as exc:
         raise InvalidDatasetError(f"cannot decode the stored pixel data: {exc}") from exc
+    if target in LOSSLESS_TARGETS:
+        try:
+            dataset.compress(UID(target), generate_instance_uid=False)
+        except (ValueError, TypeError, AttributeError, RuntimeError, NotImplementedError) as exc:
+            raise UnsupportedTransferSyntaxError(
+                f"cannot encode this image as {UID(target).name}: {exc}"
+            ) from exc
+        return _encode(dataset, ExplicitVRLittleEndian)
     return _encode(dataset, UID(target))
+
+
+def _to_little_endian(dataset: Dataset) -> None:
+    """Make a big endian data set writable as little endian.
+
+    pydicom converts numbers (US, FL...) when it reads them, but keeps OW and
+    other word-valued bytes as they were, so Pixel Data must be byte-swapped
+    here or every 16-bit pixel would come out garbled.
+    """
+    for element in dataset.iterall():
+        _ = element.value  # decode each value in the source byte order
+    if "PixelData" in dataset:
+        bits = int(dataset.get("BitsAllocated") or 8)
+        if bits in (16, 32):
+            words = np.frombuffer(dataset.PixelData, dtype=f">u{bits // 8}")
+            dataset.PixelData = words.astype(f"<u{bits // 8}").tobytes()
+    dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
 
 
 def _encode(dataset: Dataset, target: UID) -> bytes:
