@@ -43,8 +43,16 @@ from pacs.errors import (
 from pacs.index.base import Index, InstanceRecord, StoredInstance
 from pacs.index.query import Query
 from pacs.index.schema import LEVELS, UNIQUE_KEYS, Level
-from pacs.pixels import NATIVE_SYNTAXES, bulk_value, can_transcode, decode_frames, transcode
+from pacs.pixels import (
+    NATIVE_SYNTAXES,
+    bulk_value,
+    can_transcode,
+    decode_frames,
+    encodable,
+    transcode,
+)
 from pacs.pixels.render import decode_frame, picture
+from pacs.pixels.transcode import LOSSLESS_TARGETS
 from pacs.types import ArchiveStatistics, Caller, StoreOutcome, StoreResult
 from storage import BlobNotFoundError, BlobStore, BlobStoreError, BlobStoreFullError
 
@@ -363,23 +371,26 @@ class Archive:
         ``UnsupportedTransferSyntaxError`` when no accepted syntax can be made.
         Reads one instance into memory, never more.
         """
-        target = next(
-            (ts for ts in accepted if can_transcode(stored.transfer_syntax_uid, ts)), None
-        )
-        if target is None:
+        targets = [ts for ts in accepted if can_transcode(stored.transfer_syntax_uid, ts)]
+        if not targets:
             raise UnsupportedTransferSyntaxError(
                 f"{stored.sop_instance_uid} is stored as {stored.transfer_syntax_uid},"
                 f" which cannot be converted to any of {', '.join(accepted)}"
             )
-        try:
-            part10 = self.blobs.get(stored.blob_key)
-        except BlobNotFoundError:
-            raise StorageError(f"blob of {stored.sop_instance_uid} is missing") from None
-        except BlobStoreError as exc:
-            raise StorageError(f"cannot read {stored.sop_instance_uid}: {exc}") from exc
+        part10 = self._read_blob(stored)
         _, offset = encoding.split_part10(part10)
         dataset = part10[offset:] if offset else part10
-        return target, transcode(dataset, stored.transfer_syntax_uid, target)
+        for number, target in enumerate(targets, start=1):
+            try:
+                return target, transcode(dataset, stored.transfer_syntax_uid, target)
+            except UnsupportedTransferSyntaxError as exc:
+                # An encoder may refuse this image (32-bit data for JPEG 2000):
+                # the next accepted syntax, usually uncompressed, will do.
+                if number == len(targets):
+                    raise UnsupportedTransferSyntaxError(
+                        f"{stored.sop_instance_uid}: {exc}"
+                    ) from exc
+        raise AssertionError("unreachable")
 
     # -- query ---------------------------------------------------------------
 
@@ -496,6 +507,18 @@ class Archive:
             "SOPInstanceUID": stored.sop_instance_uid,
         }
         return _metadata(dataset, uids, layout)
+
+    def convertible(self, instances: Sequence[StoredInstance], target: str) -> list[str]:
+        """SOP Instance UIDs among ``instances`` that cannot be sent as ``target``."""
+        refused = []
+        for stored in instances:
+            if not can_transcode(stored.transfer_syntax_uid, target):
+                refused.append(stored.sop_instance_uid)
+            elif target != stored.transfer_syntax_uid and target in LOSSLESS_TARGETS:
+                row = self.index.entity(Level.IMAGE, stored.sop_instance_uid) or {}
+                if not encodable(target, row.get("bits_allocated"), row.get("samples_per_pixel")):
+                    refused.append(stored.sop_instance_uid)
+        return refused
 
     def part10_for_transfer(
         self, stored: StoredInstance, transfer_syntax_uid: str | None, chunk_size: int = 1 << 20

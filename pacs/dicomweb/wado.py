@@ -36,7 +36,6 @@ from pacs.dicomweb.responses import base_url, json_response
 from pacs.errors import NotFoundError
 from pacs.index.base import StoredInstance
 from pacs.index.schema import Level
-from pacs.pixels import can_transcode
 
 _BATCH_BYTES = 8 << 20
 """Bytes read per trip to a worker thread while streaming."""
@@ -55,12 +54,10 @@ async def retrieve(
     target = _dicom_transfer_syntax(request)
     instances = await run_in_threadpool(_found, archive, level, keys)
     if target is not None:
-        refused = [s for s in instances if not can_transcode(s.transfer_syntax_uid, target)]
+        refused = await run_in_threadpool(archive.convertible, instances, target)
         if refused:
             raise DicomWebError(
-                406,
-                f"{len(refused)} instance(s) cannot be converted from"
-                f" {refused[0].transfer_syntax_uid} to {target}",
+                406, f"{len(refused)} instance(s) cannot be sent as {target}, e.g. {refused[0]}"
             )
     multipart = Multipart(DICOM)
     headers = {}

@@ -38,7 +38,10 @@ def voi_window(
     c, w = window.centre, window.width
     span = high - low
     if window.function == SIGMOID:
-        return span / (1.0 + np.exp(-4.0 * (x - c) / max(w, 1e-9))) + low
+        # Far below a narrow window exp() overflows to inf, and span/inf is the
+        # exact limit, 0.
+        with np.errstate(over="ignore"):
+            return span / (1.0 + np.exp(-4.0 * (x - c) / max(w, 1e-9))) + low
     if window.function == LINEAR_EXACT:
         w = max(w, 1e-9)
         y = ((x - c) / w + 0.5) * span + low
@@ -91,11 +94,7 @@ def grey_lut(
     if window is not None:
         out = voi_window(modality, window)
     elif voi_lut:
-        from pydicom.pixels.processing import apply_voi_lut
-
-        mapped = apply_voi_lut(modality.copy(), dataset, index=0).astype(np.float64)
-        span = max(float(mapped.max() - mapped.min()), 1e-9)
-        out = (mapped - mapped.min()) * (255.0 / span)
+        out = _voi_lut(dataset, modality)
     else:
         if frame is not None and frame.size:
             present = modality[np.clip(frame.astype(np.int64) - lowest, 0, size - 1)]
@@ -113,6 +112,28 @@ def apply_lut(frame: np.ndarray, lut: np.ndarray, offset: int) -> np.ndarray:
     index = frame.astype(np.int64, copy=False) - offset
     np.clip(index, 0, len(lut) - 1, out=index)
     return np.take(lut, index)
+
+
+def _voi_lut(dataset: Any, values: np.ndarray) -> np.ndarray:
+    """PS3.3 C.11.2.1.1: the first VOI LUT, its output scaled from its own bit depth.
+
+    Values below the first mapped one take the first entry, above the last
+    the last entry.
+    """
+    item = dataset.VOILUTSequence[0]
+    entries, first, bits = (int(v) for v in item.LUTDescriptor)
+    entries = entries or 65536
+    data = item.LUTData
+    if isinstance(data, bytes | bytearray):
+        # OW (or US read as bytes): 16-bit words in the data set's byte order
+        big = getattr(dataset, "original_encoding", (None, True))[1] is False
+        table = np.frombuffer(bytes(data), dtype=">u2" if big else "<u2")
+    else:
+        table = np.atleast_1d(np.asarray(data, dtype=np.float64))
+    table = table[:entries].astype(np.float64)
+    index = np.clip(np.rint(values).astype(np.int64) - first, 0, len(table) - 1)
+    scaled: np.ndarray = table[index] * (255.0 / float((1 << bits) - 1))
+    return scaled
 
 
 def _modality(dataset: Any, stored: np.ndarray) -> np.ndarray:

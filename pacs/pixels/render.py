@@ -17,9 +17,8 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.pixels.processing import apply_color_lut
 from pydicom.pixels.utils import pixel_array
-from pydicom.uid import DeflatedExplicitVRLittleEndian
 
-from pacs.errors import InvalidDatasetError, UnsupportedTransferSyntaxError
+from pacs.errors import InvalidDatasetError, NotFoundError, UnsupportedTransferSyntaxError
 from pacs.pixels.pipeline import Window, apply_lut, grey_lut
 
 FORMATS = {"image/jpeg": "JPEG", "image/png": "PNG", "image/gif": "GIF"}
@@ -53,14 +52,16 @@ def decode_frame(part10: bytes, frame: int) -> tuple[Dataset, np.ndarray]:
         raise InvalidDatasetError(f"stored file cannot be parsed: {exc}") from exc
     frames = _int(dataset, "NumberOfFrames", 1)
     if not 0 <= frame < frames:
-        raise InvalidDatasetError(f"frame {frame + 1} is out of range (1-{frames})")
+        raise NotFoundError(f"frame {frame + 1} is out of range (1-{frames})")
     try:
-        if dataset.file_meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
-            # pydicom's frame reader cannot seek in a deflated stream: read it whole.
+        try:
+            pixels = pixel_array(BytesIO(part10), index=frame)
+        except Exception:
+            # pydicom's frame reader is stricter than dcmread: it cannot seek in
+            # a deflated stream, nor read a file whose meta names the wrong VR
+            # encoding. Read the file whole instead.
             whole = dcmread(BytesIO(part10)).pixel_array
             pixels = whole[frame] if frames > 1 else whole
-        else:
-            pixels = pixel_array(BytesIO(part10), index=frame)
     except (NotImplementedError, RuntimeError) as exc:
         raise UnsupportedTransferSyntaxError(f"cannot decode the pixel data: {exc}") from exc
     except Exception as exc:  # pydicom signals bad pixel data with assorted types

@@ -62,6 +62,15 @@ def can_transcode(source: str, target: str) -> bool:
         return False
 
 
+def encodable(target: str, bits_allocated: int | None, samples_per_pixel: int | None) -> bool:
+    """Whether an image of this shape can be written in ``target`` (a conversion
+    that fails half-way through a multipart response could only drop the
+    connection, so WADO-RS asks first)."""
+    if target not in LOSSLESS_TARGETS:
+        return True
+    return bits_allocated in (8, 16) and (samples_per_pixel or 1) in (1, 3)
+
+
 def _encoder_available(target: str) -> bool:
     try:
         return bool(get_encoder(UID(target)).is_available)
