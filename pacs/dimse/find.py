@@ -24,7 +24,7 @@ from pydicom.uid import UID
 from pynetdicom.association import Association
 from pynetdicom.dimse_messages import C_FIND_RSP
 from pynetdicom.dimse_primitives import C_FIND
-from pynetdicom.dsutils import decode, encode
+from pynetdicom.dsutils import encode
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.presentation import PresentationContext
 
@@ -40,8 +40,8 @@ from pacs.dimse.identifier import (
     SUCCESS,
     UNABLE_TO_PROCESS,
     IdentifierError,
-    parse_identifier,
     permitted,
+    read_identifier,
 )
 from pacs.errors import PacsError
 from pacs.index.schema import LEVELS, UNIQUE_KEYS, Level
@@ -78,18 +78,9 @@ class Finder:
         model = FIND_MODELS[str(request.AffectedSOPClassUID)]
         syntax = UID(context.transfer_syntax[0])
         try:
-            identifier = decode(
-                request.Identifier or BytesIO(),
-                syntax.is_implicit_VR,
-                syntax.is_little_endian,
-                syntax.is_deflated,
-            )
-            query = parse_identifier(identifier, model)
+            query = read_identifier(request.Identifier, syntax, model)
         except IdentifierError as exc:
             send.status(exc.status, str(exc))
-            return
-        except Exception as exc:  # the identifier cannot even be decoded
-            send.status(UNABLE_TO_PROCESS, f"identifier cannot be decoded: {exc}")
             return
 
         levels = LEVELS[: LEVELS.index(query.level) + 1]

@@ -7,10 +7,13 @@ how an identifier becomes the archive's query keys, and who may ask.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from io import BytesIO
 
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
+from pydicom.uid import UID
+from pynetdicom.dsutils import decode
 
 from pacs.config import Settings
 from pacs.dimse.status import NOT_AUTHORIZED as NOT_AUTHORIZED
@@ -98,6 +101,21 @@ def parse_identifier(identifier: Dataset, model: str) -> QueryRequest:
             continue  # sequence matching is not supported: returned empty
         keys[element.keyword] = query_text(element)
     return QueryRequest(level, keys, tuple(elements))
+
+
+def read_identifier(encoded: BytesIO | None, transfer_syntax: str, model: str) -> QueryRequest:
+    """Decode a request's identifier (in its context's transfer syntax) and parse it."""
+    syntax = UID(transfer_syntax)
+    try:
+        identifier = decode(
+            encoded or BytesIO(),
+            syntax.is_implicit_VR,
+            syntax.is_little_endian,
+            syntax.is_deflated,
+        )
+    except Exception as exc:  # pydicom signals bad encodings with assorted types
+        raise IdentifierError(UNABLE_TO_PROCESS, f"identifier cannot be decoded: {exc}") from None
+    return parse_identifier(identifier, model)
 
 
 def query_text(element: DataElement) -> str:

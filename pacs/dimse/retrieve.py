@@ -25,7 +25,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_FIND, C_GET, C_MOVE, C_STORE
-from pynetdicom.dsutils import decode, encode
+from pynetdicom.dsutils import encode
 from pynetdicom.presentation import PresentationContext, build_context
 from pynetdicom.status import code_to_category
 
@@ -42,8 +42,8 @@ from pacs.dimse.identifier import (
     SUCCESS,
     UNABLE_TO_PROCESS,
     IdentifierError,
-    parse_identifier,
     permitted,
+    read_identifier,
 )
 from pacs.dimse.transport import next_message, paused_reactor
 from pacs.errors import PacsError
@@ -160,19 +160,7 @@ class Retrieval:
     ) -> list[StoredInstance]:
         models = MOVE_MODELS if is_move else GET_MODELS
         model = models[str(request.AffectedSOPClassUID)]
-        transfer_syntax = UID(context.transfer_syntax[0])
-        try:
-            identifier = decode(
-                request.Identifier or BytesIO(),
-                transfer_syntax.is_implicit_VR,
-                transfer_syntax.is_little_endian,
-                transfer_syntax.is_deflated,
-            )
-        except Exception as exc:
-            raise IdentifierError(
-                UNABLE_TO_PROCESS, f"identifier cannot be decoded: {exc}"
-            ) from None
-        query = parse_identifier(identifier, model)
+        query = read_identifier(request.Identifier, context.transfer_syntax[0], model)
         return self.archive.instances_to_retrieve(query.level, query.keys)
 
     def _associate(
