@@ -27,10 +27,11 @@ def base_url(request: Request) -> str:
     host = request.headers.get("host", "")
     server = request.scope.get("server")
     proxied = any(name.startswith("x-forwarded-") for name in request.headers)
-    if host and ":" not in host.rsplit("]", 1)[-1] and server and not proxied:
-        port = int(server[1])
-        if port not in (80, 443):
-            url = url.replace(port=port)
+    # A Unix socket or a test transport has no port (server is None or (host, None)).
+    port = server[1] if server and len(server) > 1 else None
+    if host and ":" not in host.rsplit("]", 1)[-1] and port and not proxied:
+        if int(port) not in (80, 443):
+            url = url.replace(port=int(port))
     # Inside the /dicom-web mount, root_path holds the mount's path.
     return f"{url.scheme}://{url.netloc}{request.scope.get('root_path', '')}"
 

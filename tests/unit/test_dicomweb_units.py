@@ -210,3 +210,24 @@ def test_missing_metadata_is_filled_in_when_quiet(tmp_path: Path) -> None:
         assert len(rows) == 2 and all(row["metadata"] for row in rows)
     finally:
         second.close()
+
+
+def test_the_app_answers_without_a_server_port(memory_archive: Archive) -> None:
+    """Behind a Unix socket (or an in-process transport) the ASGI scope has no port."""
+    import httpx
+
+    from pacs.config import Settings
+    from pacs.http.app import create_http_app
+
+    memory_archive.ingest_dataset(make_ct("asgi", 1, 1), CALLER)
+    app = create_http_app(memory_archive, Settings())
+
+    async def search() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://archive") as client:
+            return await client.get("/dicom-web/studies")
+
+    response = asyncio.run(search())
+    assert response.status_code == 200
+    [study] = response.json()
+    assert study["00081190"]["Value"][0].startswith("http://archive/dicom-web/studies/")
