@@ -29,9 +29,9 @@ def base_url(request: Request) -> str:
     proxied = any(name.startswith("x-forwarded-") for name in request.headers)
     # A Unix socket or a test transport has no port (server is None or (host, None)).
     port = server[1] if server and len(server) > 1 else None
-    if host and ":" not in host.rsplit("]", 1)[-1] and port and not proxied:
-        if int(port) not in (80, 443):
-            url = url.replace(port=int(port))
+    bare_host = bool(host) and ":" not in host.rsplit("]", 1)[-1]
+    if bare_host and port and not proxied and int(port) not in (80, 443):
+        url = url.replace(port=int(port))
     # Inside the /dicom-web mount, root_path holds the mount's path.
     return f"{url.scheme}://{url.netloc}{request.scope.get('root_path', '')}"
 
