@@ -11,6 +11,7 @@ no per-pixel arithmetic in floating point.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,7 +97,13 @@ def grey_lut(
     elif voi_lut:
         out = _voi_lut(dataset, modality)
     else:
-        if frame is not None and frame.size:
+        if frame is not None and frame.size and "ModalityLUTSequence" not in dataset:
+            # A rescale is monotonic: the frame's extremes map to the range's ends.
+            ends = modality[
+                np.clip([int(frame.min()) - lowest, int(frame.max()) - lowest], 0, size - 1)
+            ]
+            low, high = float(ends.min()), float(ends.max())
+        elif frame is not None and frame.size:
             present = modality[np.clip(frame.astype(np.int64) - lowest, 0, size - 1)]
             low, high = float(present.min()), float(present.max())
         else:
@@ -116,7 +123,7 @@ def apply_lut(frame: np.ndarray, lut: np.ndarray, offset: int) -> np.ndarray:
     if frame.dtype.itemsize <= 2 and frame.dtype.kind in "iu":
         patterns = 1 << (8 * frame.dtype.itemsize)
         unsigned: Any = frame.view(np.uint8 if patterns == 256 else np.uint16)
-        table = _by_pattern(lut, offset, patterns, frame.dtype.kind == "i")
+        table = _by_pattern(lut.tobytes(), offset, patterns, frame.dtype.kind == "i")
         mapped: np.ndarray = np.take(table, unsigned)
         return mapped
     index = frame.astype(np.int64, copy=False) - offset
@@ -124,12 +131,18 @@ def apply_lut(frame: np.ndarray, lut: np.ndarray, offset: int) -> np.ndarray:
     return np.take(lut, index)
 
 
-def _by_pattern(lut: np.ndarray, offset: int, patterns: int, signed: bool) -> np.ndarray:
-    """``lut`` re-indexed by the raw bit pattern of an 8- or 16-bit value."""
+@functools.lru_cache(maxsize=64)
+def _by_pattern(lut: bytes, offset: int, patterns: int, signed: bool) -> np.ndarray:
+    """``lut`` re-indexed by the raw bit pattern of an 8- or 16-bit value.
+
+    Cached: scrolling a series renders with the same table again and again.
+    """
+    table = np.frombuffer(lut, dtype=np.uint8)
     values = np.arange(patterns, dtype=np.int64)
     if signed:
         values[values >= patterns // 2] -= patterns
-    return lut[np.clip(values - offset, 0, len(lut) - 1)]
+    by_pattern: np.ndarray = table[np.clip(values - offset, 0, len(table) - 1)]
+    return by_pattern
 
 
 def _voi_lut(dataset: Any, values: np.ndarray) -> np.ndarray:
