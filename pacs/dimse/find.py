@@ -98,6 +98,9 @@ class Finder:
                 case_insensitive_names=self.settings.case_insensitive_names,
             )
             for values in matches:
+                if not assoc.is_established:
+                    log.info("C-FIND from %s: association gone after %d matches", calling, count)
+                    return
                 if request.MessageID in assoc.dimse.cancel_req:
                     log.info("C-FIND from %s cancelled after %d matches", calling, count)
                     send.status(CANCEL)
