@@ -21,13 +21,14 @@ import os
 import re
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
 import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -409,4 +410,46 @@ def send_files_storescu(
         associations=n_proc,
         sender="storescu",
         errors=errors,
+    )
+
+
+def pacs_serve(
+    data_dir: Path, dicom_port: int, http_port: int, log: IO[bytes], *extra: str
+) -> subprocess.Popen[Any]:
+    """Start ``pacs serve`` on ``data_dir`` and the given ports (not waiting for it)."""
+    command = [
+        sys.executable,
+        "-m",
+        "pacs",
+        "serve",
+        "--data-dir",
+        str(data_dir),
+        "--dicom-port",
+        str(dicom_port),
+        "--http-port",
+        str(http_port),
+        "--log-level",
+        "warning",
+        *extra,
+    ]
+    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+
+
+def revision() -> str:
+    """The commit measured, flagged when pacs/ or storage/ differ from it."""
+    git = ["git", "-C", str(Path(__file__).resolve().parent.parent)]
+    try:
+        commit = subprocess.run(
+            [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        changed = subprocess.run(
+            [*git, "status", "--porcelain", "--", "pacs", "storage"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "commit unknown"
+    return f"commit {commit}" + (
+        " with uncommitted changes in pacs/ or storage/" if changed else ""
     )

@@ -71,6 +71,8 @@ from benchmarks.dicom_nodes import (
     OrthancProcess,
     free_port,
     orthanc_get,
+    pacs_serve,
+    revision,
     send_files_storescu,
     start_orthanc,
     stop_process,
@@ -390,24 +392,8 @@ def pacs_import(data_dir: Path, paths: Sequence[Path], log_path: Path) -> float:
 def start_pacs(data_dir: Path, log_path: Path) -> Server:
     """``pacs serve --dicom-processes 1`` on ``data_dir``, once /health answers."""
     http_port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "pacs",
-        "serve",
-        "--data-dir",
-        str(data_dir),
-        "--dicom-port",
-        str(free_port()),
-        "--http-port",
-        str(http_port),
-        "--dicom-processes",
-        "1",
-        "--log-level",
-        "warning",
-    ]
     with log_path.open("ab") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        process = pacs_serve(data_dir, free_port(), http_port, log, "--dicom-processes", "1")
     try:
         wait_for_http(http_port, "/health", process)
     except BaseException as exc:
@@ -642,25 +628,6 @@ def _p95(values: Sequence[float]) -> float:
 
 def _ms(values: Sequence[float]) -> float:
     return statistics.median(values) * 1e3
-
-
-def _revision() -> str:
-    git = ["git", "-C", str(HERE.parent)]
-    try:
-        commit = subprocess.run(
-            [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-        changed = subprocess.run(
-            [*git, "status", "--porcelain", "--", "pacs", "storage"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "commit unknown"
-    return f"commit {commit}" + (
-        " with uncommitted changes in pacs/ or storage/" if changed else ""
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -937,7 +904,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         lines = [
             f"{os.cpu_count()} cores, Python {platform.python_version()},"
             f" SQLite {sqlite3.sqlite_version}, Orthanc {orthanc_version},"
-            f" {time.strftime('%Y-%m-%d')}, {_revision()}",
+            f" {time.strftime('%Y-%m-%d')}, {revision()}",
             "",
             f"QIDO: {args.queries} different queries of each kind after {args.warmup} untimed"
             f" ones. Study retrieval and metadata: median of {args.repeat} calls after an"

@@ -63,8 +63,8 @@ from pydicom.uid import (
     MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
 )
 
-from benchmarks.dicom_nodes import LOCALHOST, start_orthanc, stop_process
-from benchmarks.dicomweb import Client, _revision, pacs_import, start_pacs, wait_for_http
+from benchmarks.dicom_nodes import LOCALHOST, revision, start_orthanc, stop_process
+from benchmarks.dicomweb import Client, pacs_import, start_pacs, wait_for_http
 from benchmarks.phantom import generate_ct_series
 from pacs.pixels.render import decode_frame, render
 
@@ -471,7 +471,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows, verdicts = table(images, figures)
         lines = [
             f"{os.cpu_count()} cores, Python {platform.python_version()}, Orthanc {version},"
-            f" {time.strftime('%Y-%m-%d')}, {_revision()}",
+            f" {time.strftime('%Y-%m-%d')}, {revision()}",
             "",
             f"Milliseconds per frame, median of {args.repeat} calls after an untimed one"
             " (in-process) or of the repeated requests; HTTP cold is the first request for"

@@ -34,6 +34,7 @@ from benchmarks.dicom_nodes import (
     LOCALHOST,
     free_port,
     orthanc_get,
+    pacs_serve,
     send_files,
     send_files_storescu,
     start_orthanc,
@@ -56,24 +57,7 @@ def start_pacs(workdir: Path) -> Server:
     dicom_port, http_port = free_port(), free_port()
     data_dir = workdir / "pacs-data"
     log = (workdir / "pacs.log").open("wb")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pacs",
-            "serve",
-            "--data-dir",
-            str(data_dir),
-            "--dicom-port",
-            str(dicom_port),
-            "--http-port",
-            str(http_port),
-            "--log-level",
-            "warning",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    process = pacs_serve(data_dir, dicom_port, http_port, log)
     log.close()
     wait_for_echo(LOCALHOST, dicom_port, "PACS", timeout=30)
 

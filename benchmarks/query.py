@@ -57,6 +57,8 @@ from benchmarks.dicom_nodes import (
     LOCALHOST,
     _set_nodelay,
     free_port,
+    pacs_serve,
+    revision,
     send_files_storescu,
     stop_process,
     wait_for_echo,
@@ -728,24 +730,9 @@ def time_findscu(
 
 def start_pacs(data_dir: Path, log_path: Path, *extra: str) -> tuple[subprocess.Popen[Any], int]:
     """``pacs serve`` on ``data_dir``, once it answers C-ECHO; returns it and its DICOM port."""
-    dicom_port, http_port = free_port(), free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "pacs",
-        "serve",
-        "--data-dir",
-        str(data_dir),
-        "--dicom-port",
-        str(dicom_port),
-        "--http-port",
-        str(http_port),
-        "--log-level",
-        "warning",
-        *extra,
-    ]
+    dicom_port = free_port()
     with log_path.open("ab") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        process = pacs_serve(data_dir, dicom_port, free_port(), log, *extra)
     try:
         wait_for_echo(LOCALHOST, dicom_port, "PACS", timeout=60, proc=process)
     except BaseException as exc:
@@ -891,26 +878,6 @@ def _build_time(folder: Path, built: float | None) -> tuple[float | None, str]:
     return float(seconds), f"cached, built {day}"
 
 
-def _revision() -> str:
-    """The commit measured, flagged when pacs/ or storage/ differ from it."""
-    git = ["git", "-C", str(HERE.parent)]
-    try:
-        commit = subprocess.run(
-            [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-        changed = subprocess.run(
-            [*git, "status", "--porcelain", "--", "pacs", "storage"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "commit unknown"
-    return f"commit {commit}" + (
-        " with uncommitted changes in pacs/ or storage/" if changed else ""
-    )
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     defaults = Spec()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -954,7 +921,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     root = Path(tempfile.mkdtemp(prefix="pacs-query-", dir=args.workdir))
     lines = [
         f"{os.cpu_count()} cores, Python {platform.python_version()},"
-        f" SQLite {sqlite3.sqlite_version}, {time.strftime('%Y-%m-%d')}, {_revision()},"
+        f" SQLite {sqlite3.sqlite_version}, {time.strftime('%Y-%m-%d')}, {revision()},"
         f" load average {os.getloadavg()[0]:.1f} at the start",
         "",
     ]

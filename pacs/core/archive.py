@@ -350,11 +350,7 @@ class Archive:
 
     def read_instance(self, sop_instance_uid: str) -> bytes:
         """The stored Part 10 file, whole. Prefer ``iter_instance`` for large objects."""
-        stored = self.instance(sop_instance_uid)
-        try:
-            return self.blobs.get(stored.blob_key)
-        except BlobNotFoundError:
-            raise StorageError(f"blob of {sop_instance_uid} is missing") from None
+        return self._read_blob(self.instance(sop_instance_uid))
 
     def iter_instance(self, sop_instance_uid: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
         stored = self.instance(sop_instance_uid)
@@ -553,11 +549,8 @@ class Archive:
         ``UnsupportedTransferSyntaxError``.
         """
         self._metadata.touch()
-        query = self._unique_key_query(Level.IMAGE, keys, *_FRAME_COLUMNS)
-        row = next(iter(self.index.find(query)), None)
+        row = self._instance_row(keys, *_FRAME_COLUMNS)
         sop_instance_uid = keys.get("SOPInstanceUID", "")
-        if row is None:
-            raise NotFoundError(f"no instance {sop_instance_uid} in that study and series")
         stored = StoredInstance(**{name: row[name] for name in _STORED_NAMES})
         count = int(row.get("number_of_frames") or 1)
         offset = row.get("pixel_data_offset")
@@ -601,12 +594,7 @@ class Archive:
         instance's content hash and everything in ``request``.
         """
         self._metadata.touch()
-        row = next(iter(self.index.find(self._unique_key_query(Level.IMAGE, keys))), None)
-        if row is None:
-            raise NotFoundError(
-                f"no instance {keys.get('SOPInstanceUID')} in that study and series"
-            )
-        stored = StoredInstance(**row)
+        stored = StoredInstance(**self._instance_row(keys))
         frame_key = (stored.sop_instance_uid, stored.content_hash, frame)
         cached = self._pictures.get((frame_key, request))
         if cached is not None:
@@ -666,6 +654,18 @@ class Archive:
             return self.blobs.get_range(stored.blob_key, offset, length)
         except BlobStoreError as exc:
             raise StorageError(f"cannot read {stored.sop_instance_uid}: {exc}") from exc
+
+    def _instance_row(self, keys: Mapping[str, str], *extra: tuple[Level, str]) -> dict[str, Any]:
+        """The stored-instance columns (and ``extra``) of the one instance ``keys`` name."""
+        rows = self.index.find(self._unique_key_query(Level.IMAGE, keys, *extra))
+        try:
+            for row in rows:
+                return row
+        finally:
+            close = getattr(rows, "close", None)
+            if close is not None:
+                close()  # hand the index connection back now, not at garbage collection
+        raise NotFoundError(f"no instance {keys.get('SOPInstanceUID')} in that study and series")
 
     def _unique_key_query(
         self, level: Level, keys: Mapping[str, str], *extra: tuple[Level, str]

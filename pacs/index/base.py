@@ -29,8 +29,6 @@ class InstanceRecord:
     source_ae_title: str
     stored_at: str
     """UTC time of storage, ISO 8601."""
-    metadata: bytes | None = None
-    """The instance's DICOM JSON (``pacs.core.dicomjson``), precomputed for WADO-RS."""
 
     @property
     def sop_instance_uid(self) -> str:

@@ -451,7 +451,7 @@ class SqliteIndex:
             )
             new_series = True
 
-        instance_pk = self._insert_row(
+        self._insert_row(
             db,
             Level.IMAGE,
             values,
@@ -467,11 +467,6 @@ class SqliteIndex:
                 "stored_at": record.stored_at,
             },
         )
-        if record.metadata is not None:
-            db.execute(
-                "INSERT INTO instance_metadata (instance_pk, json) VALUES (?, ?)",
-                (instance_pk, record.metadata),
-            )
         db.execute(
             """UPDATE patients SET
                  number_of_patient_related_studies = number_of_patient_related_studies + ?,

@@ -6,7 +6,7 @@ Every check looks at what the server actually left behind: the SQLite index
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import hashlib
 import re
 import shutil
@@ -32,12 +32,11 @@ from pydicom.uid import (
     MRImageStorage,
     SecondaryCaptureImageStorage,
 )
-from pynetdicom import AE, _config
-from pynetdicom.association import Association
 from pynetdicom.dsutils import split_dataset
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from tests import dicom_clients
 from tests.conftest import (
     PYDICOM_TEST_FILES,
     ServerProcess,
@@ -45,6 +44,7 @@ from tests.conftest import (
     start_server,
     stop_server,
 )
+from tests.dicom_clients import raw_sending
 from tests.dicom_factory import (
     blob_files,
     encode,
@@ -71,26 +71,7 @@ REQUIRED_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOP
 # -- helpers -------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def association(
-    server: ServerProcess,
-    contexts: list[tuple[str, str | list[str] | None]],
-    ae_title: str = CALLING_AE,
-) -> Iterator[Association]:
-    ae = AE(ae_title=ae_title)
-    ae.acse_timeout = 10
-    ae.dimse_timeout = 30
-    ae.network_timeout = 30
-    for abstract_syntax, transfer_syntaxes in contexts:
-        ae.add_requested_context(abstract_syntax, transfer_syntaxes)
-    assoc = ae.associate("127.0.0.1", server.dicom_port, ae_title=server.ae_title)
-    assert assoc.is_established, f"association refused; server log:\n{server.log()}"
-    try:
-        yield assoc
-    finally:
-        if assoc.is_established:
-            assoc.release()
-        ae.shutdown()
+association = functools.partial(dicom_clients.association, ae_title=CALLING_AE)
 
 
 def store(server: ServerProcess, dataset: Dataset) -> int:
@@ -100,21 +81,6 @@ def store(server: ServerProcess, dataset: Dataset) -> int:
         status = assoc.send_c_store(dataset)
     assert "Status" in status, "no C-STORE response"
     return int(status.Status)
-
-
-@contextlib.contextmanager
-def raw_sending() -> Iterator[None]:
-    """Make ``send_c_store(path)`` send the file's bytes after the meta untouched.
-
-    With this pynetdicom setting the data set is never decoded or re-encoded,
-    so the server receives exactly the file's encoding, malformed or not.
-    """
-    saved = _config.STORE_SEND_CHUNKED_DATASET
-    _config.STORE_SEND_CHUNKED_DATASET = True
-    try:
-        yield
-    finally:
-        _config.STORE_SEND_CHUNKED_DATASET = saved
 
 
 def store_raw(

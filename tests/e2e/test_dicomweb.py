@@ -15,7 +15,7 @@ The streaming test has its own server, so that its memory figures are its own.
 from __future__ import annotations
 
 import base64
-import contextlib
+import functools
 import gzip
 import struct
 import threading
@@ -44,18 +44,18 @@ from pydicom.uid import (
     JPEGLSLossless,
     MRImageStorage,
 )
-from pynetdicom import AE, _config
-from pynetdicom.association import Association
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelFind,
 )
 
+from tests import dicom_clients
 from tests.conftest import (
     PYDICOM_TEST_FILES,
     ServerProcess,
     start_server,
     stop_server,
 )
+from tests.dicom_clients import raw_sending
 from tests.dicom_factory import blob_files, encode, make_ct, part10_bytes, uid
 
 CALLING_AE = "DWSCU"
@@ -232,42 +232,9 @@ def with_file_meta(ds: Dataset) -> Dataset:
 # -- talking to the server ----------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def association(
-    server: ServerProcess, contexts: Sequence[tuple[str, str | None]]
-) -> Iterator[Association]:
-    ae = AE(ae_title=CALLING_AE)
-    ae.acse_timeout = 10
-    ae.dimse_timeout = 60
-    ae.network_timeout = 60
-    for abstract_syntax, transfer_syntax in contexts:
-        ae.add_requested_context(abstract_syntax, transfer_syntax)
-    assoc = ae.associate("127.0.0.1", server.dicom_port, ae_title=server.ae_title)
-    assert assoc.is_established, f"association refused; server log:\n{server.log()}"
-    try:
-        yield assoc
-    finally:
-        if assoc.is_established:
-            assoc.release()
-        ae.shutdown()
-
-
-def store_all(server: ServerProcess, datasets: Sequence[Dataset]) -> None:
-    contexts = sorted({(str(ds.SOPClassUID), ExplicitVRLittleEndian) for ds in datasets})
-    with association(server, contexts) as assoc:
-        statuses = [int(assoc.send_c_store(ds).Status) for ds in datasets]
-    assert statuses == [SUCCESS] * len(datasets), server.log()
-
-
-@contextlib.contextmanager
-def raw_sending() -> Iterator[None]:
-    """Make ``send_c_store(path)`` send the file's data set bytes untouched."""
-    saved = _config.STORE_SEND_CHUNKED_DATASET
-    _config.STORE_SEND_CHUNKED_DATASET = True
-    try:
-        yield
-    finally:
-        _config.STORE_SEND_CHUNKED_DATASET = saved
+# Up to 300 large instances go over one association here: a longer DIMSE timeout.
+association = functools.partial(dicom_clients.association, ae_title=CALLING_AE, timeout=60)
+store_all = functools.partial(dicom_clients.store_all, ae_title=CALLING_AE, timeout=60)
 
 
 def c_find_images(server: ServerProcess, study_instance_uid: str) -> list[str]:

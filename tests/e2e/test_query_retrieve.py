@@ -13,13 +13,14 @@ studies or instances, so they do not interfere.
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 import socket
 import subprocess
 import tempfile
 import time
 import unicodedata
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,8 +41,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
     MRImageStorage,
 )
-from pynetdicom import AE, _config, build_role, evt
-from pynetdicom.association import Association
+from pynetdicom import AE, evt
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     PatientRootQueryRetrieveInformationModelFind,
@@ -53,6 +53,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from pacs.core.encoding import split_part10
+from tests import dicom_clients
 from tests.conftest import (
     PYDICOM_TEST_FILES,
     ServerProcess,
@@ -60,6 +61,7 @@ from tests.conftest import (
     start_server,
     stop_server,
 )
+from tests.dicom_clients import raw_sending
 from tests.dicom_factory import encode, make_ct
 
 CALLING_AE = "QRSCU"
@@ -232,60 +234,13 @@ def normalised(keyword: str, value: object) -> object:
 # -- talking to the server ---------------------------------------------------------
 
 
-@contextlib.contextmanager
-def association(
-    server: ServerProcess,
-    contexts: Sequence[tuple[str, str | list[str] | None]],
-    *,
-    ae_title: str = CALLING_AE,
-    roles: Sequence[str] = (),
-    on_store: evt.EventHandlerType | None = None,
-) -> Iterator[Association]:
-    ae = AE(ae_title=ae_title)
-    ae.acse_timeout = 10
-    ae.dimse_timeout = 30
-    ae.network_timeout = 30
-    for abstract_syntax, transfer_syntaxes in contexts:
-        ae.add_requested_context(abstract_syntax, transfer_syntaxes)
-    assoc = ae.associate(
-        "127.0.0.1",
-        server.dicom_port,
-        ae_title=server.ae_title,
-        ext_neg=[build_role(sop_class, scp_role=True) for sop_class in roles],
-        evt_handlers=[(evt.EVT_C_STORE, on_store)] if on_store else [],
-    )
-    assert assoc.is_established, f"association refused; server log:\n{server.log()}"
-    try:
-        yield assoc
-    finally:
-        if assoc.is_established:
-            assoc.release()
-        ae.shutdown()
+association = functools.partial(dicom_clients.association, ae_title=CALLING_AE)
+store_all = functools.partial(dicom_clients.store_all, ae_title=CALLING_AE)
 
 
 def echo(server: ServerProcess, ae_title: str = CALLING_AE) -> int:
     with association(server, [(Verification, None)], ae_title=ae_title) as assoc:
         return int(assoc.send_c_echo().Status)
-
-
-def store_all(
-    server: ServerProcess, datasets: Sequence[Dataset], ae_title: str = CALLING_AE
-) -> None:
-    contexts = sorted({(str(ds.SOPClassUID), ExplicitVRLittleEndian) for ds in datasets})
-    with association(server, contexts, ae_title=ae_title) as assoc:
-        statuses = [int(assoc.send_c_store(ds).Status) for ds in datasets]
-    assert statuses == [SUCCESS] * len(datasets), server.log()
-
-
-@contextlib.contextmanager
-def raw_sending() -> Iterator[None]:
-    """Make ``send_c_store(path)`` send the file's data set bytes untouched."""
-    saved = _config.STORE_SEND_CHUNKED_DATASET
-    _config.STORE_SEND_CHUNKED_DATASET = True
-    try:
-        yield
-    finally:
-        _config.STORE_SEND_CHUNKED_DATASET = saved
 
 
 @contextlib.contextmanager
