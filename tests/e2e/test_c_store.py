@@ -588,8 +588,13 @@ def test_concurrent_associations_store_each_instance_once(
 
         def send(index: int) -> None:
             try:
+                # A rare ~30 s stall of one C-STORE under load is not understood yet
+                # (see the issue note); a longer wait tells a slow answer from none.
                 with association(
-                    server, [(CTImageStorage, ExplicitVRLittleEndian)], ae_title=f"SCU{index}"
+                    server,
+                    [(CTImageStorage, ExplicitVRLittleEndian)],
+                    ae_title=f"SCU{index}",
+                    timeout=90,
                 ) as assoc:
                     barrier.wait(timeout=30)
                     for ds in concurrent_batches[index]:
