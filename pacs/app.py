@@ -15,6 +15,7 @@ from pacs.dimse import DicomNode
 from pacs.errors import ConfigError
 from pacs.http import create_http_app
 from pacs.index import SqliteIndex
+from pacs.pixels import LossyQuality
 from pacs.workers import DicomWorkers
 from storage import FilesystemBlobStore
 
@@ -41,6 +42,11 @@ def build_archive(settings: Settings) -> Archive:
         SqliteIndex(settings.index_path),
         FilesystemBlobStore(settings.blob_dir),
         duplicate_policy=settings.duplicate_policy,
+        lossy_quality=LossyQuality(
+            jpeg_quality=settings.jpeg_quality,
+            compression_ratio=settings.lossy_compression_ratio,
+            jpegls_near=settings.jpegls_near,
+        ),
     )
 
 

@@ -75,6 +75,12 @@ class Settings:
     """Match person names in queries regardless of case (PS3.4 C.2.2.2.1.1)."""
     cors_origins: tuple[str, ...] = ()
     """Web origins allowed to call DICOMweb from a browser (``*`` for any)."""
+    jpeg_quality: int = 90
+    """libjpeg quality (1-100) when a lossy JPEG syntax is asked for."""
+    lossy_compression_ratio: float = 10.0
+    """Size ratio aimed at when lossy JPEG 2000 or HTJ2K is asked for."""
+    jpegls_near: int = 2
+    """Largest error per sample when JPEG-LS near-lossless is asked for."""
 
     def node(self, ae_title: str) -> Node | None:
         title = ae_title.strip()
@@ -287,6 +293,26 @@ def _as_transfer_syntaxes(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _in_range(low: float, high: float, convert: Any) -> Any:
+    def check(name: str, value: Any) -> Any:
+        number = convert(name, value)
+        if not low <= number <= high:
+            raise ConfigError(f"{name} must be between {low:g} and {high:g}, not {value!r}")
+        return number
+
+    return check
+
+
+def _as_number(name: str, value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a number, not {value!r}") from None
+    if isinstance(value, bool) or not math.isfinite(number):
+        raise ConfigError(f"{name} must be a number, not {value!r}")
+    return number
+
+
 def _as_bool(name: str, value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -344,6 +370,9 @@ _CONVERTERS = {
     "known_nodes_only": _as_bool,
     "case_insensitive_names": _as_bool,
     "cors_origins": _as_origins,
+    "jpeg_quality": _in_range(1, 100, _as_int),
+    "lossy_compression_ratio": _in_range(1.5, 200, _as_number),
+    "jpegls_near": _in_range(1, 32, _as_int),
 }
 
 __all__ = ["ENV_PREFIX", "SERVICES", "Node", "Settings", "load_settings", "parse_node"]

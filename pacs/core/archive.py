@@ -45,14 +45,18 @@ from pacs.index.query import Query
 from pacs.index.schema import LEVELS, UNIQUE_KEYS, Level
 from pacs.pixels import (
     NATIVE_SYNTAXES,
+    UNCOMPRESSED_TARGETS,
+    LossyQuality,
     bulk_value,
     can_transcode,
     decode_frames,
-    encodable,
+    frame_format,
+    refusal,
     transcode,
 )
+from pacs.pixels.codecs import FrameFormat, encode_frame
+from pacs.pixels.frames import grey_frame
 from pacs.pixels.render import decode_frame, picture
-from pacs.pixels.transcode import LOSSLESS_TARGETS
 from pacs.types import ArchiveStatistics, Caller, StoreOutcome, StoreResult
 from storage import BlobNotFoundError, BlobStore, BlobStoreError, BlobStoreFullError
 
@@ -95,11 +99,13 @@ class Archive:
         blobs: BlobStore,
         *,
         duplicate_policy: DuplicatePolicy = DuplicatePolicy.KEEP,
+        lossy_quality: LossyQuality | None = None,
         blob_writers: int = 16,
     ) -> None:
         self.index = index
         self.blobs = blobs
         self.duplicate_policy = duplicate_policy
+        self.lossy_quality = lossy_quality or LossyQuality()
         self._blob_writer = ThreadPoolExecutor(
             max_workers=blob_writers, thread_name_prefix="blob-writer"
         )
@@ -378,7 +384,9 @@ class Archive:
         dataset = part10[offset:] if offset else part10
         for number, target in enumerate(targets, start=1):
             try:
-                return target, transcode(dataset, stored.transfer_syntax_uid, target)
+                return target, transcode(
+                    dataset, stored.transfer_syntax_uid, target, self.lossy_quality
+                )
             except UnsupportedTransferSyntaxError as exc:
                 # An encoder may refuse this image (32-bit data for JPEG 2000):
                 # the next accepted syntax, usually uncompressed, will do.
@@ -505,14 +513,27 @@ class Archive:
         return _metadata(dataset, uids, layout)
 
     def convertible(self, instances: Sequence[StoredInstance], target: str) -> list[str]:
-        """SOP Instance UIDs among ``instances`` that cannot be sent as ``target``."""
+        """SOP Instance UIDs among ``instances`` that cannot be sent as ``target``.
+
+        Answered from the index (codecs installed, and the image's Image
+        Pixel attributes), without reading a blob.
+        """
         refused = []
         for stored in instances:
             if not can_transcode(stored.transfer_syntax_uid, target):
                 refused.append(stored.sop_instance_uid)
-            elif target != stored.transfer_syntax_uid and target in LOSSLESS_TARGETS:
+            elif target != stored.transfer_syntax_uid and target not in UNCOMPRESSED_TARGETS:
                 row = self.index.entity(Level.IMAGE, stored.sop_instance_uid) or {}
-                if not encodable(target, row.get("bits_allocated"), row.get("samples_per_pixel")):
+                if row.get("rows") is None:
+                    continue  # no pixel data: the rest of the data set converts as is
+                fmt = frame_format(
+                    row.get("bits_allocated"),
+                    row.get("bits_stored"),
+                    row.get("pixel_representation"),
+                    row.get("samples_per_pixel"),
+                    row.get("photometric_interpretation"),
+                )
+                if refusal(target, fmt) is not None:
                     refused.append(stored.sop_instance_uid)
         return refused
 
@@ -536,16 +557,18 @@ class Archive:
         self,
         keys: Mapping[str, str],
         numbers: Sequence[int],
-        choose: Callable[[str], str | None],
+        choose: Callable[[str], Sequence[str | None]],
     ) -> tuple[str, list[bytes]]:
         """Frames (1-based) of the instance ``keys`` names (its UIDs, PS3.18 10.4.1.1.3).
 
-        ``choose`` gets the stored transfer syntax and returns the one wanted
-        (``None``: as stored); it may raise to refuse. Uncompressed frames of
+        ``choose`` gets the stored transfer syntax and returns the syntaxes
+        wanted, best first (``None``: as stored); it may raise to refuse. The
+        first one this image can be sent in is used. Uncompressed frames of
         native pixel data are byte ranges of the blob, never decoded;
-        compressed frames as stored are the fragments of the encapsulated value;
-        anything else is decoded by pydicom. One index lookup in all. Raises
-        ``NotFoundError`` (no such instance, or a frame number out of range) and
+        compressed frames as stored are the fragments of the encapsulated
+        value; anything else is decoded, and encoded again when a compressed
+        syntax is wanted. One index lookup in all. Raises ``NotFoundError``
+        (no such instance, or a frame number out of range) and
         ``UnsupportedTransferSyntaxError``.
         """
         self._metadata.touch()
@@ -560,32 +583,66 @@ class Archive:
         if bad:
             raise NotFoundError(f"instance {sop_instance_uid} has {count} frames, not {bad[0]}")
         native = stored.transfer_syntax_uid in NATIVE_SYNTAXES
-        target = choose(stored.transfer_syntax_uid) or stored.transfer_syntax_uid
-        if native and target in NATIVE_SYNTAXES:
-            target = ExplicitVRLittleEndian
-        elif target not in (stored.transfer_syntax_uid, ExplicitVRLittleEndian):
-            raise UnsupportedTransferSyntaxError(
-                f"frames of {sop_instance_uid} can be sent as stored"
-                f" ({stored.transfer_syntax_uid}) or uncompressed, not as {target}"
+        fmt = _frame_format(row)
+        reasons = []
+        for wanted in choose(stored.transfer_syntax_uid):
+            target = wanted or stored.transfer_syntax_uid
+            if native and target in NATIVE_SYNTAXES:
+                return ExplicitVRLittleEndian, self._native_frames(stored, row, numbers)
+            if target == stored.transfer_syntax_uid and isinstance(offset, int):
+                frames = list(
+                    generate_frames(self._read_blob(stored)[offset:], number_of_frames=count)
+                )
+                return target, [frames[n - 1] for n in numbers]
+            if target == ExplicitVRLittleEndian:
+                return target, decode_frames(self._read_blob(stored), [n - 1 for n in numbers])
+            reason = (
+                refusal(target, fmt)
+                if can_transcode(stored.transfer_syntax_uid, target)
+                else f"no codec converts {stored.transfer_syntax_uid} to it"
             )
+            if reason is None:
+                return target, self._encoded_frames(stored, row, numbers, target, fmt)
+            reasons.append(f"{target}: {reason}")
+        raise UnsupportedTransferSyntaxError(
+            f"frames of {sop_instance_uid} (stored as {stored.transfer_syntax_uid})"
+            f" cannot be sent as asked: {'; '.join(reasons) or 'no syntax named'}"
+        )
+
+    def _native_frames(
+        self, stored: StoredInstance, row: Mapping[str, Any], numbers: Sequence[int]
+    ) -> list[bytes]:
+        offset = row.get("pixel_data_offset")
         frame_size = _native_frame_size(row)
         if (
-            target == ExplicitVRLittleEndian
-            and native
-            and isinstance(offset, int)
+            isinstance(offset, int)
             and frame_size
-            and stored.transfer_syntax_uid != ExplicitVRBigEndian
+            and stored.transfer_syntax_uid != (ExplicitVRBigEndian)
         ):
-            return target, [
+            return [
                 self._read_range(stored, offset + (n - 1) * frame_size, frame_size) for n in numbers
             ]
-        part10 = self._read_blob(stored)
-        if target == stored.transfer_syntax_uid and isinstance(offset, int):
-            frames = list(
-                generate_frames(part10[offset:], number_of_frames=count)  # encapsulated
-            )
-            return target, [frames[n - 1] for n in numbers]
-        return ExplicitVRLittleEndian, decode_frames(part10, [n - 1 for n in numbers])
+        return decode_frames(self._read_blob(stored), [n - 1 for n in numbers])
+
+    def _encoded_frames(
+        self,
+        stored: StoredInstance,
+        row: Mapping[str, Any],
+        numbers: Sequence[int],
+        target: str,
+        fmt: FrameFormat,
+    ) -> list[bytes]:
+        """Frames decoded (or read in place) and encoded as ``target``, one codestream each."""
+        grey = fmt.samples_per_pixel == 1
+        if grey and stored.transfer_syntax_uid in NATIVE_SYNTAXES and _native_frame_size(row):
+            shape = (int(row["rows"]), int(row["columns"]))
+            pixels = [
+                grey_frame(data, shape, fmt) for data in self._native_frames(stored, row, numbers)
+            ]
+        else:
+            part10 = self._read_blob(stored)
+            pixels = [decode_frame(part10, n - 1)[1] for n in numbers]
+        return [encode_frame(p, target, fmt, self.lossy_quality).codestream for p in pixels]
 
     def rendered(self, keys: Mapping[str, str], frame: int, request: RenderRequest) -> bytes:
         """A frame (0-based) of the instance ``keys`` names, as a picture (PS3.18 10.4.1.1.4).
@@ -706,8 +763,21 @@ _FRAME_COLUMNS = tuple(
         "columns",
         "samples_per_pixel",
         "bits_allocated",
+        "bits_stored",
+        "pixel_representation",
+        "photometric_interpretation",
     )
 )
+
+
+def _frame_format(row: Mapping[str, Any]) -> FrameFormat:
+    return frame_format(
+        row.get("bits_allocated"),
+        row.get("bits_stored"),
+        row.get("pixel_representation"),
+        row.get("samples_per_pixel"),
+        row.get("photometric_interpretation"),
+    )
 
 
 def _native_frame_size(row: Mapping[str, Any]) -> int | None:

@@ -41,6 +41,18 @@ FRAME_MEDIA_TYPES = {
 }
 
 
+# PS3.18 Table 8.7.3-5: the transfer syntax a frame media type means when
+# Accept names none.
+DEFAULT_FRAME_SYNTAXES = {
+    "image/jpeg": "1.2.840.10008.1.2.4.50",
+    "image/jls": "1.2.840.10008.1.2.4.80",
+    "image/jp2": "1.2.840.10008.1.2.4.90",
+    "image/jpx": "1.2.840.10008.1.2.4.92",
+    "image/jphc": "1.2.840.10008.1.2.4.201",
+    "image/dicom-rle": "1.2.840.10008.1.2.5",
+}
+
+
 @dataclass(frozen=True, slots=True)
 class MediaRange:
     """One entry of an Accept header, with multipart/related unwrapped."""

@@ -21,6 +21,7 @@ from pacs.core import Archive
 from pacs.core.dicomjson import BASE_PLACEHOLDER_JSON
 from pacs.dicomweb.errors import DicomWebError
 from pacs.dicomweb.media import (
+    DEFAULT_FRAME_SYNTAXES,
     DICOM,
     FRAME_MEDIA_TYPES,
     OCTET_STREAM,
@@ -162,20 +163,38 @@ async def frames(
     return await run_in_threadpool(work)
 
 
-def _frame_syntax(accept: list[MediaRange], stored_syntax: str) -> str | None:
-    """The syntax to send frames in (``None``: as stored), or 406."""
+def _frame_syntax(accept: list[MediaRange], stored_syntax: str) -> list[str | None]:
+    """The syntaxes the client takes frames in, best first (``None``: as stored).
+
+    ``*/*`` or the stored media type means as stored; ``application/octet-stream``
+    uncompressed; another frame media type (``image/jphc``, ``image/jls``...)
+    its ``transfer-syntax`` or PS3.18's default for it, converted from the
+    stored frames. Whether a conversion fits the image is the archive's call.
+    """
     stored_type = FRAME_MEDIA_TYPES.get(stored_syntax, OCTET_STREAM)
+    wanted: list[str | None] = []
     for media_range in accept:
         if media_range.media_type in ("*/*", "*"):
-            return None
-        if media_range.media_type == OCTET_STREAM:
-            return ExplicitVRLittleEndian
-        if matches(media_range, stored_type):
-            wanted = checked_transfer_syntax(media_range.transfer_syntax)
-            if wanted in (None, stored_syntax):
-                return None
-    forms = OCTET_STREAM if stored_type == OCTET_STREAM else f"{OCTET_STREAM} or {stored_type}"
-    raise DicomWebError(406, f"frames of this instance are available as {forms}")
+            wanted.append(None)
+        elif media_range.media_type == OCTET_STREAM:
+            wanted.append(ExplicitVRLittleEndian)
+        elif media_range.media_type in DEFAULT_FRAME_SYNTAXES:
+            syntax = checked_transfer_syntax(media_range.transfer_syntax)
+            if syntax is None:
+                syntax = (
+                    stored_syntax
+                    if media_range.media_type == stored_type
+                    else DEFAULT_FRAME_SYNTAXES[media_range.media_type]
+                )
+            if FRAME_MEDIA_TYPES.get(syntax) == media_range.media_type:
+                wanted.append(None if syntax == stored_syntax else syntax)
+    if not wanted:
+        raise DicomWebError(
+            406,
+            f"frames are available as {OCTET_STREAM}, as stored ({stored_type})"
+            " or in a frame media type of PS3.18 Table 8.7.3-5",
+        )
+    return wanted
 
 
 async def bulkdata(request: Request, archive: Archive, keys: dict[str, str], path: str) -> Response:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from io import BytesIO
 
@@ -12,6 +13,9 @@ from pydicom.pixels.utils import pixel_array
 from pydicom.tag import Tag
 
 from pacs.errors import InvalidDatasetError, UnsupportedTransferSyntaxError
+from pacs.pixels.codecs import FrameFormat, preferred_plugin
+
+log = logging.getLogger(__name__)
 
 
 def decode_frames(part10: bytes, indices: Sequence[int]) -> list[bytes]:
@@ -20,16 +24,71 @@ def decode_frames(part10: bytes, indices: Sequence[int]) -> list[bytes]:
     Colour JPEG comes out as RGB, as pydicom decodes it. Each frame is decoded
     on its own, so one frame of a large multi-frame instance costs one frame.
     """
+    dataset = parse(part10)
     frames = []
     for index in indices:
-        try:
-            array = pixel_array(BytesIO(part10), index=index)
-        except (NotImplementedError, RuntimeError) as exc:
-            raise UnsupportedTransferSyntaxError(f"cannot decode the pixel data: {exc}") from exc
-        except (ValueError, TypeError, AttributeError, KeyError) as exc:
-            raise InvalidDatasetError(f"cannot decode the pixel data: {exc}") from exc
+        array = frame_array(dataset, index)
         frames.append(np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes())
     return frames
+
+
+def parse(part10: bytes) -> Dataset:
+    try:
+        return dcmread(BytesIO(part10))
+    except Exception as exc:  # pydicom signals bad files with assorted types
+        raise InvalidDatasetError(f"stored file cannot be parsed: {exc}") from exc
+
+
+def frame_array(dataset: Dataset, index: int) -> np.ndarray:
+    """One decoded frame (0-based) of a parsed Part 10 data set.
+
+    Our imagecodecs plugin decodes where it is preferred (see
+    ``pacs.pixels.codecs``), pylibjpeg where it is not or when ours fails.
+    Raises ``UnsupportedTransferSyntaxError`` when no decoder is installed
+    and ``InvalidDatasetError`` when the pixel data is corrupt.
+    """
+    syntax = dataset.file_meta.get("TransferSyntaxUID", "")
+    plugin = preferred_plugin(str(syntax), _int(dataset, "SamplesPerPixel", 1))
+    try:
+        if plugin:
+            try:
+                return pixel_array(dataset, index=index, decoding_plugin=plugin)
+            except Exception as exc:  # any failure of ours: pylibjpeg may still read it
+                log.debug("imagecodecs could not decode frame %d: %s", index + 1, exc)
+        try:
+            return pixel_array(dataset, index=index)
+        except (NotImplementedError, RuntimeError):
+            raise
+        except Exception:
+            # pydicom's frame reader is stricter than its whole-image one (a
+            # file whose meta names the wrong VR encoding): decode it whole.
+            whole = dataset.pixel_array
+            return whole[index] if _int(dataset, "NumberOfFrames", 1) > 1 else whole
+    except (NotImplementedError, RuntimeError) as exc:
+        raise UnsupportedTransferSyntaxError(f"cannot decode the pixel data: {exc}") from exc
+    except Exception as exc:  # pydicom signals bad pixel data with assorted types
+        raise InvalidDatasetError(f"cannot decode the pixel data: {exc}") from exc
+
+
+def grey_frame(data: bytes, shape: tuple[int, int], fmt: FrameFormat) -> np.ndarray:
+    """A native little endian grey frame (its bytes, read in place) as values.
+
+    Signed values are sign-extended from Bits Stored, as pydicom does.
+    """
+    kind = "i" if fmt.signed else "u"
+    frame = np.frombuffer(data, dtype=f"<{kind}{fmt.bits_allocated // 8}").reshape(shape)
+    spare = fmt.bits_allocated - fmt.bits_stored
+    if fmt.signed and spare > 0:
+        frame = (frame << spare) >> spare
+    return frame
+
+
+def _int(dataset: Dataset, keyword: str, default: int) -> int:
+    """An integer attribute, or ``default`` when absent or malformed (an IS of '1A')."""
+    try:
+        return int(dataset.get(keyword) or default)
+    except (TypeError, ValueError):
+        return default
 
 
 def bulk_value(part10: bytes, path: Sequence[str]) -> bytes | None:

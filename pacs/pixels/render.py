@@ -13,12 +13,11 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.pixels.processing import apply_color_lut
-from pydicom.pixels.utils import pixel_array
 
-from pacs.errors import InvalidDatasetError, NotFoundError, UnsupportedTransferSyntaxError
+from pacs.errors import NotFoundError
+from pacs.pixels.frames import frame_array, parse
 from pacs.pixels.pipeline import Window, apply_lut, grey_lut
 
 FORMATS = {"image/jpeg": "JPEG", "image/png": "PNG", "image/gif": "GIF"}
@@ -47,27 +46,13 @@ def render(
 def decode_frame(part10: bytes, frame: int) -> tuple[Dataset, np.ndarray]:
     """The header (without pixel data) and one decoded frame (0-based).
 
-    The file is parsed once; pydicom decodes only the frame asked for.
+    The file is parsed once; only the frame asked for is decoded.
     """
-    try:
-        dataset = dcmread(BytesIO(part10))
-    except Exception as exc:  # pydicom signals bad files with assorted types
-        raise InvalidDatasetError(f"stored file cannot be parsed: {exc}") from exc
+    dataset = parse(part10)
     frames = _int(dataset, "NumberOfFrames", 1)
     if not 0 <= frame < frames:
         raise NotFoundError(f"frame {frame + 1} is out of range (1-{frames})")
-    try:
-        try:
-            pixels = pixel_array(dataset, index=frame)
-        except Exception:
-            # pydicom's frame reader is stricter than its whole-image one (a
-            # file whose meta names the wrong VR encoding): decode it whole.
-            whole = dataset.pixel_array
-            pixels = whole[frame] if frames > 1 else whole
-    except (NotImplementedError, RuntimeError) as exc:
-        raise UnsupportedTransferSyntaxError(f"cannot decode the pixel data: {exc}") from exc
-    except Exception as exc:  # pydicom signals bad pixel data with assorted types
-        raise InvalidDatasetError(f"cannot decode the pixel data: {exc}") from exc
+    pixels = frame_array(dataset, frame)
     # Callers cache the header with the frame: keep the encoded pixels out of it.
     for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
         if keyword in dataset:

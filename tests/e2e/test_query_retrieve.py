@@ -39,6 +39,8 @@ from pydicom.uid import (
     CTImageStorage,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
     MRImageStorage,
 )
 from pynetdicom import AE, evt
@@ -512,6 +514,18 @@ def qr(tmp_path_factory: pytest.TempPathFactory, receiver: StorageReceiver) -> I
                 "host": "127.0.0.1",
                 "port": storescp_port,
                 "transfer_syntaxes": [ImplicitVRLittleEndian],
+            },
+            {
+                "ae_title": "JLSDEST",
+                "host": "127.0.0.1",
+                "port": storescp_port,
+                "transfer_syntaxes": [JPEGLSLossless],
+            },
+            {
+                "ae_title": "JPEGDEST",
+                "host": "127.0.0.1",
+                "port": storescp_port,
+                "transfer_syntaxes": [JPEGLosslessSV1],
             },
             {"ae_title": "PYDEST", "host": "127.0.0.1", "port": receiver.port},
             {"ae_title": "DEAD", "host": "127.0.0.1", "port": dead_port},
@@ -1034,6 +1048,35 @@ def test_move_sends_compressed_images_as_stored_when_accepted(
     for uid, (_, original) in originals.items():
         received = pydicom.dcmread(files[uid], stop_before_pixels=True)
         assert received.file_meta.TransferSyntaxUID == original.file_meta.TransferSyntaxUID
+
+
+@pytest.mark.parametrize(
+    ("node", "syntax", "decompressor"),
+    [("JLSDEST", JPEGLSLossless, "dcmdjpls"), ("JPEGDEST", JPEGLosslessSV1, "dcmdjpeg")],
+)
+def test_move_compresses_for_a_node_that_prefers_it(
+    qr: QR, storescp: Callable[..., Storescp], node: str, syntax: str, decompressor: str
+) -> None:
+    """A satellite hospital's node asks for JPEG-LS or JPEG lossless: every image,
+    whatever it is stored as, arrives so, and DCMTK's own decoder gives back the
+    original pixels."""
+    destination = storescp("+xa")
+    studies = [A2, *str(compressed_study_keys()["StudyInstanceUID"]).split("\\")]
+    result = movescu(qr.server, "study", "STUDY", {"StudyInstanceUID": "\\".join(studies)}, node)
+    assert final_status(result) == SUCCESS, result.stdout + result.stderr
+    files = destination.files()
+    originals = {uid: ds for uid, (_, ds) in compressed_originals().items()}
+    originals.update({str(ds.SOPInstanceUID): ds for ds in where(StudyInstanceUID=A2)})
+    assert sorted(files) == sorted(originals)
+    for uid, original in originals.items():
+        received = pydicom.dcmread(files[uid], stop_before_pixels=True)
+        assert received.file_meta.TransferSyntaxUID == syntax, uid
+        plain = files[uid].with_suffix(".plain")
+        done = dcmtk(decompressor, str(files[uid]), str(plain))
+        assert done.returncode == 0, done.stderr
+        decoded = pydicom.dcmread(plain)
+        assert decoded.SOPInstanceUID == uid
+        assert np.array_equal(decoded.pixel_array, original.pixel_array), uid
 
 
 def test_c_cancel_stops_a_move(qr: QR) -> None:
