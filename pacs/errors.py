@@ -11,6 +11,7 @@ Front ends catch these and translate them, each with one mapping table
  ├── ConflictError                   same SOP Instance UID, different content
      ├── NotFoundError                   no such patient/study/series/instance
      ├── UnsupportedTransferSyntaxError  no codec for the transfer syntax
+     ├── CorruptDataError                a stored instance's pixel data cannot be decoded
      └── StorageError                    blob store or index failed
           └── StorageFullError           no space left
 """
@@ -46,6 +47,11 @@ class NotFoundError(PacsError):
 
 class UnsupportedTransferSyntaxError(PacsError):
     """No installed codec handles this transfer syntax."""
+
+
+class CorruptDataError(PacsError):
+    """A stored instance cannot be read as it claims to be (a broken codestream, a
+    short Pixel Data value): the request was fine, the stored data is not."""
 
 
 class StorageError(PacsError):

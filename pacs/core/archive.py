@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
 from pydicom.filebase import DicomBytesIO
@@ -29,7 +30,7 @@ from pacs.core import dicomjson, encoding
 from pacs.core.attributes import check_request, index_values, required_uids
 from pacs.core.metadata import MetadataWarmer
 from pacs.core.query import build_query, row_reader
-from pacs.core.rendering import RenderRequest, SizeBoundedCache
+from pacs.core.rendering import Picture, RenderRequest, SizeBoundedCache
 from pacs.errors import (
     ConflictError,
     InvalidDatasetError,
@@ -56,7 +57,13 @@ from pacs.pixels import (
 )
 from pacs.pixels.codecs import FrameFormat, encode_frame
 from pacs.pixels.frames import grey_frame
-from pacs.pixels.render import decode_frame, picture
+from pacs.pixels.render import (
+    JsonHeader,
+    animated_gif,
+    decode_frame,
+    display_array,
+    encode_picture,
+)
 from pacs.types import ArchiveStatistics, Caller, StoreOutcome, StoreResult
 from storage import BlobNotFoundError, BlobStore, BlobStoreError, BlobStoreFullError
 
@@ -111,8 +118,10 @@ class Archive:
         )
         self._metadata = MetadataWarmer(index, self._backfill_metadata)
         # Decoded frames (a J2K frame costs tens of ms to decode) and pictures.
-        self._decoded: SizeBoundedCache[tuple[Dataset, Any]] = SizeBoundedCache(256 << 20)
-        self._pictures: SizeBoundedCache[bytes] = SizeBoundedCache(64 << 20)
+        self._decoded: SizeBoundedCache[tuple[Dataset | JsonHeader, Any]] = SizeBoundedCache(
+            256 << 20
+        )
+        self._pictures: SizeBoundedCache[Picture] = SizeBoundedCache(64 << 20)
 
     def close(self) -> None:
         """Wait for writes in flight, then close the index."""
@@ -644,33 +653,101 @@ class Archive:
             pixels = [decode_frame(part10, n - 1)[1] for n in numbers]
         return [encode_frame(p, target, fmt, self.lossy_quality).codestream for p in pixels]
 
-    def rendered(self, keys: Mapping[str, str], frame: int, request: RenderRequest) -> bytes:
+    def rendered(self, keys: Mapping[str, str], frame: int, request: RenderRequest) -> Picture:
         """A frame (0-based) of the instance ``keys`` names, as a picture (PS3.18 10.4.1.1.4).
 
         Pictures and decoded frames are cached (bounded in bytes), keyed by the
-        instance's content hash and everything in ``request``.
+        instance's content hash and everything in ``request``. A grey frame
+        stored uncompressed is read in place (one ranged read) and its
+        attributes come from the precomputed metadata, so no file is parsed.
         """
         self._metadata.touch()
-        stored = StoredInstance(**self._instance_row(keys))
-        frame_key = (stored.sop_instance_uid, stored.content_hash, frame)
-        cached = self._pictures.get((frame_key, request))
+        row = self._instance_row(keys, *_FRAME_COLUMNS, (Level.IMAGE, "metadata"))
+        stored = StoredInstance(**{name: row[name] for name in _STORED_NAMES})
+        return self._picture(stored, row, frame, request)
+
+    def rendered_instance(self, keys: Mapping[str, str], request: RenderRequest) -> Picture:
+        """The instance as one picture: its first frame, or, as GIF, every frame in turn.
+
+        A multi-frame instance (a cine loop, a tomosynthesis stack) becomes an
+        animated GIF at its Frame Time (or Recommended Display Frame Rate);
+        JPEG and PNG hold one frame, so those show the first, as Orthanc does.
+        """
+        self._metadata.touch()
+        row = self._instance_row(keys, *_FRAME_COLUMNS, (Level.IMAGE, "metadata"))
+        stored = StoredInstance(**{name: row[name] for name in _STORED_NAMES})
+        count = int(row.get("number_of_frames") or 1)
+        if request.media_type != "image/gif" or count <= 1:
+            return self._picture(stored, row, 0, request)
+        key = ((stored.sop_instance_uid, stored.content_hash, "all"), request)
+        cached = self._pictures.get(key)
         if cached is not None:
             return cached
+        displays = [self._display(stored, row, n, request) for n in range(count)]
+        header = JsonHeader(orjson.loads(row["metadata"])) if row.get("metadata") else None
+        data = animated_gif(displays, _frame_ms(header))
+        rendered = Picture(data, request.media_type, _etag(key))
+        self._pictures.put(key, rendered, len(data))
+        return rendered
+
+    def _picture(
+        self, stored: StoredInstance, row: Mapping[str, Any], frame: int, request: RenderRequest
+    ) -> Picture:
+        key = ((stored.sop_instance_uid, stored.content_hash, frame), request)
+        cached = self._pictures.get(key)
+        if cached is not None:
+            return cached
+        display = self._display(stored, row, frame, request)
+        data = encode_picture(display, request.media_type, request.quality)
+        rendered = Picture(data, request.media_type, _etag(key))
+        self._pictures.put(key, rendered, len(data))
+        return rendered
+
+    def _display(
+        self, stored: StoredInstance, row: Mapping[str, Any], frame: int, request: RenderRequest
+    ) -> Any:
+        """One frame through the display pipeline (8-bit grey or RGB), decoded at most once."""
+        frame_key = (stored.sop_instance_uid, stored.content_hash, frame)
         decoded = self._decoded.get(frame_key)
         if decoded is None:
-            decoded = decode_frame(self._read_blob(stored), frame)
+            in_place = self._frame_in_place(stored, row, frame)
+            decoded = in_place or decode_frame(self._read_blob(stored), frame)
             self._decoded.put(frame_key, decoded, int(decoded[1].nbytes))
-        dataset, pixels = decoded
-        data = picture(
-            dataset,
-            pixels,
-            request.media_type,
-            window=request.window,
-            size=request.viewport,
-            quality=request.quality,
-        )
-        self._pictures.put((frame_key, request), data, len(data))
-        return data
+        header, pixels = decoded
+        return display_array(header, pixels, request.window, request.viewport)
+
+    def _frame_in_place(
+        self, stored: StoredInstance, row: Mapping[str, Any], frame: int
+    ) -> tuple[JsonHeader, Any] | None:
+        """(header, frame) of a native grey frame read as a byte range, or ``None``
+        when the instance needs the general path (compressed, colour, LUT
+        sequences, no metadata yet)."""
+        offset, metadata = row.get("pixel_data_offset"), row.get("metadata")
+        frame_size = _native_frame_size(row)
+        if (
+            stored.transfer_syntax_uid not in (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+            or not isinstance(offset, int)
+            or metadata is None
+            or not frame_size
+            or int(row.get("samples_per_pixel") or 1) != 1
+        ):
+            return None
+        header = JsonHeader(orjson.loads(metadata))
+        if (
+            str(header.get("PhotometricInterpretation", "")).strip()
+            not in ("MONOCHROME1", "MONOCHROME2")
+            or "ModalityLUTSequence" in header
+            or "VOILUTSequence" in header
+        ):
+            return None
+        count = int(row.get("number_of_frames") or 1)
+        if not 0 <= frame < count:
+            raise NotFoundError(f"frame {frame + 1} is out of range (1-{count})")
+        data = self._read_range(stored, offset + frame * frame_size, frame_size)
+        if len(data) != frame_size:
+            return None  # a short Pixel Data value: let pydicom say what is wrong
+        shape = (int(row["rows"]), int(row["columns"]))
+        return header, grey_frame(data, shape, _frame_format(row))
 
     def representative(self, level: Level, keys: Mapping[str, str]) -> dict[str, str]:
         """The UIDs of the instance that stands for a study or series in a thumbnail:
@@ -802,6 +879,24 @@ def _metadata(dataset: Dataset, uids: dict[str, str], layout: encoding.Layout) -
         uids["StudyInstanceUID"], uids["SeriesInstanceUID"], uids["SOPInstanceUID"]
     )
     return dicomjson.instance_metadata(dataset, path, layout.pixel_data_offset is not None)
+
+
+def _etag(key: object) -> str:
+    """A strong validator for a rendered picture, from what it was made of."""
+    return '"' + hashlib.blake2b(repr(key).encode(), digest_size=12).hexdigest() + '"'
+
+
+def _frame_ms(header: JsonHeader | None) -> float:
+    """Milliseconds per frame of a cine loop: Frame Time, else the recommended rate, else 10/s."""
+    if header is not None:
+        for keyword, per_second in (("FrameTime", False), ("RecommendedDisplayFrameRate", True)):
+            try:
+                value = float(header.get(keyword) or 0)
+            except (TypeError, ValueError):
+                continue
+            if value > 0:
+                return 1000.0 / value if per_second else value
+    return 100.0
 
 
 def _index_error(exc: Exception) -> StorageError:

@@ -29,6 +29,17 @@ class RenderRequest:
     quality: int = 90
 
 
+@dataclass(frozen=True, slots=True)
+class Picture:
+    """A rendered frame and its strong HTTP validator."""
+
+    data: bytes
+    media_type: str
+    etag: str
+    """Made from the instance's content hash and the request, not by hashing ``data``:
+    the same in every server process, and free to compute."""
+
+
 class SizeBoundedCache(Generic[V]):
     """A thread-safe LRU cache bounded by the total size of its values in bytes."""
 

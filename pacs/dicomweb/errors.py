@@ -5,6 +5,7 @@
     InvalidDatasetError             400 Bad Request (409 in STOW-RS, per instance)
     UnsupportedTransferSyntaxError  406 Not Acceptable (415 in STOW-RS)
     ConflictError                   409 Conflict
+    CorruptDataError                500 Internal Server Error (the stored data, with the reason)
     StorageFullError                507 Insufficient Storage
     StorageError                    503 Service Unavailable
 
@@ -17,6 +18,7 @@ from starlette.responses import PlainTextResponse, Response
 
 from pacs.errors import (
     ConflictError,
+    CorruptDataError,
     InvalidDatasetError,
     InvalidQueryError,
     NotFoundError,
@@ -42,6 +44,7 @@ _STATUSES: tuple[tuple[type[PacsError], int], ...] = (
     (InvalidDatasetError, 400),
     (UnsupportedTransferSyntaxError, 406),
     (ConflictError, 409),
+    (CorruptDataError, 500),
     (StorageFullError, 507),
     (StorageError, 503),
 )

@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from pacs.core import Archive
-from pacs.core.rendering import RenderRequest
+from pacs.core.rendering import Picture, RenderRequest
 from pacs.dicomweb.errors import DicomWebError
 from pacs.dicomweb.media import Multipart, frame_numbers, matches, parse_accept
 from pacs.dicomweb.responses import single_part
@@ -39,10 +39,10 @@ def render_request(
 
 
 async def instance(request: Request, archive: Archive, keys: dict[str, str]) -> Response:
-    """The first frame of an instance, as one picture."""
+    """The first frame of an instance, or as GIF every frame (see ``Archive.rendered_instance``)."""
     wanted = render_request(request)
-    data = await run_in_threadpool(archive.rendered, keys, 0, wanted)
-    return single_part(request, data, wanted.media_type)
+    rendered = await run_in_threadpool(archive.rendered_instance, keys, wanted)
+    return single_part(request, rendered.data, wanted.media_type, etag=rendered.etag)
 
 
 async def frames(
@@ -52,13 +52,13 @@ async def frames(
     numbers = frame_numbers(frame_list)
     wanted = render_request(request)
 
-    def work() -> list[bytes]:
+    def work() -> list[Picture]:
         return [archive.rendered(keys, n - 1, wanted) for n in numbers]
 
     pictures = await run_in_threadpool(work)
     if len(pictures) == 1:
-        return single_part(request, pictures[0], wanted.media_type)
-    return _multipart(pictures, wanted.media_type)
+        return single_part(request, pictures[0].data, wanted.media_type, etag=pictures[0].etag)
+    return _multipart([p.data for p in pictures], wanted.media_type)
 
 
 async def group(request: Request, archive: Archive, level: Level, keys: dict[str, str]) -> Response:
@@ -78,7 +78,7 @@ async def group(request: Request, archive: Archive, level: Level, keys: dict[str
                 },
                 0,
                 wanted,
-            )
+            ).data
             for s in instances
         ]
 
@@ -91,12 +91,12 @@ async def thumbnail(
     """A small picture standing for a study, series or instance (PS3.18 10.4.1.1.6)."""
     wanted = render_request(request, THUMBNAIL_SIZE)
 
-    def work() -> bytes:
+    def work() -> Picture:
         chosen = keys if level is Level.IMAGE else archive.representative(level, keys)
         return archive.rendered(chosen, 0, wanted)
 
-    data = await run_in_threadpool(work)
-    return single_part(request, data, wanted.media_type)
+    rendered = await run_in_threadpool(work)
+    return single_part(request, rendered.data, wanted.media_type, etag=rendered.etag)
 
 
 def _multipart(pictures: list[bytes], media_type: str) -> Response:

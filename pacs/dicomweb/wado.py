@@ -70,7 +70,18 @@ async def retrieve(
             for s in instances
         )
         headers["Content-Length"] = str(length)
-    parts = _dicom_parts(archive, instances, target, multipart)
+    if len(instances) == 1 and target not in (None, instances[0].transfer_syntax_uid):
+        # One converted instance: convert before answering, so that a failure
+        # (a corrupt codestream) is a status with a reason, not a cut-off body.
+        parts: Iterator[bytes] = iter(
+            await run_in_threadpool(
+                lambda: list(_dicom_parts(archive, instances, target, multipart))
+            )
+        )
+    else:
+        # A failure half-way through a study can only drop the connection: the
+        # client sees a truncated body, never a short study passed off as whole.
+        parts = _dicom_parts(archive, instances, target, multipart)
     return StreamingResponse(
         _in_batches(parts),
         media_type=multipart.content_type(syntaxes.pop() if len(syntaxes) == 1 else None),

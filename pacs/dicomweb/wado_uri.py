@@ -55,7 +55,7 @@ async def wado_uri(request: Request, archive: Archive) -> Response:
             }
             frame = _number(params.get("frameNumber"), "frameNumber", 1) - 1
             picture = await run_in_threadpool(archive.rendered, keys, frame, render_as)
-            return single_part(request, picture, render_as.media_type)
+            return single_part(request, picture.data, render_as.media_type, etag=picture.etag)
     raise DicomWebError(406, f"contentType {params.get('contentType')!r} is not available")
 
 

@@ -52,7 +52,8 @@ _THREADS = max(1, min(4, os.cpu_count() or 1))
 
 
 @functools.cache
-def _codecs() -> Any | None:
+def load_imagecodecs() -> Any | None:
+    """The imagecodecs module, or ``None`` when it is not installed (imported once, lazily)."""
     try:
         import imagecodecs
     except ImportError:
@@ -62,7 +63,7 @@ def _codecs() -> Any | None:
 
 def is_available(syntax: str) -> bool:
     """pydicom's plugin hook: whether this plugin can decode ``syntax`` here."""
-    codecs = _codecs()
+    codecs = load_imagecodecs()
     if codecs is None:
         return False
     if syntax in _JPEG:
@@ -78,7 +79,7 @@ def is_available(syntax: str) -> bool:
 
 def _decode_frame(src: bytes, runner: Any) -> bytes | bytearray:
     """pydicom's plugin hook: one codestream to raw samples, as pylibjpeg gives them."""
-    codecs = _codecs()
+    codecs = load_imagecodecs()
     assert codecs is not None  # pydicom calls us only when is_available
     syntax = runner.transfer_syntax
     if syntax in _JPEG:
@@ -197,7 +198,7 @@ LOSSY_METHODS = {
 
 def can_encode(syntax: str) -> bool:
     """Whether the library that writes ``syntax`` is installed."""
-    codecs = _codecs()
+    codecs = load_imagecodecs()
     if codecs is None:
         return False
     if syntax == uid.JPEG2000:
@@ -263,7 +264,7 @@ def encode_frame(
 
     Call ``refusal`` first.
     """
-    codecs = _codecs()
+    codecs = load_imagecodecs()
     assert codecs is not None
     colour = fmt.samples_per_pixel == 3
     photometric = fmt.photometric

@@ -9,10 +9,12 @@ from io import BytesIO
 import numpy as np
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.pixels.decoders.base import get_decoder
 from pydicom.pixels.utils import pixel_array
 from pydicom.tag import Tag
+from pydicom.uid import UID
 
-from pacs.errors import InvalidDatasetError, UnsupportedTransferSyntaxError
+from pacs.errors import CorruptDataError, UnsupportedTransferSyntaxError
 from pacs.pixels.codecs import FrameFormat, preferred_plugin
 
 log = logging.getLogger(__name__)
@@ -36,7 +38,7 @@ def parse(part10: bytes) -> Dataset:
     try:
         return dcmread(BytesIO(part10))
     except Exception as exc:  # pydicom signals bad files with assorted types
-        raise InvalidDatasetError(f"stored file cannot be parsed: {exc}") from exc
+        raise CorruptDataError(f"stored file cannot be parsed: {exc}") from exc
 
 
 def frame_array(dataset: Dataset, index: int) -> np.ndarray:
@@ -45,7 +47,7 @@ def frame_array(dataset: Dataset, index: int) -> np.ndarray:
     Our imagecodecs plugin decodes where it is preferred (see
     ``pacs.pixels.codecs``), pylibjpeg where it is not or when ours fails.
     Raises ``UnsupportedTransferSyntaxError`` when no decoder is installed
-    and ``InvalidDatasetError`` when the pixel data is corrupt.
+    and ``CorruptDataError`` when the pixel data is corrupt.
     """
     syntax = dataset.file_meta.get("TransferSyntaxUID", "")
     plugin = preferred_plugin(str(syntax), _int(dataset, "SamplesPerPixel", 1))
@@ -65,9 +67,27 @@ def frame_array(dataset: Dataset, index: int) -> np.ndarray:
             whole = dataset.pixel_array
             return whole[index] if _int(dataset, "NumberOfFrames", 1) > 1 else whole
     except (NotImplementedError, RuntimeError) as exc:
-        raise UnsupportedTransferSyntaxError(f"cannot decode the pixel data: {exc}") from exc
+        if not _decoder_installed(str(syntax)):
+            raise UnsupportedTransferSyntaxError(
+                f"cannot decode the pixel data: no decoder for {syntax} is installed"
+            ) from exc
+        # A decoder was there and every one failed: the codestream is at fault.
+        raise CorruptDataError(f"cannot decode the pixel data: {_last_reason(exc)}") from exc
     except Exception as exc:  # pydicom signals bad pixel data with assorted types
-        raise InvalidDatasetError(f"cannot decode the pixel data: {exc}") from exc
+        raise CorruptDataError(f"cannot decode the pixel data: {_last_reason(exc)}") from exc
+
+
+def _decoder_installed(syntax: str) -> bool:
+    try:
+        return bool(get_decoder(UID(syntax)).is_available)
+    except (NotImplementedError, ValueError):
+        return False
+
+
+def _last_reason(exc: Exception) -> str:
+    """pydicom lists every plugin's failure on lines of their own: the reason is the last."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
 
 
 def grey_frame(data: bytes, shape: tuple[int, int], fmt: FrameFormat) -> np.ndarray:
@@ -100,7 +120,7 @@ def bulk_value(part10: bytes, path: Sequence[str]) -> bytes | None:
     try:
         dataset: Dataset = dcmread(BytesIO(part10), force=True)
     except Exception as exc:  # pydicom signals bad files with assorted types
-        raise InvalidDatasetError(f"stored file cannot be parsed: {exc}") from exc
+        raise CorruptDataError(f"stored file cannot be parsed: {exc}") from exc
     steps = list(path)
     while steps:
         try:

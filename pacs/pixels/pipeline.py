@@ -79,31 +79,60 @@ def grey_lut(
 
     ``lut[stored - offset]`` is the displayed value. Without a window of the
     caller's or the instance's (or a VOI LUT), the frame's own range is used.
-    Raises ``ValueError`` for data a table cannot cover (floats, over 16 bits).
+    Tables made from a rescale and a window are cached: the slices of a
+    series share them. Raises ``ValueError`` for data a table cannot cover
+    (floats, over 16 bits).
     """
     bits_stored = _int(dataset, "BitsStored", _int(dataset, "BitsAllocated", 8))
     signed = _int(dataset, "PixelRepresentation", 0) == 1
     if bits_stored > 16:
         raise ValueError(f"{bits_stored}-bit data needs no table")
+    if window is None:
+        window = first_window(dataset)
+    if "ModalityLUTSequence" in dataset or (window is None and dataset.get("VOILUTSequence")):
+        return _lut_from_sequences(dataset, window, frame, bits_stored, signed)
+    slope, intercept = _rescale(dataset)
+    if window is None:
+        # A rescale is monotonic: the frame's extremes map to the range's ends.
+        lowest = -(1 << (bits_stored - 1)) if signed else 0
+        if frame is not None and frame.size:
+            top = lowest + (1 << bits_stored) - 1
+            ends = np.clip([int(frame.min()), int(frame.max())], lowest, top)
+        else:
+            ends = np.array([lowest, lowest + (1 << bits_stored) - 1])
+        low, high = sorted(float(end) * slope + intercept for end in ends)
+        window = Window((low + high) / 2 + 0.5, max(high - low, 1.0) + 1.0)
+    return _linear_lut(bits_stored, signed, slope, intercept, window, _inverted(dataset))
+
+
+@functools.lru_cache(maxsize=128)
+def _linear_lut(
+    bits_stored: int, signed: bool, slope: float, intercept: float, window: Window, inverted: bool
+) -> tuple[np.ndarray, int]:
+    lowest = -(1 << (bits_stored - 1)) if signed else 0
+    stored = np.arange(lowest, lowest + (1 << bits_stored), dtype=np.int64)
+    out = voi_window(stored * slope + intercept, window)
+    if inverted:
+        out = 255.0 - out
+    lut = np.rint(out).astype(np.uint8)
+    lut.setflags(write=False)  # shared by every caller: read-only
+    return lut, lowest
+
+
+def _lut_from_sequences(
+    dataset: Any, window: Window | None, frame: np.ndarray | None, bits_stored: int, signed: bool
+) -> tuple[np.ndarray, int]:
+    """The general, uncached table: a Modality LUT Sequence and/or a VOI LUT Sequence."""
     lowest = -(1 << (bits_stored - 1)) if signed else 0
     size = 1 << bits_stored
     stored = np.arange(lowest, lowest + size, dtype=np.int64)
     modality = _modality(dataset, stored)
-    voi_lut = dataset.get("VOILUTSequence")
-    if window is None:
-        window = first_window(dataset)
     if window is not None:
         out = voi_window(modality, window)
-    elif voi_lut:
+    elif dataset.get("VOILUTSequence"):
         out = _voi_lut(dataset, modality)
     else:
-        if frame is not None and frame.size and "ModalityLUTSequence" not in dataset:
-            # A rescale is monotonic: the frame's extremes map to the range's ends.
-            ends = modality[
-                np.clip([int(frame.min()) - lowest, int(frame.max()) - lowest], 0, size - 1)
-            ]
-            low, high = float(ends.min()), float(ends.max())
-        elif frame is not None and frame.size:
+        if frame is not None and frame.size:
             present = modality[np.clip(frame.astype(np.int64) - lowest, 0, size - 1)]
             low, high = float(present.min()), float(present.max())
         else:
@@ -172,12 +201,19 @@ def _modality(dataset: Any, stored: np.ndarray) -> np.ndarray:
         from pydicom.pixels.processing import apply_modality_lut
 
         return np.asarray(apply_modality_lut(stored.copy(), dataset), dtype=np.float64)
+    slope, intercept = _rescale(dataset)
+    return stored * slope + intercept
+
+
+def _rescale(dataset: Any) -> tuple[float, float]:
     try:
         slope = float(dataset.get("RescaleSlope") or 1.0)
         intercept = float(dataset.get("RescaleIntercept") or 0.0)
     except (TypeError, ValueError):
-        slope, intercept = 1.0, 0.0  # malformed DS: show stored values
-    return stored * slope + intercept
+        return 1.0, 0.0  # malformed DS: show stored values
+    if not (np.isfinite(slope) and np.isfinite(intercept)) or slope == 0:
+        return 1.0, 0.0
+    return slope, intercept
 
 
 def _int(dataset: Any, keyword: str, default: int) -> int:

@@ -45,7 +45,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from pacs.errors import InvalidDatasetError, UnsupportedTransferSyntaxError
+from pacs.errors import CorruptDataError, UnsupportedTransferSyntaxError
 from pacs.pixels import codecs
 from pacs.pixels.codecs import (
     LOSSLESS_ENCODINGS,
@@ -153,7 +153,7 @@ def transcode(data: bytes, source: str, target: str, quality: LossyQuality | Non
     decoded YBR_FULL_422 image is), and Photometric Interpretation follows.
     Raises ``UnsupportedTransferSyntaxError`` when no decoder or encoder
     exists or the image does not fit the target (see ``refusal``), and
-    ``InvalidDatasetError`` when the stored pixel data cannot be decoded.
+    ``CorruptDataError`` when the stored pixel data cannot be decoded.
     """
     if source == target:
         return data
@@ -192,7 +192,7 @@ def _read(data: bytes, source: str) -> Dataset:
         elif source_uid == ExplicitVRBigEndian:
             _to_little_endian(dataset)
     except _DECODE_ERRORS as exc:
-        raise InvalidDatasetError(f"cannot decode the stored pixel data: {exc}") from exc
+        raise CorruptDataError(f"cannot decode the stored pixel data: {exc}") from exc
     return dataset
 
 
@@ -235,7 +235,7 @@ def _compress(dataset: Dataset, target: UID, quality: LossyQuality) -> None:
     try:
         pixels = dataset.pixel_array  # native now: RGB for colour, sign-extended values
     except _DECODE_ERRORS as exc:
-        raise InvalidDatasetError(f"cannot read the pixel data: {exc}") from exc
+        raise CorruptDataError(f"cannot read the pixel data: {exc}") from exc
     count = int(dataset.get("NumberOfFrames") or 1)
     frames: Sequence[np.ndarray] = list(pixels) if count > 1 else [pixels]
     encoded = []
@@ -265,7 +265,7 @@ def _interleave(dataset: Dataset) -> None:
     try:
         samples = pixel_array(dataset, as_rgb=False)
     except _DECODE_ERRORS as exc:
-        raise InvalidDatasetError(f"cannot read the pixel data: {exc}") from exc
+        raise CorruptDataError(f"cannot read the pixel data: {exc}") from exc
     dataset.PixelData = np.ascontiguousarray(samples).tobytes()
     dataset["PixelData"].VR = "OB" if int(dataset.get("BitsAllocated") or 8) == 8 else "OW"
     if str(dataset.PhotometricInterpretation).strip() == "YBR_FULL_422":

@@ -1464,3 +1464,57 @@ def test_study_retrieval_streams_in_bounded_memory(tmp_path: Path) -> None:
         assert first_byte < 1.0 and first_byte < elapsed / 5, (first_byte, elapsed)
     finally:
         stop_server(server)
+
+
+# -- corrupt stored pixel data ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def corrupt(dw: DW, tmp_path_factory: pytest.TempPathFactory) -> Bundled:
+    """A JPEG 2000 instance whose codestream header is broken (a modality's bad
+    encoder, a bit flip on disk): the data set is well-formed, so it is stored."""
+    folder = tmp_path_factory.mktemp("corrupt")
+    good = rewrite("MR_small_jp2klossless.dcm", folder)
+    ds = pydicom.dcmread(good.path)
+    ds.StudyInstanceUID = uid("dw-corrupt")
+    ds.SeriesInstanceUID = uid("dw-corrupt", "series")
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = uid("dw-corrupt", "sop")
+    ds.save_as(folder / "corrupt.dcm", enforce_file_format=True)
+    raw = bytearray((folder / "corrupt.dcm").read_bytes())
+    start = raw.index(b"\xff\x4f\xff\x51")  # the codestream's SOC and SIZ markers
+    raw[start + 4 : start + 40] = b"\x00" * 36
+    data = bytes(raw)
+    (folder / "corrupt.dcm").write_bytes(data)
+    context = [(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID))]
+    with raw_sending(), association(dw.server, context) as assoc:
+        assert int(assoc.send_c_store(folder / "corrupt.dcm").Status) == SUCCESS
+    return Bundled("corrupt.dcm", folder / "corrupt.dcm", ds, data[dataset_offset(data) :])
+
+
+def test_corrupt_pixel_data_is_a_500_with_a_reason_and_nothing_breaks(
+    dw: DW, corrupt: Bundled
+) -> None:
+    path = dw.instance_path(str(corrupt.dataset.StudyInstanceUID), corrupt.series, corrupt.sop)
+    octet = {"Accept": 'multipart/related; type="application/octet-stream"'}
+    for resource, headers in (
+        (path + "/rendered", {"Accept": "image/jpeg"}),
+        (path + "/frames/1/rendered", {"Accept": "image/png"}),
+        (path + "/thumbnail", {"Accept": "image/jpeg"}),
+        (path + "/frames/1", octet),
+        (path + "/frames/1", {"Accept": 'multipart/related; type="image/jphc"'}),
+        (path, dicom_accept(ExplicitVRLittleEndian)),
+        (f"/studies/{corrupt.dataset.StudyInstanceUID}/thumbnail", {"Accept": "image/png"}),
+    ):
+        response = dw.get(resource, headers=headers)
+        assert response.status_code == 500, (resource, response.status_code)
+        assert "decode" in response.text, resource
+        assert_short_reason(response)
+    # What needs no decoding still works: the file as stored, its frame as stored.
+    response = dw.get(path, headers=dicom_accept("*"))
+    assert response.status_code == 200
+    ((_, part10),) = multipart(response)
+    assert part10.endswith(corrupt.data)
+    frames = dw.get(path + "/frames/1", headers={"Accept": "*/*"})
+    assert frames.status_code == 200
+    assert dw.get("/studies", params={"PatientID": "DW-A"}).status_code == 200
+    assert httpx.get(dw.server.http_url + "/health").status_code == 200

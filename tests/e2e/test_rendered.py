@@ -200,6 +200,22 @@ def test_gif_is_available(rd: Rendered) -> None:
     assert picture(response.content).format == "GIF"
 
 
+def test_a_multi_frame_instance_as_gif_is_every_frame_in_turn(rd: Rendered) -> None:
+    """rtdose.dcm has 15 frames: the GIF shows each, as the frames resource renders them."""
+    path = rd.file_path("rtdose.dcm")
+    response = rd.get(path + "/rendered", "image/gif")
+    assert response.status_code == 200, response.text
+    animation = picture(response.content)
+    assert getattr(animation, "n_frames", 1) == 15
+    for number in (1, 8):
+        animation.seek(number - 1)
+        frame = np.asarray(animation.convert("L"))
+        alone = rd.get(f"{path}/frames/{number}/rendered", "image/png")
+        # GIF keeps grey levels in its palette: the same picture, level for level
+        assert np.array_equal(frame, np.asarray(picture(alone.content)))
+    assert picture(rd.get(path + "/rendered", "image/png").content).format == "PNG"
+
+
 @pytest.mark.parametrize(
     ("name", "mode"), [("CT_small.dcm", "L"), ("SC_rgb_rle_2frame.dcm", "RGB"), ("rtdose.dcm", "L")]
 )

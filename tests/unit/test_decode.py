@@ -30,7 +30,7 @@ from pydicom.uid import (
     SecondaryCaptureImageStorage,
 )
 
-from pacs.errors import InvalidDatasetError, UnsupportedTransferSyntaxError
+from pacs.errors import CorruptDataError, UnsupportedTransferSyntaxError
 from pacs.pixels.codecs import FrameFormat, LossyQuality, encode_frame, preferred_plugin
 from pacs.pixels.frames import decode_frames, frame_array, parse
 
@@ -152,7 +152,7 @@ def test_corrupt_pixel_data_is_a_clear_error() -> None:
     data = bytearray((TEST_FILES / "MR_small_jp2klossless.dcm").read_bytes())
     start = data.index(b"\xff\x4f\xff\x51")  # the codestream's SOC and SIZ markers
     data[start + 4 : start + 40] = b"\x00" * 36  # an image of no size
-    with pytest.raises((InvalidDatasetError, UnsupportedTransferSyntaxError), match="decode"):
+    with pytest.raises((CorruptDataError, UnsupportedTransferSyntaxError), match="decode"):
         frame_array(parse(bytes(data)), 0)
-    with pytest.raises(InvalidDatasetError, match="parsed"):
+    with pytest.raises(CorruptDataError, match="parsed"):
         parse(b"not a dicom file at all")

@@ -25,7 +25,7 @@ from pydicom.pixels import pixel_array as pydicom_pixel_array
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
 
 from pacs.core.rendering import SizeBoundedCache
-from pacs.errors import InvalidDatasetError, NotFoundError, UnsupportedTransferSyntaxError
+from pacs.errors import CorruptDataError, NotFoundError, UnsupportedTransferSyntaxError
 from pacs.pixels.pipeline import (
     LINEAR,
     LINEAR_EXACT,
@@ -355,7 +355,7 @@ def test_render_every_bundled_file(path: Path) -> None:
     if ds is None or "PixelData" not in ds:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with pytest.raises((InvalidDatasetError, UnsupportedTransferSyntaxError)):
+            with pytest.raises((CorruptDataError, UnsupportedTransferSyntaxError)):
                 render(path.read_bytes(), "image/png")
         return
     with warnings.catch_warnings():
@@ -363,7 +363,7 @@ def test_render_every_bundled_file(path: Path) -> None:
         if pixels is None:
             try:
                 render(path.read_bytes(), "image/png")
-            except (InvalidDatasetError, UnsupportedTransferSyntaxError):
+            except (CorruptDataError, UnsupportedTransferSyntaxError):
                 return
             return  # we decode more than pydicom: fine, as long as no other exception
         data = render(path.read_bytes(), "image/png")
@@ -378,7 +378,7 @@ def test_render_every_bundled_file(path: Path) -> None:
 
 
 def test_render_of_garbage_is_an_invalid_dataset() -> None:
-    with pytest.raises(InvalidDatasetError):
+    with pytest.raises(CorruptDataError):
         render(b"not a dicom file at all" * 10, "image/png")
 
 
