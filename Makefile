@@ -18,11 +18,16 @@ install: $(BIN)/pacs
 serve: install
 	$(BIN)/pacs serve --data-dir ./pacs-data $(PACS_ARGS)
 
-# DCMTK gives the tests real third-party DICOM clients (storescu and friends).
+# DCMTK gives the tests real third-party DICOM clients (storescu and friends);
+# Debian's Chromium is the real browser the viewer tests drive through Playwright.
 system-deps:
 	@if ! command -v storescu >/dev/null 2>&1; then \
 		echo "Installing Debian's dcmtk for storescu/findscu/movescu/getscu"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk >/dev/null; \
+	fi
+	@if [ ! -x /usr/bin/chromium ]; then \
+		echo "Installing Debian's chromium for the viewer's browser tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	fi
 
 install-test: install system-deps

@@ -245,7 +245,8 @@ class Archive:
                 raise
             raise _index_error(exc) from exc
         self._metadata.submit(
-            uids["SOPInstanceUID"], functools.partial(_metadata, dataset, uids, layout)
+            uids["SOPInstanceUID"],
+            functools.partial(_metadata, dataset, uids, layout, transfer_syntax_uid),
         )
         log.info("stored %s from %s (%s)", uids["SOPInstanceUID"], caller, outcome.value)
         return self._result(outcome, uids, transfer_syntax_uid, record.size)
@@ -519,7 +520,7 @@ class Archive:
             "SeriesInstanceUID": stored.series_instance_uid,
             "SOPInstanceUID": stored.sop_instance_uid,
         }
-        return _metadata(dataset, uids, layout)
+        return _metadata(dataset, uids, layout, stored.transfer_syntax_uid)
 
     def convertible(self, instances: Sequence[StoredInstance], target: str) -> list[str]:
         """SOP Instance UIDs among ``instances`` that cannot be sent as ``target``.
@@ -873,12 +874,16 @@ def instance_path(study_instance_uid: str, series_instance_uid: str, sop_instanc
     return f"studies/{study_instance_uid}/series/{series_instance_uid}/instances/{sop_instance_uid}"
 
 
-def _metadata(dataset: Dataset, uids: dict[str, str], layout: encoding.Layout) -> bytes:
+def _metadata(
+    dataset: Dataset, uids: dict[str, str], layout: encoding.Layout, transfer_syntax_uid: str
+) -> bytes:
     # WADO-RS metadata then never parses a file (see pacs.core.metadata).
     path = instance_path(
         uids["StudyInstanceUID"], uids["SeriesInstanceUID"], uids["SOPInstanceUID"]
     )
-    return dicomjson.instance_metadata(dataset, path, layout.pixel_data_offset is not None)
+    return dicomjson.instance_metadata(
+        dataset, path, layout.pixel_data_offset is not None, transfer_syntax_uid
+    )
 
 
 def _etag(key: object) -> str:

@@ -45,14 +45,21 @@ def instance_metadata(
     dataset: Dataset,
     bulk_prefix: str,
     pixel_data: bool,
+    transfer_syntax_uid: str | None = None,
 ) -> bytes:
     """An instance's metadata as DICOM JSON bytes (one object).
 
     ``bulk_prefix`` is the instance path below the DICOMweb root
     (``studies/S/series/R/instances/I``); ``pixel_data`` says whether the
     instance has Pixel Data (read separately, never part of ``dataset``).
+    ``transfer_syntax_uid``, the stored one, is given as Available Transfer
+    Syntax UID (0008,3002), as dcm4chee-arc does: a viewer learns from it
+    whether frames it asks for uncompressed were decoded by the server
+    (colour then comes as RGB whatever the stored Photometric Interpretation).
     """
     model = _dataset(dataset, f"{BASE_PLACEHOLDER}/{bulk_prefix}/bulkdata", "")
+    if transfer_syntax_uid:
+        model["00083002"] = {"vr": "UI", "Value": [transfer_syntax_uid]}
     if pixel_data:
         model["7FE00010"] = {
             "vr": "OB",

@@ -1,4 +1,4 @@
-"""The Starlette application: system endpoints and DICOMweb; the viewer later.
+"""The Starlette application: system endpoints, DICOMweb and the web viewer.
 
 Endpoints are ``async``; the synchronous archive is reached through a thread
 pool so that a slow disk never stalls the event loop.
@@ -25,6 +25,7 @@ import pacs
 from pacs.config import Settings
 from pacs.core import Archive
 from pacs.dicomweb import dicomweb_routes, error_handlers
+from pacs.http.viewer import viewer_routes
 
 
 class JSONResponse(Response):
@@ -97,6 +98,7 @@ def create_http_app(
             Route("/health", health),
             Route("/system", system),
             *dicomweb_routes(archive, settings),
+            *viewer_routes(settings),
         ],
         lifespan=lifespan,
         middleware=middleware,

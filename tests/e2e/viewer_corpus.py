@@ -1,0 +1,161 @@
+"""Studies for the viewer's browser tests, stored over STOW-RS into a real server.
+
+- A generated CT (``benchmarks.phantom``; 40 slices of 128x128, 2.8 mm pixels)
+  for patient ``Nguyễn^Văn An``.
+- pydicom's own files as the series of one study of ``Trần^Thị Bình``: a
+  30-frame JPEG colour ultrasound, a 15-frame 32-bit RT dose, JPEG-LS and
+  JPEG 2000 grey images, palette colour (which the browser leaves to the
+  server's rendering), RGB without Pixel Spacing, and a structured report
+  with no image at all.
+- ``PAGED`` one-image studies of ``Page^Patient`` so that the list has pages.
+"""
+
+from __future__ import annotations
+
+import secrets
+import warnings
+from dataclasses import dataclass
+from io import BytesIO
+from pathlib import Path
+
+import httpx
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian
+
+from benchmarks.phantom import generate_ct_series
+from tests.conftest import PYDICOM_TEST_FILES
+from tests.dicom_factory import make_ct, uid
+
+CT_PATIENT = "Nguyễn^Văn An"
+CT_PATIENT_ID = "VN-0001"
+CT_SLICES = 40
+CT_SIZE = 128
+SAMPLES_PATIENT = "Trần^Thị Bình"
+SAMPLES_PATIENT_ID = "VN-0002"
+SAMPLES_STUDY = uid("viewer", "samples")
+PAGED = 30
+
+# file name -> series description shown in the viewer
+SAMPLE_FILES = {
+    "examples_ybr_color.dcm": "US cine, 30 frames, JPEG",
+    "rtdose.dcm": "RT dose, 15 frames, 32-bit",
+    "MR_small_jpeg_ls_lossless.dcm": "MR JPEG-LS",
+    "JPEG2000.dcm": "NM JPEG 2000",
+    "CT_small.dcm": "CT small",
+    "examples_palette.dcm": "US palette colour",
+    "examples_rgb_color.dcm": "US RGB, no pixel spacing",
+}
+SR_DESCRIPTION = "Report (no images)"
+
+
+@dataclass(frozen=True)
+class Corpus:
+    ct_study: str
+    ct_series: str
+    pixel_spacing_mm: float
+    samples_study: str
+    sample_series: dict[str, str]  # description -> series UID
+
+
+def _stow(dicomweb: str, files: list[bytes]) -> None:
+    boundary = secrets.token_hex(8)
+    body = b"".join(
+        f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + data + b"\r\n"
+        for data in files
+    )
+    body += f"--{boundary}--\r\n".encode()
+    response = httpx.post(
+        dicomweb + "/studies",
+        content=body,
+        headers={
+            "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'
+        },
+        timeout=120,
+    )
+    assert response.status_code == 200, response.text
+
+
+def _saved(ds: Dataset) -> bytes:
+    buffer = BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def _sample(name: str, number: int, description: str) -> tuple[str, bytes]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = pydicom.dcmread(PYDICOM_TEST_FILES / name)
+        ds.SpecificCharacterSet = "ISO_IR 192"
+        ds.PatientName = SAMPLES_PATIENT
+        ds.PatientID = SAMPLES_PATIENT_ID
+        ds.StudyInstanceUID = SAMPLES_STUDY
+        ds.StudyDate = "20231105"
+        ds.StudyTime = "141500"
+        ds.StudyDescription = "pydicom samples"
+        ds.AccessionNumber = "SAMPLES-1"
+        ds.SeriesInstanceUID = uid("viewer", "samples", name)
+        ds.SOPInstanceUID = uid("viewer", "samples", name, "instance")
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.SeriesNumber = number
+        ds.SeriesDescription = description
+        return str(ds.SeriesInstanceUID), _saved(ds)
+
+
+def _report() -> tuple[str, bytes]:
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.88.11"  # Basic Text SR
+    ds.SOPInstanceUID = uid("viewer", "samples", "sr", "instance")
+    ds.StudyInstanceUID = SAMPLES_STUDY
+    ds.SeriesInstanceUID = uid("viewer", "samples", "sr")
+    ds.PatientName = SAMPLES_PATIENT
+    ds.PatientID = SAMPLES_PATIENT_ID
+    ds.StudyDate = "20231105"
+    ds.Modality = "SR"
+    ds.SeriesNumber = 99
+    ds.InstanceNumber = 1
+    ds.SeriesDescription = SR_DESCRIPTION
+    ds.ValueType = "CONTAINER"
+    ds.ContinuityOfContent = "SEPARATE"
+    return str(ds.SeriesInstanceUID), _saved(ds)
+
+
+def load_corpus(dicomweb: str, workdir: Path) -> Corpus:
+    ct_files = []
+    for path in generate_ct_series(workdir / "ct", slices=CT_SLICES, rows=CT_SIZE, columns=CT_SIZE):
+        ds = pydicom.dcmread(path)
+        ds.PatientName = CT_PATIENT
+        ds.PatientID = CT_PATIENT_ID
+        ct_files.append(ds)
+    first = ct_files[0]
+    _stow(dicomweb, [_saved(ds) for ds in ct_files])
+
+    series = {}
+    files = []
+    for number, (name, description) in enumerate(SAMPLE_FILES.items(), start=1):
+        series_uid, data = _sample(name, number, description)
+        series[description] = series_uid
+        files.append(data)
+    series_uid, data = _report()
+    series[SR_DESCRIPTION] = series_uid
+    files.append(data)
+    _stow(dicomweb, files)
+
+    paged = []
+    for page in range(PAGED):
+        ds = make_ct(f"viewer-page-{page}", patient_id=f"PG-{page:03d}", patient_name="Page^Patient")
+        ds.StudyDate = f"2022{1 + page % 12:02d}{1 + page % 28:02d}"
+        ds.StudyDescription = f"PAGING {page:02d}"
+        ds.AccessionNumber = f"ACC{page:04d}"
+        paged.append(_saved(ds))
+    _stow(dicomweb, paged)
+    return Corpus(
+        ct_study=str(first.StudyInstanceUID),
+        ct_series=str(first.SeriesInstanceUID),
+        pixel_spacing_mm=float(first.PixelSpacing[1]),
+        samples_study=SAMPLES_STUDY,
+        sample_series=series,
+    )
