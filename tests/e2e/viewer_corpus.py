@@ -146,7 +146,9 @@ def load_corpus(dicomweb: str, workdir: Path) -> Corpus:
 
     paged = []
     for page in range(PAGED):
-        ds = make_ct(f"viewer-page-{page}", patient_id=f"PG-{page:03d}", patient_name="Page^Patient")
+        ds = make_ct(
+            f"viewer-page-{page}", patient_id=f"PG-{page:03d}", patient_name="Page^Patient"
+        )
         ds.StudyDate = f"2022{1 + page % 12:02d}{1 + page % 28:02d}"
         ds.StudyDescription = f"PAGING {page:02d}"
         ds.AccessionNumber = f"ACC{page:04d}"

@@ -246,7 +246,7 @@ export class StudyView {
   }
 
   async showSeries(uid, viewport) {
-    if (!viewport) return;
+    if (!viewport || viewport.stack?.uid === uid) return;
     this.#markSeries();
     viewport.root.classList.add("busy");
     try {
@@ -414,8 +414,9 @@ export class StudyView {
   #key(event) {
     if (event.defaultPrevented || event.altKey) return;
     const target = event.target;
-    if (target.closest?.("input:not([type=range]), select, textarea, dialog[open]")) return;
-    if (target.matches?.("input[type=range]") && event.key.startsWith("Arrow")) return;
+    if (target.closest?.("input:not([type=range]), textarea, dialog[open]")) return;
+    // In the toolbar's lists and on a slider, arrows move the control; other keys stay shortcuts.
+    if (target.matches?.("select, input[type=range]") && /^Arrow|^Page|^Home|^End|^Enter| /.test(event.key)) return;
     if ((event.ctrlKey || event.metaKey) && !["+", "=", "-"].includes(event.key)) return;
     const v = this.active;
     const key = event.key;
