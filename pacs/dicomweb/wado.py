@@ -242,9 +242,7 @@ def _multipart_values(values: list[bytes], media_type: str, syntax: str | None) 
     return Response(body, media_type=content_type)
 
 
-def _multipart_body(
-    values: list[bytes], media_type: str, syntax: str | None
-) -> tuple[bytes, str]:
+def _multipart_body(values: list[bytes], media_type: str, syntax: str | None) -> tuple[bytes, str]:
     multipart = Multipart(media_type)
     params: dict[str, Any] = (
         {"transfer_syntax": syntax} if syntax and media_type != OCTET_STREAM else {}
