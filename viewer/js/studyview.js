@@ -142,9 +142,15 @@ export class StudyView {
       this.fpsEl.blur();
     });
     this.setTool(this.tools.active);
-    this.stats.onTraffic = (bytes) => {
-      const traffic = this.root.querySelector("[data-role=traffic]");
-      if (traffic) traffic.textContent = `${(bytes / 1e6).toFixed(1)} MB received`;
+    let trafficTimer = 0;
+    this.stats.onTraffic = () => {
+      if (trafficTimer) return;
+      trafficTimer = setTimeout(() => {
+        trafficTimer = 0;
+        const traffic = this.root.querySelector("[data-role=traffic]");
+        const bytes = this.stats.snapshot().bytes;
+        if (traffic) traffic.textContent = `${(bytes / 1e6).toFixed(1)} MB received`;
+      }, 250);
     };
   }
 
@@ -236,7 +242,16 @@ export class StudyView {
       const promise = this.client.seriesMetadata(this.studyUID, uid).then((instances) => {
         const stack = buildStack(row, instances);
         this.stats.stackCreated(stack);
-        stack.onChange(() => this.#seriesProgress(stack));
+        let timer = 0;
+        stack.onChange(() => {
+          // Ten updates a second at most: each one repaints.
+          if (timer && !stack.done) return;
+          clearTimeout(timer);
+          timer = setTimeout(() => {
+            timer = 0;
+            this.#seriesProgress(stack);
+          }, stack.done ? 0 : 100);
+        });
         return stack;
       });
       promise.catch(() => this.stacks.delete(uid));

@@ -167,8 +167,13 @@ export class Viewport {
     const rate = this.#recommendedRate();
     if (rate) this.cine.fps = rate;
     this.unsubscribe = stack.onChange((index) => {
-      if (index === this.position) this.drawnKey = "";
-      this.requestRender();
+      if (index === this.position) {
+        this.drawnKey = "";
+        this.requestRender();
+      } else {
+        // Only the progress changed: no redraw of the canvas, and at most ten updates a second.
+        this.#statusSoon();
+      }
     });
     this.loader.focus(stack, 0);
     this.requestRender();
@@ -737,6 +742,14 @@ export class Viewport {
     const note = labels.find((label) => label.note)?.note || "";
     this.noteText = note;
     setText(this.note, note);
+  }
+
+  #statusSoon() {
+    if (this.statusTimer) return;
+    this.statusTimer = setTimeout(() => {
+      this.statusTimer = 0;
+      this.#updateStatus();
+    }, 100);
   }
 
   #updateStatus() {
