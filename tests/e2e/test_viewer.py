@@ -137,8 +137,8 @@ class Viewer:
     def settle(self) -> None:
         # The pictures at rest (drawn with the best filter) and whatever was asked for drawn.
         self.page.wait_for_function(
-            """() => (window.pacsViewer?.view.viewports || []).every(
-                v => v.cine.playing || (performance.now() > v.movingUntil + 40 && !v.renderQueued))"""
+            """() => (window.pacsViewer?.view.viewports || []).every(v => v.cine.playing
+                || (performance.now() > v.movingUntil + 40 && !v.renderQueued))"""
         )
         self.page.evaluate(
             "() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))"
