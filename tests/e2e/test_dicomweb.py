@@ -915,6 +915,8 @@ def test_metadata_of_the_corpus_matches_pydicom_json(dw: DW) -> None:
     (model,) = dw.get(path, headers={"Accept": DICOM_JSON}).json()
     uri = model.pop("7FE00010")["BulkDataURI"]
     assert uri == f"{dw.url}{dw.instance_path(A1, A1_MR, str(ds.SOPInstanceUID))}/bulkdata/7FE00010"
+    # The stored transfer syntax is added, as dcm4chee-arc does (Available Transfer Syntax UID).
+    assert model.pop("00083002") == {"vr": "UI", "Value": [ExplicitVRLittleEndian]}
     expected = ds.to_json_dict()
     expected.pop("7FE00010")
     assert model == expected
