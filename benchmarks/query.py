@@ -851,9 +851,16 @@ def _ms(timings: Sequence[Timing]) -> tuple[float, float]:
 
 
 def _wrong(timings: Sequence[Timing], cases: Sequence[Case]) -> int:
-    return sum(
-        t.status != 0 or t.matches != c.expected for t, c in zip(timings, cases, strict=True)
-    )
+    """How many answers had a failure status or the wrong count; each is printed."""
+    wrong = 0
+    for t, c in zip(timings, cases, strict=True):
+        if t.status != 0 or t.matches != c.expected:
+            wrong += 1
+            print(
+                f"    WRONG: status 0x{t.status & 0xFFFF:04X}, {t.matches} matches"
+                f" (expected {c.expected}) after {t.seconds * 1e3:.0f} ms for {c.keys}"
+            )
+    return wrong
 
 
 def record(lines: list[str]) -> None:
