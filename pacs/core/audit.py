@@ -1,0 +1,191 @@
+"""The audit trail: who did what to which patient's study, when, from where, and how it ended.
+
+Events are appended to the index (``AccessStore.append_audit``) by a
+background writer, in batches, so that a viewer fetching 300 frames does
+not wait for 300 commits; a burst of the same retrieval (same caller, study
+and outcome within one batch) becomes one event with a count. The
+store only ever inserts: its tables refuse UPDATE and DELETE (triggers), and
+no HTTP or DIMSE service can write to it.
+
+Each event maps to a DICOM audit message (PS3.15 A.5, IHE ATNA): its
+``action`` names the Event ID and Event Type codes (DCM, CID 400/401) and the
+Event Action Code; ``outcome`` the Event Outcome Indicator (0 success,
+4 minor failure: refused, 8 serious failure: error); ``actor`` the active
+participant (user or AE title, with ``address`` its network access point);
+``patient_id`` and ``study_uid`` the participant objects.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+_FLUSH_SECONDS = 0.25
+_BATCH = 500
+
+# action -> (Event ID, Event Type code or "", Event Action Code), PS3.15 A.5.1 and CID 400/401.
+ATNA: dict[str, tuple[tuple[str, str], tuple[str, str] | None, str]] = {
+    "login": (("110114", "User Authentication"), ("110122", "Login"), "E"),
+    "logout": (("110114", "User Authentication"), ("110123", "Logout"), "E"),
+    "query": (("110112", "Query"), None, "E"),
+    "retrieve": (("110106", "Export"), None, "R"),
+    "store": (("110107", "Import"), None, "C"),
+    "share": (("110113", "Security Alert"), ("110135", "Object Security Attributes Changed"), "U"),
+    "unshare": (
+        ("110113", "Security Alert"),
+        ("110135", "Object Security Attributes Changed"),
+        "U",
+    ),
+    "delete": (("110105", "DICOM Study Deleted"), None, "D"),
+    "deidentify": (("110106", "Export"), None, "R"),
+    "user": (("110113", "Security Alert"), ("110137", "User Security Attributes Changed"), "U"),
+    "token": (("110113", "Security Alert"), ("110137", "User Security Attributes Changed"), "U"),
+    "config": (("110100", "Application Activity"), ("110129", "Security Configuration"), "E"),
+}
+OUTCOMES = {"success": "0", "denied": "4", "failure": "8"}
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    action: str
+    """A key of ``ATNA``: login, logout, query, retrieve, store, share, unshare, ..."""
+    outcome: str
+    """success, denied or failure."""
+    actor: str
+    """User name or AE title ("" when anonymous)."""
+    actor_kind: str
+    """user, node, share-link, anonymous or system."""
+    address: str = ""
+    patient_id: str = ""
+    study_uid: str = ""
+    detail: str = ""
+    """What was asked (a path, a query, a service) and, on failure, why."""
+    count: int = 1
+    """How many identical retrievals in one batch this event stands for."""
+    time: str = ""
+    """UTC, ISO 8601 with milliseconds; set when recorded."""
+
+    def as_atna(self) -> dict[str, Any]:
+        """The event as JSON named after PS3.15 A.5 audit message concepts."""
+        (event_code, event_name), event_type, action_code = ATNA.get(
+            self.action, (("110100", "Application Activity"), None, "E")
+        )
+        message: dict[str, Any] = {
+            "EventDateTime": self.time,
+            "EventID": {"code": event_code, "codingScheme": "DCM", "meaning": event_name},
+            "EventActionCode": action_code,
+            "EventOutcomeIndicator": OUTCOMES.get(self.outcome, "8"),
+            "ActiveParticipant": {
+                "UserID": self.actor,
+                "UserKind": self.actor_kind,
+                "UserIsRequestor": True,
+                "NetworkAccessPointID": self.address,
+            },
+            "action": self.action,
+            "outcome": self.outcome,
+            "count": self.count,
+        }
+        if event_type is not None:
+            message["EventTypeCode"] = {
+                "code": event_type[0],
+                "codingScheme": "DCM",
+                "meaning": event_type[1],
+            }
+        objects = []
+        if self.patient_id:
+            objects.append({"ParticipantObjectTypeCodeRole": "Patient", "ID": self.patient_id})
+        if self.study_uid:
+            objects.append({"ParticipantObjectTypeCodeRole": "Study", "ID": self.study_uid})
+        if objects:
+            message["ParticipantObjectIdentification"] = objects
+        if self.detail:
+            message["EventOutcomeDescription"] = self.detail
+        return message
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+class AuditTrail:
+    """Records events through ``append`` (the store's insert) from one background thread.
+
+    Events are written every quarter of a second, in one batch; retrievals
+    of the same study by the same caller with the same outcome within a batch
+    are one event with a count (a viewer loading a series asks for each
+    frame). ``record`` never blocks on the store and never raises: a failed
+    write is logged and retried with the next batch; it does not refuse care.
+    ``close`` writes what is left.
+    """
+
+    def __init__(self, append: Callable[[Sequence[AuditEvent]], None]) -> None:
+        self._append = append
+        self._pending: list[AuditEvent] = []
+        self._retrievals: dict[tuple[str, ...], int] = {}
+        """(actor, address, study, outcome) -> index in ``_pending``."""
+        self._lock = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
+        self._thread.start()
+
+    def record(self, event: AuditEvent) -> None:
+        event = replace(event, time=event.time or now_iso())
+        with self._lock:
+            if event.action == "retrieve":
+                key = (event.actor, event.address, event.study_uid, event.outcome)
+                index = self._retrievals.get(key)
+                if index is not None:
+                    known = self._pending[index]
+                    self._pending[index] = replace(known, count=known.count + event.count)
+                    return
+                self._retrievals[key] = len(self._pending)
+            self._pending.append(event)
+            if len(self._pending) >= _BATCH:
+                self._lock.notify()
+
+    def flush(self) -> None:
+        """Write what is pending now (tests, ``pacs audit``, ``close``)."""
+        self._write(self._take())
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._lock.notify()
+        self._thread.join(timeout=10)
+        self.flush()
+
+    def _take(self) -> list[AuditEvent]:
+        with self._lock:
+            batch, self._pending, self._retrievals = self._pending, [], {}
+        return batch
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                if not self._closed:
+                    self._lock.wait(_FLUSH_SECONDS)
+                closed = self._closed
+            self._write(self._take())
+            if closed:
+                return
+
+    def _write(self, batch: list[AuditEvent]) -> None:
+        if not batch:
+            return
+        try:
+            self._append(batch)
+        except Exception:  # the outermost edge of the writer thread
+            log.exception(
+                "could not write %d audit events; retrying with the next batch", len(batch)
+            )
+            with self._lock:
+                self._pending[:0] = batch
+                self._retrievals = {}
+            time.sleep(1.0)
