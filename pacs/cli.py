@@ -1,4 +1,4 @@
-"""The ``pacs`` command: ``serve`` and ``import``."""
+"""The ``pacs`` command: ``serve``, ``import`` and ``deidentify``."""
 
 from __future__ import annotations
 
@@ -77,7 +77,80 @@ def build_parser() -> argparse.ArgumentParser:
     _common(importer)
     importer.add_argument("paths", nargs="+", metavar="PATH", help="files or folders")
     importer.add_argument("--workers", type=int, default=4, help="parallel files (default 4)")
+    _deidentify_parser(commands)
     return parser
+
+
+def _deidentify_parser(commands: Any) -> None:
+    # Its own options are dest="deid_*": they are not settings (see main).
+    deid = commands.add_parser(
+        "deidentify",
+        help="copy a study de-identified (PS3.15 Basic Profile) to a folder or a DICOM node",
+        description="De-identify one study with the DICOM PS3.15 Annex E Basic Application"
+        " Level Confidentiality Profile and write it to a folder or send it to a node.",
+    )
+    _common(deid)
+    deid.add_argument("--ae-title", help="our AE title when sending (default PACS)")
+    deid.add_argument("--study", dest="deid_study", required=True, metavar="UID")
+    target = deid.add_mutually_exclusive_group(required=True)
+    target.add_argument(
+        "--to", dest="deid_to", metavar="DIR", help="write Part 10 files under DIR/STUDY/SERIES/"
+    )
+    target.add_argument(
+        "--node",
+        dest="deid_node",
+        metavar="AE|AE@HOST:PORT",
+        help="send with C-STORE to a configured node ([[nodes]]) or to AE@HOST:PORT",
+    )
+    deid.add_argument(
+        "--mapping",
+        dest="deid_mapping",
+        metavar="FILE",
+        help="JSON file of pseudonyms, replaced UIDs and date offsets, read if it exists and"
+        " updated; keep it apart from the data: it re-identifies the patient",
+    )
+    deid.add_argument("--patient-id", dest="deid_patient_id", metavar="ID")
+    deid.add_argument("--patient-name", dest="deid_patient_name", metavar="NAME")
+    deid.add_argument(
+        "--dates",
+        dest="deid_dates",
+        choices=("remove", "shift"),
+        help="remove dates as the profile says (default), or shift them (Retain Longitudinal"
+        " Temporal Information with Modified Dates)",
+    )
+    deid.add_argument(
+        "--date-offset",
+        dest="deid_date_offset",
+        type=int,
+        metavar="DAYS",
+        help="shift every date by DAYS (negative: earlier); implies --dates shift",
+    )
+    deid.add_argument(
+        "--offset-per",
+        dest="deid_offset_per",
+        choices=("patient", "study"),
+        default="patient",
+        help="without --date-offset, one derived offset per patient (default) or per study",
+    )
+    deid.add_argument(
+        "--retain-patient-characteristics",
+        dest="deid_characteristics",
+        action="store_true",
+        help="keep sex, age, size, weight (Retain Patient Characteristics Option)",
+    )
+    deid.add_argument(
+        "--clean-descriptors",
+        dest="deid_descriptors",
+        action="store_true",
+        help="keep descriptions and comments, cleaned of names, IDs and dates",
+    )
+    deid.add_argument(
+        "--allow-burned-in",
+        dest="deid_allow_burned_in",
+        action="store_true",
+        help="de-identify images that may show the patient's identity in their pixels"
+        " (they are sent unchanged), with a warning",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -86,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     flags: dict[str, Any] = {
         key: value
         for key, value in vars(args).items()
-        if key not in ("command", "config", "paths", "workers")
+        if key not in ("command", "config", "paths", "workers") and not key.startswith("deid_")
     }
     try:
         settings = load_settings(flags, args.config)
@@ -95,6 +168,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             serve(settings)
             return 0
+        if args.command == "deidentify":
+            return _deidentify(settings, args)
         return _import(settings, args.paths, args.workers)
     except ConfigError as exc:
         print(f"pacs: error: {exc}", file=sys.stderr)
@@ -115,6 +190,72 @@ def _import(settings: Any, paths: list[str], workers: int) -> int:
         archive.close()
     print_summary(summary)
     return 1 if summary.counts["rejected"] else 0
+
+
+def _deidentify(settings: Any, args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from pacs import deidentify_study as command
+    from pacs.app import build_archive, configure_libraries, configure_logging
+    from pacs.core.deidentify import DatePolicy, Deidentifier, DeidentifyOptions, OffsetScope
+    from pacs.dimse.store_scu import StoreSCU
+    from pacs.errors import NotFoundError, PacsError
+
+    if args.deid_dates == "remove" and args.deid_date_offset is not None:
+        raise ConfigError("--date-offset shifts dates; it cannot go with --dates remove")
+    shift = args.deid_dates == "shift" or args.deid_date_offset is not None
+    options = DeidentifyOptions(
+        dates=DatePolicy.SHIFT if shift else DatePolicy.REMOVE,
+        offset_scope=OffsetScope(args.deid_offset_per),
+        date_offset_days=args.deid_date_offset,
+        retain_patient_characteristics=args.deid_characteristics,
+        clean_descriptors=args.deid_descriptors,
+        allow_burned_in=args.deid_allow_burned_in,
+        patient_id=args.deid_patient_id,
+        patient_name=args.deid_patient_name,
+    )
+    mapping_path = Path(args.deid_mapping) if args.deid_mapping else None
+    mapping = command.load_mapping(mapping_path)
+    node = command.resolve_node(args.deid_node, settings.nodes) if args.deid_node else None
+    configure_logging(settings)
+    configure_libraries()
+    archive = build_archive(settings)
+    deidentifier = Deidentifier(options, mapping)
+    try:
+        if node is None:
+            target = Path(args.deid_to)
+            summary = command.deidentify_study(
+                archive, args.deid_study, deidentifier, command.folder_writer(target)
+            )
+            where = f"written under {target}"
+        else:
+            instances = command.study_instances(archive, args.deid_study)
+            presentations = {(s.sop_class_uid, s.transfer_syntax_uid) for s in instances}
+            with StoreSCU(settings, node, sorted(presentations)) as store:
+                summary = command.deidentify_study(
+                    archive, args.deid_study, deidentifier, command.node_sender(store)
+                )
+            where = f"sent to {node}"
+    except NotFoundError as exc:
+        print(f"pacs: error: {exc}", file=sys.stderr)
+        return 1
+    except PacsError as exc:  # refused (burned-in annotation), node unreachable
+        print(f"pacs: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        archive.close()
+    if mapping_path is not None and summary.instances:
+        command.save_mapping(mapping_path, deidentifier.mapping)
+    print(
+        f"De-identified study {summary.study_instance_uid or '(none)'}:"
+        f" {summary.done} of {summary.instances} instances {where},"
+        f" {len(summary.failed)} failed, {summary.warnings} warnings."
+    )
+    for uid, reason in summary.failed:
+        print(f"  {uid}: {reason}")
+    if mapping_path is not None:
+        print(f"Pseudonyms and replaced UIDs are in {mapping_path}; keep it apart from the data.")
+    return 0 if summary.ok else 1
 
 
 if __name__ == "__main__":

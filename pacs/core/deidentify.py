@@ -1019,6 +1019,7 @@ class _Context:
 
     family: str | None
     offset_days: int | None
+    patient_key: str
     patient: PatientPseudonym
     scrub: re.Pattern[str] | None
 
@@ -1067,6 +1068,12 @@ class Deidentifier:
         out = self._items(dataset, context, clean_text=False)
         self._add_patient(out, dataset, context)
         self._mark(out, dataset)
+        original_study = str(dataset.get("StudyInstanceUID", "") or "").strip()
+        if original_study:
+            with self._lock:
+                study = self.mapping.studies.setdefault(original_study, {})
+                study["study_instance_uid"] = str(out.StudyInstanceUID)
+                study["patient"] = context.patient_key
         return out, warnings
 
     def part10(self, data: bytes) -> DeidentifiedInstance:
@@ -1137,6 +1144,7 @@ class Deidentifier:
         return _Context(
             family=_family(str(dataset.get("SOPClassUID", "") or "")),
             offset_days=offset,
+            patient_key=patient_key,
             patient=patient,
             scrub=_scrubber(dataset)
             if self.options.clean_descriptors or self.options.retain_patient_characteristics
@@ -1493,7 +1501,15 @@ def _blank(match: re.Match[str]) -> str:
 
 
 __all__ = [
+    "ACTIONS",
     "BASIC_PROFILE",
+    "BASIC_PROFILE_CODE",
+    "CLEAN_DESCRIPTORS_CODE",
+    "DUMMY_DATE",
+    "DUMMY_TEXT",
+    "DUMMY_TIME",
+    "MODIFIED_DATES_CODE",
+    "PATIENT_CHARACTERISTICS_CODE",
     "TABLE_EDITION",
     "BurnedInAnnotationError",
     "DatePolicy",

@@ -378,6 +378,9 @@ def test_the_same_map_gives_the_same_output_and_another_key_other_uids() -> None
         saved["patients"]["PID-12345"]["patient_id"] == pydicom.dcmread(BytesIO(out.data)).PatientID
     )
     assert saved["uids"][representative().SOPInstanceUID] == out.sop_instance_uid
+    study = saved["studies"][representative().StudyInstanceUID]
+    assert study["study_instance_uid"] == out.study_instance_uid
+    assert study["patient"] == "PID-12345" and study["date_offset_days"] < 0
     with pytest.raises(ValueError, match="not a de-identification map"):
         PseudonymMap.from_json({"format": "something else"})
 
@@ -533,3 +536,15 @@ def test_pixel_data_and_transfer_syntax_unchanged(name: str) -> None:
     assert back.SOPInstanceUID != source.SOPInstanceUID
     assert back.PatientIdentityRemoved == "YES"
     assert not [e.tag for e in back if e.tag.is_private]
+
+
+def test_a_node_is_a_configured_one_or_given_in_full() -> None:
+    from pacs.config import Node
+    from pacs.deidentify_study import resolve_node
+    from pacs.errors import ConfigError
+
+    known = (Node("DEST", "10.0.0.5", 104),)
+    assert resolve_node("DEST", known) == known[0]
+    assert resolve_node("OTHER@127.0.0.1:11112", known) == Node("OTHER", "127.0.0.1", 11112)
+    with pytest.raises(ConfigError, match="NOWHERE: not a known node"):
+        resolve_node("NOWHERE", known)
