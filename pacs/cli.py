@@ -214,6 +214,12 @@ def _deidentify(settings: Any, args: argparse.Namespace) -> int:
         patient_id=args.deid_patient_id,
         patient_name=args.deid_patient_name,
     )
+    for flag, value in (
+        ("--patient-id", options.patient_id),
+        ("--patient-name", options.patient_name),
+    ):
+        if value is not None and (not value.strip() or len(value) > 64 or "\\" in value):
+            raise ConfigError(f"{flag} must be 1 to 64 characters without a backslash")
     mapping_path = Path(args.deid_mapping) if args.deid_mapping else None
     mapping = command.load_mapping(mapping_path)
     node = command.resolve_node(args.deid_node, settings.nodes) if args.deid_node else None
@@ -222,18 +228,18 @@ def _deidentify(settings: Any, args: argparse.Namespace) -> int:
     archive = build_archive(settings)
     deidentifier = Deidentifier(options, mapping)
     try:
+        instances = command.prepare(archive, args.deid_study, deidentifier)
         if node is None:
             target = Path(args.deid_to)
             summary = command.deidentify_study(
-                archive, args.deid_study, deidentifier, command.folder_writer(target)
+                archive, instances, deidentifier, command.folder_writer(target)
             )
             where = f"written under {target}"
         else:
-            instances = command.study_instances(archive, args.deid_study)
             presentations = {(s.sop_class_uid, s.transfer_syntax_uid) for s in instances}
             with StoreSCU(settings, node, sorted(presentations)) as store:
                 summary = command.deidentify_study(
-                    archive, args.deid_study, deidentifier, command.node_sender(store)
+                    archive, instances, deidentifier, command.node_sender(store)
                 )
             where = f"sent to {node}"
     except NotFoundError as exc:
@@ -244,8 +250,13 @@ def _deidentify(settings: Any, args: argparse.Namespace) -> int:
         return 1
     finally:
         archive.close()
-    if mapping_path is not None and summary.instances:
-        command.save_mapping(mapping_path, deidentifier.mapping)
+        # Whatever went out was made with this map: keep it, even after an interruption.
+        if mapping_path is not None and deidentifier.mapping.uids:
+            try:
+                command.save_mapping(mapping_path, deidentifier.mapping)
+            except OSError as exc:
+                print(f"pacs: error: cannot write {mapping_path}: {exc}", file=sys.stderr)
+                mapping_path = None
     print(
         f"De-identified study {summary.study_instance_uid or '(none)'}:"
         f" {summary.done} of {summary.instances} instances {where},"
@@ -255,7 +266,7 @@ def _deidentify(settings: Any, args: argparse.Namespace) -> int:
         print(f"  {uid}: {reason}")
     if mapping_path is not None:
         print(f"Pseudonyms and replaced UIDs are in {mapping_path}; keep it apart from the data.")
-    return 0 if summary.ok else 1
+    return 0 if summary.ok and (mapping_path is not None or not args.deid_mapping) else 1
 
 
 if __name__ == "__main__":

@@ -52,7 +52,7 @@ class DeidentifySummary:
         return not self.failed
 
 
-class Refused(PacsError):
+class StudyRefused(PacsError):
     """Instances of the study may show patient identity in their pixels."""
 
     def __init__(self, reasons: list[tuple[str, str]]) -> None:
@@ -95,25 +95,32 @@ def burned_in_reasons(archive: Archive, study_instance_uid: str) -> list[tuple[s
     return reasons
 
 
-def deidentify_study(
-    archive: Archive,
-    study_instance_uid: str,
-    deidentifier: Deidentifier,
-    emit: Callable[[DeidentifiedInstance], tuple[bool, str]],
-    *,
-    progress: TextIO | None = sys.stdout,
-) -> DeidentifySummary:
-    """De-identify every instance of the study and hand each to ``emit``, which
-    returns (done, what happened).
+def prepare(
+    archive: Archive, study_instance_uid: str, deidentifier: Deidentifier
+) -> list[StoredInstance]:
+    """The study's instances, once none may show identity in its pixels.
 
-    Raises ``NotFoundError`` for an unknown study and ``Refused`` when an
+    Raises ``NotFoundError`` for an unknown study and ``StudyRefused`` when an
     instance may carry burned-in identity and ``allow_burned_in`` is off.
     """
     instances = study_instances(archive, study_instance_uid)
     if not deidentifier.options.allow_burned_in:
         reasons = burned_in_reasons(archive, study_instance_uid)
         if reasons:
-            raise Refused(reasons)
+            raise StudyRefused(reasons)
+    return instances
+
+
+def deidentify_study(
+    archive: Archive,
+    instances: list[StoredInstance],
+    deidentifier: Deidentifier,
+    emit: Callable[[DeidentifiedInstance], tuple[bool, str]],
+    *,
+    progress: TextIO | None = sys.stdout,
+) -> DeidentifySummary:
+    """De-identify each of ``instances`` (from ``prepare``) and hand it to
+    ``emit``, which returns (done, what happened)."""
     summary = DeidentifySummary(instances=len(instances))
     for number, stored in enumerate(instances, start=1):
         try:

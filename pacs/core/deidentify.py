@@ -1280,7 +1280,7 @@ class Deidentifier:
         return DataElement(element.tag, "UI", _one_or_many(values))
 
     def _dummy(self, element: DataElement) -> DataElement:
-        vr = element.VR
+        vr = element.VR.split(" or ")[0]  # an ambiguous VR read from implicit VR data
         value: Any
         if vr == "SQ":
             # One empty item: non-zero length, and nothing of the original

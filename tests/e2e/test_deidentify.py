@@ -20,12 +20,19 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import SecondaryCaptureImageStorage
 
-from tests.conftest import ServerProcess, get_port, start_server, stop_server
-from tests.dicom_clients import store_all
+from tests.conftest import (
+    PYDICOM_TEST_FILES,
+    ServerProcess,
+    get_port,
+    start_server,
+    stop_server,
+)
+from tests.dicom_clients import association, store_all
 from tests.e2e.test_query_retrieve import Storescp
 from tests.unit.test_deidentify import representative
 
 SECRETS = ("Doe", "PID-12345", "Provincial", "Smith", "19700315")
+COMPRESSED = "MR_small_jp2klossless.dcm"  # JPEG 2000 lossless
 
 
 def run_deidentify(
@@ -55,6 +62,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         capture.SOPClassUID = SecondaryCaptureImageStorage
         del capture.BurnedInAnnotation  # a screen capture that does not vouch for its pixels
         store_all(server, [capture], ae_title="WORKSTATION")
+        compressed = pydicom.dcmread(PYDICOM_TEST_FILES / COMPRESSED)
+        syntax = str(compressed.file_meta.TransferSyntaxUID)
+        contexts = [(str(compressed.SOPClassUID), syntax)]
+        with association(server, contexts, ae_title="MR_SOUTH") as assoc:
+            assert assoc.send_c_store(compressed).Status == 0
         yield server
     finally:
         stop_server(server)
@@ -157,6 +169,28 @@ def test_burned_in_annotation_refuses_the_study_unless_allowed(
     assert "warning: pixel data may show patient identity" in result.stdout
     (written,) = read_all(out)
     assert written.PixelData == representative(study="capture").PixelData
+
+
+def test_a_node_that_takes_only_uncompressed_gets_the_image_decoded(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    original = pydicom.dcmread(PYDICOM_TEST_FILES / COMPRESSED)
+    port, received = get_port(), tmp_path / "received"
+    received.mkdir()
+    storescp = Storescp(port, received)  # DCMTK's default: uncompressed syntaxes only
+    try:
+        result = run_deidentify(
+            server, "--study", original.StudyInstanceUID, "--node", f"DEST@127.0.0.1:{port}"
+        )
+    finally:
+        storescp.stop()
+    assert result.returncode == 0, result.stderr + result.stdout
+    (path,) = received.iterdir()
+    arrived = pydicom.dcmread(path)
+    assert not arrived.file_meta.TransferSyntaxUID.is_compressed
+    assert (arrived.pixel_array == original.pixel_array).all()  # lossless: the same values
+    assert arrived.PatientIdentityRemoved == "YES"
+    assert arrived.SOPInstanceUID != original.SOPInstanceUID
 
 
 def test_errors_are_one_line_and_exit_non_zero(server: ServerProcess, tmp_path: Path) -> None:
