@@ -65,7 +65,6 @@ from typing import Any
 
 from pydicom import config as pydicom_config
 from pydicom import dcmread
-from pydicom._uid_dict import UID_dictionary
 from pydicom.datadict import keyword_for_tag
 from pydicom.dataelem import DataElement, empty_value_for_VR
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -1373,7 +1372,7 @@ class Deidentifier:
 
 
 def _family(sop_class_uid: str) -> str | None:
-    name = UID_dictionary.get(sop_class_uid, ("",))[0]
+    name = UID(sop_class_uid).name if sop_class_uid else ""
     if name in _FUNCTIONAL_GROUP_CLASSES:
         return _FUNCTIONAL_GROUPS
     if name in _PET_CLASSES:
