@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 
@@ -50,3 +51,75 @@ class ArchiveStatistics:
     series: int
     instances: int
     stored_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    """One entry of the audit trail (see ``pacs.core.audit``)."""
+
+    action: str
+    """A key of ``pacs.core.audit.ATNA``: login, logout, query, retrieve, store, share..."""
+    outcome: str
+    """success, denied or failure."""
+    actor: str
+    """User name or AE title ("" when anonymous)."""
+    actor_kind: str
+    """user, node, share-link, anonymous or system."""
+    address: str = ""
+    patient_id: str = ""
+    study_uid: str = ""
+    detail: str = ""
+    """What was asked (a path, a query, a service) and, on failure, why."""
+    count: int = 1
+    """How many identical retrievals in one batch this event stands for."""
+    time: str = ""
+    """UTC, ISO 8601 with milliseconds; set when recorded."""
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """The studies a caller may see.
+
+    ``everything`` for admins, radiologists and unrestricted nodes; otherwise
+    the studies whose Institution Name is one of ``institutions``, whose
+    patient's Issuer of Patient ID is one of ``issuers``, or whose UID is one
+    of ``study_uids`` (shares, a share link). Matching of names is exact
+    after trimming and case folding, as hospitals type them in any case.
+    """
+
+    everything: bool = False
+    institutions: frozenset[str] = frozenset()
+    issuers: frozenset[str] = frozenset()
+    study_uids: frozenset[str] = frozenset()
+
+    @classmethod
+    def all(cls) -> Scope:
+        return cls(everything=True)
+
+    @classmethod
+    def nothing(cls) -> Scope:
+        return cls()
+
+    def with_studies(self, study_uids: Iterable[str]) -> Scope:
+        return Scope(
+            self.everything,
+            self.institutions,
+            self.issuers,
+            self.study_uids | frozenset(study_uids),
+        )
+
+    def allows(self, study_uid: str, institution: str | None, issuer: str | None) -> bool:
+        if self.everything or study_uid in self.study_uids:
+            return True
+        return (bool(institution) and fold(institution or "") in self.institutions) or (
+            bool(issuer) and fold(issuer or "") in self.issuers
+        )
+
+    @property
+    def empty(self) -> bool:
+        return not (self.everything or self.institutions or self.issuers or self.study_uids)
+
+
+def fold(name: str) -> str:
+    """How institution names and issuers are compared: trimmed, case-folded."""
+    return " ".join(name.split()).casefold()

@@ -37,6 +37,8 @@ from typing import Any
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
+from pacs.types import Scope, fold
+
 
 class Role(enum.Enum):
     ADMIN = "admin"
@@ -61,55 +63,6 @@ ROLE_PERMISSIONS: Mapping[Role, frozenset[Permission]] = {
     Role.HOSPITAL: frozenset((Permission.READ,)),
     Role.MODALITY: frozenset((Permission.STORE,)),
 }
-
-
-@dataclass(frozen=True, slots=True)
-class Scope:
-    """The studies a caller may see.
-
-    ``everything`` for admins, radiologists and unrestricted nodes; otherwise
-    the studies whose Institution Name is one of ``institutions``, whose
-    patient's Issuer of Patient ID is one of ``issuers``, or whose UID is one
-    of ``study_uids`` (shares, a share link). Matching of names is exact
-    after trimming and case folding, as hospitals type them in any case.
-    """
-
-    everything: bool = False
-    institutions: frozenset[str] = frozenset()
-    issuers: frozenset[str] = frozenset()
-    study_uids: frozenset[str] = frozenset()
-
-    @classmethod
-    def all(cls) -> Scope:
-        return cls(everything=True)
-
-    @classmethod
-    def nothing(cls) -> Scope:
-        return cls()
-
-    def with_studies(self, study_uids: Iterable[str]) -> Scope:
-        return Scope(
-            self.everything,
-            self.institutions,
-            self.issuers,
-            self.study_uids | frozenset(study_uids),
-        )
-
-    def allows(self, study_uid: str, institution: str | None, issuer: str | None) -> bool:
-        if self.everything or study_uid in self.study_uids:
-            return True
-        return (bool(institution) and fold(institution or "") in self.institutions) or (
-            bool(issuer) and fold(issuer or "") in self.issuers
-        )
-
-    @property
-    def empty(self) -> bool:
-        return not (self.everything or self.institutions or self.issuers or self.study_uids)
-
-
-def fold(name: str) -> str:
-    """How institution names and issuers are compared: trimmed, case-folded."""
-    return " ".join(name.split()).casefold()
 
 
 @dataclass(frozen=True, slots=True)

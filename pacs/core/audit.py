@@ -21,9 +21,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
+
+from pacs.types import AuditEvent
 
 log = logging.getLogger(__name__)
 
@@ -52,62 +54,42 @@ ATNA: dict[str, tuple[tuple[str, str], tuple[str, str] | None, str]] = {
 OUTCOMES = {"success": "0", "denied": "4", "failure": "8"}
 
 
-@dataclass(frozen=True, slots=True)
-class AuditEvent:
-    action: str
-    """A key of ``ATNA``: login, logout, query, retrieve, store, share, unshare, ..."""
-    outcome: str
-    """success, denied or failure."""
-    actor: str
-    """User name or AE title ("" when anonymous)."""
-    actor_kind: str
-    """user, node, share-link, anonymous or system."""
-    address: str = ""
-    patient_id: str = ""
-    study_uid: str = ""
-    detail: str = ""
-    """What was asked (a path, a query, a service) and, on failure, why."""
-    count: int = 1
-    """How many identical retrievals in one batch this event stands for."""
-    time: str = ""
-    """UTC, ISO 8601 with milliseconds; set when recorded."""
-
-    def as_atna(self) -> dict[str, Any]:
-        """The event as JSON named after PS3.15 A.5 audit message concepts."""
-        (event_code, event_name), event_type, action_code = ATNA.get(
-            self.action, (("110100", "Application Activity"), None, "E")
-        )
-        message: dict[str, Any] = {
-            "EventDateTime": self.time,
-            "EventID": {"code": event_code, "codingScheme": "DCM", "meaning": event_name},
-            "EventActionCode": action_code,
-            "EventOutcomeIndicator": OUTCOMES.get(self.outcome, "8"),
-            "ActiveParticipant": {
-                "UserID": self.actor,
-                "UserKind": self.actor_kind,
-                "UserIsRequestor": True,
-                "NetworkAccessPointID": self.address,
-            },
-            "action": self.action,
-            "outcome": self.outcome,
-            "count": self.count,
+def atna_message(event: AuditEvent) -> dict[str, Any]:
+    """The event as JSON named after PS3.15 A.5 audit message concepts."""
+    (event_code, event_name), event_type, action_code = ATNA.get(
+        event.action, (("110100", "Application Activity"), None, "E")
+    )
+    message: dict[str, Any] = {
+        "EventDateTime": event.time,
+        "EventID": {"code": event_code, "codingScheme": "DCM", "meaning": event_name},
+        "EventActionCode": action_code,
+        "EventOutcomeIndicator": OUTCOMES.get(event.outcome, "8"),
+        "ActiveParticipant": {
+            "UserID": event.actor,
+            "UserKind": event.actor_kind,
+            "UserIsRequestor": True,
+            "NetworkAccessPointID": event.address,
+        },
+        "action": event.action,
+        "outcome": event.outcome,
+        "count": event.count,
+    }
+    if event_type is not None:
+        message["EventTypeCode"] = {
+            "code": event_type[0],
+            "codingScheme": "DCM",
+            "meaning": event_type[1],
         }
-        if event_type is not None:
-            message["EventTypeCode"] = {
-                "code": event_type[0],
-                "codingScheme": "DCM",
-                "meaning": event_type[1],
-            }
-        objects = []
-        if self.patient_id:
-            objects.append({"ParticipantObjectTypeCodeRole": "Patient", "ID": self.patient_id})
-        if self.study_uid:
-            objects.append({"ParticipantObjectTypeCodeRole": "Study", "ID": self.study_uid})
-        if objects:
-            message["ParticipantObjectIdentification"] = objects
-        if self.detail:
-            message["EventOutcomeDescription"] = self.detail
-        return message
+    objects = []
+    if event.patient_id:
+        objects.append({"ParticipantObjectTypeCodeRole": "Patient", "ID": event.patient_id})
+    if event.study_uid:
+        objects.append({"ParticipantObjectTypeCodeRole": "Study", "ID": event.study_uid})
+    if objects:
+        message["ParticipantObjectIdentification"] = objects
+    if event.detail:
+        message["EventOutcomeDescription"] = event.detail
+    return message
 
 
 def now_iso() -> str:

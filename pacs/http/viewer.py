@@ -19,18 +19,34 @@ from starlette.staticfiles import StaticFiles
 
 import pacs
 from pacs.config import Settings
+from pacs.core.access import ANONYMOUS, Principal
+from pacs.http.auth import principal_of
 
 VIEWER_DIR = Path(__file__).resolve().parents[2] / "viewer"
 """The bundle in a source checkout (``pip install -e``, ``make serve``)."""
 
 
-def viewer_config(settings: Settings) -> dict[str, Any]:
-    """What the viewer needs to know: where DICOMweb is and what it offers."""
+def viewer_config(settings: Settings, principal: Principal = ANONYMOUS) -> dict[str, Any]:
+    """What the viewer needs to know: where DICOMweb is, what it offers, who is logged in.
+
+    With accounts, the viewer is authenticated by its HttpOnly session cookie
+    (``auth.type = "cookie"``); the anti-CSRF token it sends back on
+    state-changing requests comes with the principal here.
+    """
+    auth: dict[str, Any] = {"type": "none"}
+    if principal.via != "anonymous":
+        auth = {
+            "type": "cookie",
+            "user": principal.name,
+            "role": principal.role.value,
+            "via": principal.via,
+            "csrfToken": principal.csrf_token,
+        }
     return {
         "version": pacs.__version__,
         # Relative, so that the viewer keeps working behind a reverse proxy.
         "dicomweb": {"root": "../dicom-web"},
-        "auth": {"type": "none"},
+        "auth": auth,
         "capabilities": {
             # Frame encodings the server sends; the viewer takes the first it can decode.
             "frameMediaTypes": ["application/octet-stream"],
@@ -46,10 +62,9 @@ def viewer_config(settings: Settings) -> dict[str, Any]:
 
 
 def viewer_routes(settings: Settings, directory: Path = VIEWER_DIR) -> list[BaseRoute]:
-    body = orjson.dumps(viewer_config(settings))
-
     async def config(request: Request) -> Response:
-        return Response(body, media_type="application/json", headers={"Cache-Control": "no-cache"})
+        body = orjson.dumps(viewer_config(settings, principal_of(request)))
+        return Response(body, media_type="application/json", headers={"Cache-Control": "no-store"})
 
     async def home(request: Request) -> Response:
         return RedirectResponse("/viewer/", status_code=302)

@@ -15,7 +15,6 @@ from pacs.core.access import (
     Permission,
     Principal,
     Role,
-    Scope,
     hash_password,
     new_secret,
     parse_duration,
@@ -25,7 +24,8 @@ from pacs.core.access import (
     user_scope,
     verify_password,
 )
-from pacs.core.audit import AuditEvent, AuditTrail
+from pacs.core.audit import AuditTrail, atna_message
+from pacs.types import AuditEvent, Scope
 
 
 def test_password_hashes_verify_and_differ_by_salt() -> None:
@@ -105,7 +105,7 @@ def test_audit_events_map_to_ps3_15_codes() -> None:
     event = AuditEvent(
         "retrieve", "denied", "hospital-a", "user", "10.1.1.1", "PAT-1", "1.2.3", "frames"
     )
-    atna = event.as_atna()
+    atna = atna_message(event)
     assert atna["EventID"]["code"] == "110106" and atna["EventActionCode"] == "R"
     assert atna["EventOutcomeIndicator"] == "4"
     assert atna["ActiveParticipant"]["UserID"] == "hospital-a"
@@ -113,7 +113,7 @@ def test_audit_events_map_to_ps3_15_codes() -> None:
         o["ParticipantObjectTypeCodeRole"]: o["ID"] for o in atna["ParticipantObjectIdentification"]
     }
     assert roles == {"Patient": "PAT-1", "Study": "1.2.3"}
-    login = AuditEvent("login", "failure", "anna", "user").as_atna()
+    login = atna_message(AuditEvent("login", "failure", "anna", "user"))
     assert login["EventTypeCode"]["code"] == "110122"
 
 

@@ -68,6 +68,11 @@ export class DicomWebClient {
         `The archive at ${url.origin} cannot be reached (${error.message || "network error"}).`,
       );
     }
+    if (response.status === 401 && this.auth.type === "cookie") {
+      // The session ended (expired, revoked, logged out elsewhere): log in again, then come back.
+      const here = location.pathname + location.search + location.hash;
+      location.assign(`/login?next=${encodeURIComponent(here)}`);
+    }
     if (!response.ok) {
       let reason = "";
       try {

@@ -29,6 +29,7 @@ export class StudyList {
   constructor(root, { client, config, onOpen, onQueryChange }) {
     this.root = root;
     this.client = client;
+    this.config = config;
     this.pageSize = config.studyList?.pageSize || 25;
     this.fetchSize = config.studyList?.fetchSize || 500;
     this.onOpen = onOpen;
@@ -45,6 +46,7 @@ export class StudyList {
     this.root.innerHTML = `
       <header class="list-header">
         <h1>pacs <span>studies</span></h1>
+        ${signedIn(this.config)}
         <button class="help-button" data-action="help" title="Keyboard shortcuts (?)">?</button>
       </header>
       <form class="search" role="search" autocomplete="off">
@@ -337,4 +339,13 @@ export class StudyList {
       "ok",
     );
   }
+}
+
+/** Who is logged in, with a way out (nothing when the archive has no accounts). */
+function signedIn(config) {
+  const auth = (config && config.auth) || {};
+  if (auth.type !== "cookie" || !auth.user) return "";
+  const who = auth.via === "share-link" ? "shared study" : `${auth.user} (${auth.role})`;
+  const name = who.replace(/[&<>"]/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;" })[c]);
+  return `<span class="signed-in">${name} · <a href="/logout" data-action="logout">Log out</a></span>`;
 }
