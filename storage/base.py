@@ -5,7 +5,10 @@
     BlobStoreError
      ├── InvalidBlobKeyError   key could escape its namespace or is malformed
      ├── BlobNotFoundError     no blob under that key
-     └── BlobStoreFullError    no space left
+     ├── BlobStoreFullError    no space left
+     ├── BlobStoreUnavailableError  the store cannot be reached now (retries spent);
+     │                              the same call may work later
+     └── BlobStoreAccessError  the store refused our credentials or permissions
 """
 
 from __future__ import annotations
@@ -37,6 +40,14 @@ class BlobNotFoundError(BlobStoreError, KeyError):
 
 class BlobStoreFullError(BlobStoreError):
     """The store has no space left for the blob."""
+
+
+class BlobStoreUnavailableError(BlobStoreError):
+    """The store did not answer, or answered that it is busy, after every retry."""
+
+
+class BlobStoreAccessError(BlobStoreError):
+    """The store refused the request: wrong credentials or missing permissions."""
 
 
 def validate_key(key: str) -> str:

@@ -22,6 +22,7 @@ from pacs.app import configure_libraries
 from pacs.core import Archive
 from pacs.index import SqliteIndex
 from storage import MemoryBlobStore
+from tests.services import PostgresCluster, S3Endpoint
 
 configure_libraries()
 
@@ -143,3 +144,32 @@ def memory_archive() -> Iterator[Archive]:
     archive = Archive(SqliteIndex(":memory:"), MemoryBlobStore())
     yield archive
     archive.close()
+
+
+# -- PostgreSQL and S3, started once per session (see tests/services.py) ----------------
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    """A private PostgreSQL server (Debian's, installed by `make test`)."""
+    cluster = PostgresCluster().start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_cluster: PostgresCluster) -> str:
+    """A new empty database on the session's PostgreSQL server."""
+    return postgres_cluster.create_database("test")
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[S3Endpoint]:
+    """A real S3 HTTP endpoint: the MinIO that PACS_TEST_S3_ENDPOINT names, else moto's server."""
+    endpoint = S3Endpoint().start()
+    try:
+        yield endpoint
+    finally:
+        endpoint.stop()

@@ -1,4 +1,5 @@
-"""Blob stores: the same contract for the filesystem and the in-memory store."""
+"""Blob stores: the same contract for the filesystem, S3 (a real S3 HTTP endpoint),
+S3 behind a local spool, and the in-memory store."""
 
 from __future__ import annotations
 
@@ -6,30 +7,59 @@ import errno
 import os
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from storage import (
     BlobNotFoundError,
     BlobStore,
+    BlobStoreAccessError,
     BlobStoreError,
     BlobStoreFullError,
+    BlobStoreUnavailableError,
     FilesystemBlobStore,
     InvalidBlobKeyError,
     MemoryBlobStore,
+    SpooledBlobStore,
     validate_key,
 )
+from storage.s3 import S3BlobStore
+from tests.services import S3Endpoint, TcpRelay, free_port, new_bucket_name
 
 KEY = "1.2.3/1.2.3.4/1.2.3.4.5.0123456789abcdef.dcm"
 
 
-@pytest.fixture(params=["filesystem", "memory"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> BlobStore:
+def s3_store(endpoint: S3Endpoint, bucket: str | None = None, **options: Any) -> S3BlobStore:
+    return S3BlobStore(
+        bucket or new_bucket_name(),
+        "archive",
+        endpoint=endpoint.endpoint,
+        access_key=endpoint.access_key,
+        secret_key=endpoint.secret_key,
+        secure=endpoint.secure,
+        **options,
+    )
+
+
+@pytest.fixture(params=["filesystem", "s3", "spooled-s3", "memory"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BlobStore]:
     if request.param == "filesystem":
-        return FilesystemBlobStore(tmp_path / "blobs")
-    return MemoryBlobStore()
+        yield FilesystemBlobStore(tmp_path / "blobs")
+    elif request.param == "memory":
+        yield MemoryBlobStore()
+    else:
+        remote = s3_store(request.getfixturevalue("s3_endpoint"))
+        if request.param == "s3":
+            yield remote
+            remote.close()
+        else:
+            spooled = SpooledBlobStore(FilesystemBlobStore(tmp_path / "spool"), remote)
+            yield spooled
+            spooled.close()
 
 
 def test_both_follow_the_protocol(store: BlobStore) -> None:
@@ -330,3 +360,253 @@ def test_filesystem_store_keeps_temporaries_of_live_writers(tmp_path: Path) -> N
     FilesystemBlobStore(root)
     assert in_flight.exists()
     assert not orphan.exists()
+
+
+# -- S3 specifics -----------------------------------------------------------------------
+
+PART = 5 << 20  # S3's smallest multipart part
+
+
+def test_s3_large_blob_goes_up_in_parts(s3_endpoint: S3Endpoint) -> None:
+    store = s3_store(s3_endpoint, part_size=PART)
+    data = os.urandom(2 * PART + 12345)
+    uploads: list[str] = []
+    urlopen = store._http.urlopen
+
+    def recording(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        uploads.append(f"{method} {url.split('?', 1)[-1] if '?' in url else ''}")
+        return urlopen(method, url, *args, **kwargs)
+
+    store._http.urlopen = recording  # type: ignore[method-assign]
+    chunks = (data[i : i + 100_000] for i in range(0, len(data), 100_000))
+    assert store.put("big/blob", chunks) == len(data)
+    parts = [u for u in uploads if u.startswith("PUT ") and "partNumber=" in u]
+    assert len(parts) == 3, uploads
+    assert any(u.startswith("POST ") and "uploads" in u for u in uploads)  # multipart started
+    assert store.get("big/blob") == data
+    assert store.size("big/blob") == len(data)
+    # a range across a part boundary
+    assert store.get_range("big/blob", PART - 10, 20) == data[PART - 10 : PART + 10]
+
+
+def test_s3_a_failed_multipart_upload_leaves_nothing(s3_endpoint: S3Endpoint) -> None:
+    store = s3_store(s3_endpoint, part_size=PART)
+
+    def failing() -> Iterator[bytes]:
+        yield os.urandom(PART + 1000)  # more than a part: the upload is multipart
+        yield os.urandom(PART)
+        raise Interrupted
+
+    with pytest.raises(Interrupted):
+        store.put("half/blob", failing())
+    assert not store.exists("half/blob")
+    assert list(store.keys()) == []
+
+
+def test_s3_ranged_get_fetches_only_the_range(s3_endpoint: S3Endpoint) -> None:
+    """A frame of a large multi-frame object is read without fetching the object."""
+    store = s3_store(s3_endpoint)
+    data = os.urandom(4 << 20)
+    store.put("multiframe", [data])
+    received: list[tuple[str | None, int]] = []
+    urlopen = store._http.urlopen
+
+    def recording(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        response = urlopen(method, url, *args, **kwargs)
+        length = int(response.headers.get("Content-Length", -1))
+        received.append(((kwargs.get("headers") or {}).get("Range"), length))
+        return response
+
+    store._http.urlopen = recording  # type: ignore[method-assign]
+    assert store.get_range("multiframe", 1_000_000, 512) == data[1_000_000:1_000_512]
+    assert received == [("bytes=1000000-1000511", 512)]
+
+
+def test_s3_bucket_is_created_when_missing(s3_endpoint: S3Endpoint) -> None:
+    bucket = new_bucket_name()
+    store = s3_store(s3_endpoint, bucket)
+    assert list(store.keys()) == []  # no bucket yet: no keys, no error
+    assert not store.exists(KEY)
+    store.put(KEY, [b"x"])
+    assert store._client.bucket_exists(bucket)
+    # a second store on the same bucket (another server process) sees the blob
+    assert s3_store(s3_endpoint, bucket).get(KEY) == b"x"
+
+
+def test_s3_refused_credentials_are_a_clear_error() -> None:
+    """moto checking signatures: keys it does not know are refused (403)."""
+    strict = S3Endpoint(authenticate=True).start()
+    try:
+        store = S3BlobStore(
+            new_bucket_name(),
+            endpoint=strict.endpoint,
+            access_key="AKIAWRONGWRONGWRONG0",
+            secret_key="not-the-secret-at-all",
+            secure=False,
+        )
+        with pytest.raises(BlobStoreAccessError) as info:
+            store.put(KEY, [b"x"])
+        message = str(info.value)
+        assert store.bucket in message and "refused access" in message
+        assert "not-the-secret-at-all" not in message
+    finally:
+        strict.stop()
+
+
+def test_s3_unreachable_fails_after_bounded_retries() -> None:
+    store = S3BlobStore(
+        "pacs-nowhere", endpoint=f"127.0.0.1:{free_port()}", secure=False, backoff=0.05
+    )
+    started = time.monotonic()
+    for operation in (lambda: store.put(KEY, [b"x"]), lambda: store.get(KEY)):
+        with pytest.raises(BlobStoreUnavailableError) as info:
+            operation()
+        assert "cannot be reached" in str(info.value)
+    assert time.monotonic() - started < 10
+
+
+def test_s3_rides_out_a_short_outage(s3_endpoint: S3Endpoint) -> None:
+    """The endpoint comes back while the retries last: the call succeeds."""
+    relay = TcpRelay(s3_endpoint.port)
+    store = S3BlobStore(
+        new_bucket_name(),
+        endpoint=f"127.0.0.1:{relay.port}",
+        access_key=s3_endpoint.access_key,
+        secret_key=s3_endpoint.secret_key,
+        secure=s3_endpoint.secure,
+        attempts=6,
+        backoff=0.2,
+    )
+    starter = threading.Timer(0.3, relay.start)
+    starter.start()
+    try:
+        store.put(KEY, [b"made it"])
+        assert store.get(KEY) == b"made it"
+    finally:
+        starter.join()
+        relay.stop()
+
+
+# -- the spool in front of S3 ---------------------------------------------------------------
+
+
+def spooled(tmp_path: Path, remote: BlobStore, **options: Any) -> SpooledBlobStore:
+    return SpooledBlobStore(FilesystemBlobStore(tmp_path / "spool"), remote, **options)
+
+
+def test_spooled_put_is_readable_at_once_and_uploaded_soon(
+    tmp_path: Path, s3_endpoint: S3Endpoint
+) -> None:
+    remote = s3_store(s3_endpoint)
+    store = spooled(tmp_path, remote)
+    try:
+        for n in range(20):
+            store.put(f"s/{n}", [f"blob {n}".encode()])
+            assert store.get(f"s/{n}") == f"blob {n}".encode()
+        assert store.drain(timeout=30)
+        assert store.pending() == 0
+        assert list(store.spool.keys()) == []
+        assert sorted(remote.keys()) == sorted(f"s/{n}" for n in range(20))
+        assert all(remote.get(f"s/{n}") == f"blob {n}".encode() for n in range(20))
+    finally:
+        store.close()
+
+
+def test_spool_holds_blobs_while_s3_is_down_and_uploads_them_after_a_restart(
+    tmp_path: Path, s3_endpoint: S3Endpoint
+) -> None:
+    relay = TcpRelay(s3_endpoint.port)
+    bucket = new_bucket_name()
+
+    def remote() -> S3BlobStore:
+        return S3BlobStore(
+            bucket,
+            endpoint=f"127.0.0.1:{relay.port}",
+            access_key=s3_endpoint.access_key,
+            secret_key=s3_endpoint.secret_key,
+            secure=s3_endpoint.secure,
+            attempts=2,
+            backoff=0.05,
+        )
+
+    # S3 down: puts succeed (durable in the spool) and read back from it.
+    store = spooled(tmp_path, remote(), max_retry_delay=0.5)
+    for n in range(10):
+        store.put(f"down/{n}", [bytes([n]) * 1000])
+    assert store.get("down/3") == bytes([3]) * 1000
+    assert not store.drain(timeout=1)
+    assert store.pending() == 10
+    store.close()  # the server stops with uploads outstanding
+
+    # Started again with S3 back: what the spool held goes up, once each.
+    relay.start()
+    try:
+        store = spooled(tmp_path, remote())
+        assert store.drain(timeout=30)
+        store.close()
+        direct = s3_store(s3_endpoint, bucket)
+        direct.prefix = ""
+        assert sorted(direct.keys()) == sorted(f"down/{n}" for n in range(10))
+        assert direct.get("down/7") == bytes([7]) * 1000
+        assert list(FilesystemBlobStore(tmp_path / "spool").keys()) == []
+    finally:
+        relay.stop()
+
+
+def test_spool_recovers_by_itself_when_s3_returns(tmp_path: Path, s3_endpoint: S3Endpoint) -> None:
+    relay = TcpRelay(s3_endpoint.port).start()
+    remote = S3BlobStore(
+        new_bucket_name(),
+        endpoint=f"127.0.0.1:{relay.port}",
+        access_key=s3_endpoint.access_key,
+        secret_key=s3_endpoint.secret_key,
+        secure=s3_endpoint.secure,
+        attempts=2,
+        backoff=0.05,
+    )
+    store = spooled(tmp_path, remote, max_retry_delay=0.5)
+    try:
+        store.put("before", [b"1"])
+        assert store.drain(timeout=30)
+        relay.kill()
+        with pytest.raises(BlobStoreUnavailableError):
+            store.get("before")  # only in S3, which is unreachable
+        store.put("during", [b"2"])
+        assert store.get("during") == b"2"  # from the spool
+        relay.start()
+        assert store.drain(timeout=30)
+        assert remote.get("during") == b"2" and store.get("before") == b"1"
+    finally:
+        store.close()
+        relay.stop()
+
+
+def test_spool_adopts_what_another_process_left(tmp_path: Path) -> None:
+    remote = MemoryBlobStore()
+    store = spooled(tmp_path, remote, sweep_interval=0.2)
+    try:
+        # as if written by a DICOM worker process that died before uploading
+        FilesystemBlobStore(tmp_path / "spool").put("orphan/blob", [b"left behind"])
+        deadline = time.monotonic() + 10
+        while not remote.exists("orphan/blob") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert remote.get("orphan/blob") == b"left behind"
+        assert store.drain(timeout=5) and store.pending() == 0
+    finally:
+        store.close()
+
+
+def test_spooled_delete_removes_both_copies(tmp_path: Path) -> None:
+    remote = MemoryBlobStore()
+    store = spooled(tmp_path, remote)
+    try:
+        store.put("a", [b"1"])
+        assert store.drain(timeout=5)
+        store.put("b", [b"2"])
+        store.delete("a")
+        store.delete("b")
+        assert store.drain(timeout=5)
+        assert not store.exists("a") and not store.exists("b")
+        assert list(remote.keys()) == [] and store.pending() == 0
+    finally:
+        store.close()
