@@ -13,100 +13,52 @@ import functools
 import re
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from pacs.index import sql
 from pacs.index.base import InstanceRecord, StoredInstance
-from pacs.index.query import AnyOf, Condition, Match, Query, Range, SingleValue, UidList, Wildcard
-from pacs.index.schema import ATTRIBUTES, Kind, Level, attributes_at, norm_column, normalise_name
+from pacs.index.query import Query
+from pacs.index.schema import ATTRIBUTES, Kind, Level, norm_column, normalise_name
+from pacs.index.sql import SCHEMA_VERSION, TABLES, Clause, Dialect, columns, wildcard_regex
 from pacs.types import ArchiveStatistics
 
-SCHEMA_VERSION = 2
 _IDLE_READERS = 8  # connections kept for streamed results (see ``find``)
 
-_TABLES = {
-    Level.PATIENT: "patients",
-    Level.STUDY: "studies",
-    Level.SERIES: "series",
-    Level.IMAGE: "instances",
-}
-_PARENT_COLUMN = {Level.STUDY: "patient_pk", Level.SERIES: "study_pk", Level.IMAGE: "series_pk"}
-_COUNTERS = {
-    Level.PATIENT: (
-        "number_of_patient_related_studies",
-        "number_of_patient_related_series",
-        "number_of_patient_related_instances",
-    ),
-    Level.STUDY: ("number_of_study_related_series", "number_of_study_related_instances"),
-    Level.SERIES: ("number_of_series_related_instances",),
-}
-_EXTRA_COLUMNS = {
-    Level.STUDY: ("modalities_in_study TEXT", "sop_classes_in_study TEXT", "created_at TEXT"),
-    Level.SERIES: ("created_at TEXT",),
-    Level.IMAGE: (
-        "transfer_syntax_uid TEXT NOT NULL",
-        "blob_key TEXT NOT NULL",
-        "size INTEGER NOT NULL",
-        "content_hash TEXT NOT NULL",
-        "pixel_data_offset INTEGER",
-        "pixel_data_length INTEGER",
-        "source_ae_title TEXT",
-        "stored_at TEXT NOT NULL",
-    ),
-}
-# Columns searched often enough to deserve an index (study list, C-FIND by ID or date).
-_SEARCH_INDEXES = {
-    Level.PATIENT: ("patient_name_norm", "patient_birth_date"),
-    Level.STUDY: ("study_date", "accession_number", "study_id", "patient_pk"),
-    Level.SERIES: ("modality", "study_pk"),
-    Level.IMAGE: ("series_pk", "sop_class_uid"),
-}
-_UNIQUE = {
-    Level.PATIENT: "UNIQUE (patient_id, issuer_of_patient_id)",
-    Level.STUDY: "UNIQUE (study_instance_uid)",
-    Level.SERIES: "UNIQUE (series_instance_uid)",
-    Level.IMAGE: "UNIQUE (sop_instance_uid)",
-}
+
+def _glob(column: str, pattern: str) -> Clause:
+    # GLOB is case-sensitive, as DICOM matching is, and uses an index on a
+    # literal prefix. Its only other special character is '['.
+    return f"{column} GLOB ?", [pattern.replace("[", "[[]")]
 
 
-def _columns(level: Level) -> list[str]:
-    names = []
-    for attribute in attributes_at(level):
-        names.append(attribute.column)
-        if attribute.kind is Kind.PERSON_NAME:
-            names.append(norm_column(attribute))
-    return names
+def _any_value_glob(column: str, pattern: str) -> Clause:
+    # GLOB's * would run across the backslash into the next value.
+    return f"dicom_any_value_matches({column}, ?)", [pattern]
 
 
-def _create_statements() -> list[str]:
-    statements = []
-    for level, table in _TABLES.items():
-        columns = ["pk INTEGER PRIMARY KEY"]
-        if level in _PARENT_COLUMN:
-            parent = _TABLES[list(_TABLES)[list(_TABLES).index(level) - 1]]
-            columns.append(f"{_PARENT_COLUMN[level]} INTEGER NOT NULL REFERENCES {parent}(pk)")
-        for attribute in attributes_at(level):
-            sql_type = "INTEGER" if attribute.kind is Kind.INTEGER else "TEXT"
-            # Patient identity columns hold '' rather than NULL so UNIQUE applies.
-            not_null = (
-                " NOT NULL DEFAULT ''"
-                if attribute.column in ("patient_id", "issuer_of_patient_id")
-                else ""
-            )
-            if attribute.column.endswith("_uid"):  # an entity's UIDs are required
-                not_null = " NOT NULL"
-            columns.append(f"{attribute.column} {sql_type}{not_null}")
-            if attribute.kind is Kind.PERSON_NAME:
-                columns.append(f"{norm_column(attribute)} TEXT")
-        columns += [f"{counter} INTEGER NOT NULL DEFAULT 0" for counter in _COUNTERS.get(level, ())]
-        columns += list(_EXTRA_COLUMNS.get(level, ()))
-        columns.append(_UNIQUE[level])
-        statements.append(f"CREATE TABLE {table} ({', '.join(columns)})")
-        for column in _SEARCH_INDEXES[level]:
-            statements.append(f"CREATE INDEX {table}_{column} ON {table} ({column})")
-    return statements
+SQLITE = Dialect(
+    name="sqlite",
+    param="?",
+    text="TEXT",
+    integer="INTEGER",
+    bigint="INTEGER",
+    binary="BLOB",
+    primary_key="INTEGER PRIMARY KEY",
+    unlimited=-1,
+    # Unary + keeps SQLite from walking the primary key to avoid the sort,
+    # which would scan every row instead of using the search indexes.
+    order_prefix="+",
+    wildcard=_glob,
+    any_value_matches=_any_value_glob,
+    contains_value="instr({haystack}, {needle}) > 0",
+)
+
+
+def _select(query: Query, count: bool = False) -> Clause:
+    return sql.select(query, SQLITE, count)
 
 
 class _PendingAdd:
@@ -163,18 +115,10 @@ class SqliteIndex:
                 raise RuntimeError(
                     f"index schema version {version} is newer than this server ({SCHEMA_VERSION})"
                 )
-            if version < 1:
-                for statement in _create_statements():
-                    db.execute(statement)
-            if version < 2:
-                # Precomputed DICOM JSON per instance (WADO-RS metadata); kept
-                # apart so that scans of the instances table stay small.
-                db.execute(
-                    """CREATE TABLE instance_metadata (
-                         instance_pk INTEGER PRIMARY KEY
-                           REFERENCES instances(pk) ON DELETE CASCADE,
-                         json BLOB NOT NULL)"""
-                )
+            for number, _, statements in sql.migrations(SQLITE):
+                if number > version:
+                    for statement in statements:
+                        db.execute(statement)
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     @contextmanager
@@ -249,7 +193,7 @@ class SqliteIndex:
             Level.IMAGE: "sop_instance_uid",
         }[level]
         with self._reading() as db:
-            row = db.execute(f"SELECT * FROM {_TABLES[level]} WHERE {key} = ?", (uid,)).fetchone()
+            row = db.execute(f"SELECT * FROM {TABLES[level]} WHERE {key} = ?", (uid,)).fetchone()
         return dict(row) if row else None
 
     def find(self, query: Query) -> Iterator[dict[str, Any]]:
@@ -575,7 +519,7 @@ class SqliteIndex:
     def _insert_row(
         db: sqlite3.Connection, level: Level, values: dict[str, Any], extra: dict[str, Any]
     ) -> int:
-        row = {c: values[c] for c in _columns(level) if values.get(c) not in (None, "")}
+        row = {c: values[c] for c in columns(level) if values.get(c) not in (None, "")}
         if level is Level.PATIENT:
             row.setdefault("patient_id", "")
             row.setdefault("issuer_of_patient_id", "")
@@ -583,7 +527,7 @@ class SqliteIndex:
         names = ", ".join(row)
         marks = ", ".join("?" * len(row))
         cursor = db.execute(
-            f"INSERT INTO {_TABLES[level]} ({names}) VALUES ({marks})", tuple(row.values())
+            f"INSERT INTO {TABLES[level]} ({names}) VALUES ({marks})", tuple(row.values())
         )
         assert cursor.lastrowid is not None
         return cursor.lastrowid
@@ -599,83 +543,9 @@ class SqliteIndex:
                 self._lock_file.close()
 
 
-# -- query translation (PS3.4 C.2.2.2), one function per matching kind ---------
-
-_ALIAS = {Level.PATIENT: "p", Level.STUDY: "st", Level.SERIES: "se", Level.IMAGE: "i"}
-_JOINS = {
-    Level.PATIENT: "patients p",
-    Level.STUDY: "studies st JOIN patients p ON p.pk = st.patient_pk",
-    Level.SERIES: "series se JOIN studies st ON st.pk = se.study_pk"
-    " JOIN patients p ON p.pk = st.patient_pk",
-    Level.IMAGE: "instances i JOIN series se ON se.pk = i.series_pk"
-    " JOIN studies st ON st.pk = se.study_pk JOIN patients p ON p.pk = st.patient_pk",
-}
-# SQL fragments: '\' || col || '\' frames every value of a multi-valued column.
-_FRAMED = "('\\' || {} || '\\')"
-
-Clause = tuple[str, list[Any]]
-
-
-def _select(query: Query, count: bool = False) -> Clause:
-    where: list[str] = []
-    params: list[Any] = []
-    for condition in query.conditions:
-        sql, values = _condition(condition)
-        where.append(sql)
-        params += values
-    joins = _JOINS[query.level]
-    selected = []
-    for level, column in query.columns:
-        if (level, column) == (Level.IMAGE, "metadata"):
-            # Precomputed JSON lives in its own table (see _migrate).
-            selected.append("m.json AS metadata")
-            joins += " LEFT JOIN instance_metadata m ON m.instance_pk = i.pk"
-        else:
-            selected.append(f"{_ALIAS[level]}.{column} AS {column}")
-    columns = ", ".join(selected) or f"{_ALIAS[query.level]}.pk AS pk"
-    if count:
-        columns = "count(*)"
-    sql = f"SELECT {columns} FROM {joins}"
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    if not count and (query.limit is not None or query.offset):
-        # Unary + keeps SQLite from walking the primary key to avoid the sort,
-        # which would scan every row instead of using the search indexes.
-        sql += f" ORDER BY +{_ALIAS[query.level]}.pk LIMIT ? OFFSET ?"
-        params += [-1 if query.limit is None else query.limit, query.offset]
-    return sql, params
-
-
-def _condition(condition: Condition) -> Clause:
-    column = f"{_ALIAS[condition.level]}.{condition.column}"
-    return _MATCHERS[type(condition.match)](column, condition.match, condition.multi_valued)
-
-
-def _single_value(column: str, match: Any, multi_valued: bool) -> Clause:
-    if multi_valued:
-        return f"instr({_FRAMED.format(column)}, ?) > 0", [f"\\{match.value}\\"]
-    return f"{column} = ?", [match.value]
-
-
-def _uid_list(column: str, match: Any, multi_valued: bool) -> Clause:
-    if multi_valued:
-        return _any_of(column, AnyOf(tuple(SingleValue(v) for v in match.values)), True)
-    return f"{column} IN ({', '.join('?' * len(match.values))})", list(match.values)
-
-
-def _wildcard(column: str, match: Any, multi_valued: bool) -> Clause:
-    if multi_valued:
-        # GLOB's * would run across the backslash into the next value.
-        return f"dicom_any_value_matches({column}, ?)", [match.pattern]
-    # GLOB is case-sensitive, as DICOM matching is, and uses an index on a
-    # literal prefix. Its only other special character is '['.
-    return f"{column} GLOB ?", [match.pattern.replace("[", "[[]")]
-
-
 @functools.lru_cache(maxsize=256)
 def _wildcard_regex(pattern: str) -> re.Pattern[str]:
-    translated = re.escape(pattern).replace(r"\*", ".*").replace(r"\?", ".")
-    return re.compile(translated, re.DOTALL)
+    return re.compile(wildcard_regex(pattern), re.DOTALL)
 
 
 def _any_value_matches(value: str | None, pattern: str) -> bool:
@@ -684,32 +554,3 @@ def _any_value_matches(value: str | None, pattern: str) -> bool:
         return False
     regex = _wildcard_regex(pattern)
     return any(regex.fullmatch(one) for one in value.split("\\"))
-
-
-def _range(column: str, match: Any, multi_valued: bool) -> Clause:
-    parts, params = [], []
-    if match.lower is not None:
-        parts.append(f"{column} >= ?")
-        params.append(match.lower)
-    if match.upper is not None:
-        parts.append(f"{column} <= ?")
-        params.append(match.upper)
-    return " AND ".join(parts) or f"{column} IS NOT NULL", params
-
-
-def _any_of(column: str, match: Any, multi_valued: bool) -> Clause:
-    parts, params = [], []
-    for alternative in match.alternatives:
-        sql, values = _MATCHERS[type(alternative)](column, alternative, multi_valued)
-        parts.append(sql)
-        params += values
-    return "(" + " OR ".join(parts) + ")", params
-
-
-_MATCHERS: dict[type[Match], Callable[[str, Any, bool], Clause]] = {
-    SingleValue: _single_value,
-    UidList: _uid_list,
-    Wildcard: _wildcard,
-    Range: _range,
-    AnyOf: _any_of,
-}

@@ -1,8 +1,9 @@
-"""The SQLite index: rows, counters and study summaries, alone and under concurrency."""
+"""The index, on SQLite and PostgreSQL: rows, counters and study summaries, alone and under
+concurrency (threads and processes), and schema migrations."""
 
 from __future__ import annotations
 
-import sqlite3
+import multiprocessing
 import threading
 import unicodedata
 from collections.abc import Iterator
@@ -12,10 +13,14 @@ from typing import Any
 import pytest
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage
 
-from pacs.index import SqliteIndex
-from pacs.index.base import InstanceRecord
+from pacs.index import PostgresIndex, SqliteIndex
+from pacs.index.base import Index, InstanceRecord
+from pacs.index.postgres import POSTGRES
 from pacs.index.schema import Level
+from pacs.index.sql import SCHEMA_VERSION, migrations
+from pacs.index.sqlite import SQLITE
 from pacs.types import ArchiveStatistics
+from tests.integration.conftest import IndexLocation
 
 SC = "1.2.840.10008.5.1.4.1.1.7"
 
@@ -53,21 +58,23 @@ def record(
     )
 
 
-@pytest.fixture(params=["memory", "file"])
-def index(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SqliteIndex]:
-    path = ":memory:" if request.param == "memory" else tmp_path / "index.sqlite"
-    idx = SqliteIndex(path)
+@pytest.fixture(params=["sqlite-memory", "sqlite-file", "postgres"])
+def index(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Index]:
+    if request.param == "postgres":
+        idx: Index = PostgresIndex(request.getfixturevalue("postgres_url"))
+    else:
+        idx = SqliteIndex(":memory:" if request.param == "sqlite-memory" else tmp_path / "x.sqlite")
     yield idx
     idx.close()
 
 
-def study_row(index: SqliteIndex, study: str) -> dict[str, Any]:
+def study_row(index: Index, study: str) -> dict[str, Any]:
     row = index.entity(Level.STUDY, study)
     assert row is not None, f"no study {study}"
     return row
 
 
-def test_counts_and_summaries_after_adds(index: SqliteIndex) -> None:
+def test_counts_and_summaries_after_adds(index: Index) -> None:
     assert index.add_instance(record("1", series="s1", modality="CT")) is None
     assert index.add_instance(record("2", series="s1", modality="CT")) is None
     assert (
@@ -102,7 +109,7 @@ def test_counts_and_summaries_after_adds(index: SqliteIndex) -> None:
     assert index.entity(Level.STUDY, "9.9") is None
 
 
-def test_counts_and_summaries_after_removes(index: SqliteIndex) -> None:
+def test_counts_and_summaries_after_removes(index: Index) -> None:
     for sop, series, modality, sop_class in [
         ("1", "s1", "CT", CTImageStorage),
         ("2", "s1", "CT", CTImageStorage),
@@ -129,7 +136,7 @@ def test_counts_and_summaries_after_removes(index: SqliteIndex) -> None:
     assert index.statistics() == ArchiveStatistics(0, 0, 0, 0, 0)
 
 
-def test_duplicate_add_returns_the_stored_instance_and_changes_nothing(index: SqliteIndex) -> None:
+def test_duplicate_add_returns_the_stored_instance_and_changes_nothing(index: Index) -> None:
     index.add_instance(record("1"))
     existing = index.add_instance(record("1", version="b", size=999))
     assert existing is not None
@@ -146,7 +153,7 @@ def test_duplicate_add_returns_the_stored_instance_and_changes_nothing(index: Sq
     assert index.find_instance("2") is None
 
 
-def test_replace_instance(index: SqliteIndex) -> None:
+def test_replace_instance(index: Index) -> None:
     index.add_instance(record("1", series="s1"))
     index.add_instance(record("2", series="s1"))
     old = index.replace_instance(record("1", series="s1", version="b", size=50))
@@ -171,7 +178,7 @@ def test_replace_instance(index: SqliteIndex) -> None:
     assert index.statistics().instances == 3
 
 
-def test_study_stays_with_the_patient_of_its_first_instance(index: SqliteIndex) -> None:
+def test_study_stays_with_the_patient_of_its_first_instance(index: Index) -> None:
     index.add_instance(record("1", patient="P1"))
     # same study, other demographics: the instance joins P1's study
     index.add_instance(record("2", patient="P2"))
@@ -184,14 +191,14 @@ def test_study_stays_with_the_patient_of_its_first_instance(index: SqliteIndex) 
     assert index.statistics() == ArchiveStatistics(0, 0, 0, 0, 0)
 
 
-def test_patients_are_told_apart_by_issuer(index: SqliteIndex) -> None:
+def test_patients_are_told_apart_by_issuer(index: Index) -> None:
     index.add_instance(record("1", study="1", patient="123", issuer_of_patient_id="HOSP-A"))
     index.add_instance(record("2", study="2", patient="123", issuer_of_patient_id="HOSP-B"))
     index.add_instance(record("3", study="3", patient="123", issuer_of_patient_id="HOSP-A"))
     assert index.statistics().patients == 2
 
 
-def test_person_names_are_normalised(index: SqliteIndex) -> None:
+def test_person_names_are_normalised(index: Index) -> None:
     decomposed = unicodedata.normalize("NFD", "NGUYỄN^Văn An")
     index.add_instance(record("1", patient_name=decomposed, referring_physician_name="DR^WHO"))
     patient = index.entity(Level.PATIENT, "P1")
@@ -204,8 +211,8 @@ def test_person_names_are_normalised(index: SqliteIndex) -> None:
     assert study_row(index, "1.1")["referring_physician_name_norm"] == "dr^who"
 
 
-def test_concurrent_adds_lose_no_counts(tmp_path: Path) -> None:
-    index = SqliteIndex(tmp_path / "index.sqlite")
+def test_concurrent_adds_lose_no_counts(index_location: IndexLocation) -> None:
+    index = index_location.open()
     threads_n, per_thread = 8, 40
     errors: list[BaseException] = []
     results: dict[str, list[object]] = {}
@@ -262,22 +269,18 @@ def test_concurrent_adds_lose_no_counts(tmp_path: Path) -> None:
     finally:
         index.close()
 
-    # what was committed is on disk: a fresh connection sees the same
-    with sqlite3.connect(tmp_path / "index.sqlite") as db:
-        assert db.execute("SELECT count(*) FROM instances").fetchone()[0] == total
-        assert (
-            db.execute("SELECT sum(number_of_study_related_instances) FROM studies").fetchone()[0]
-            == total
-        )
-    db.close()
+    # what was committed is durable: a fresh connection sees the same
+    assert index_location.sql("SELECT count(*) FROM instances") == [(total,)]
+    assert index_location.sql("SELECT sum(number_of_study_related_instances) FROM studies") == [
+        (total,)
+    ]
 
 
-def test_index_survives_reopening(tmp_path: Path) -> None:
-    path = tmp_path / "index.sqlite"
-    first = SqliteIndex(path)
+def test_index_survives_reopening(index_location: IndexLocation) -> None:
+    first = index_location.open()
     first.add_instance(record("1"))
     first.close()
-    second = SqliteIndex(path)
+    second = index_location.open()
     try:
         assert second.find_instance("1") is not None
         assert second.statistics().instances == 1
@@ -285,11 +288,92 @@ def test_index_survives_reopening(tmp_path: Path) -> None:
         second.close()
 
 
-def test_newer_schema_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "index.sqlite"
-    SqliteIndex(path).close()
-    with sqlite3.connect(path) as db:
-        db.execute("PRAGMA user_version=99")
-    db.close()
+def test_newer_schema_is_refused(index_location: IndexLocation) -> None:
+    index_location.open().close()
+    if index_location.kind == "postgres":
+        index_location.sql("INSERT INTO schema_migrations (version, description) VALUES (99, 'x')")
+    else:
+        index_location.sql("PRAGMA user_version=99")
     with pytest.raises(RuntimeError, match="newer"):
-        SqliteIndex(path)
+        index_location.open()
+
+
+def test_migrations_are_recorded_and_an_old_index_is_brought_up_to_date(
+    index_location: IndexLocation,
+) -> None:
+    """An index made by a server that knew only migration 1 gets migration 2 at start-up."""
+    dialect = POSTGRES if index_location.kind == "postgres" else SQLITE
+    first = migrations(dialect)[0]
+    assert first[0] == 1
+    if index_location.kind == "postgres":
+        index_location.sql(
+            "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY,"
+            " description TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+        )
+        index_location.sql(f"INSERT INTO schema_migrations VALUES (1, '{first[1]}')")
+    else:
+        index_location.sql("PRAGMA user_version=1")
+    for statement in first[2]:
+        index_location.sql(statement)
+    tables = (
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'instance_metadata'"
+        if index_location.kind == "postgres"
+        else "SELECT count(*) FROM sqlite_master WHERE name = 'instance_metadata'"
+    )
+    assert index_location.sql(tables) == [(0,)]
+
+    index = index_location.open()
+    try:
+        index.add_instance(record("1"))
+        index.set_metadata([("1", b"{}")])
+        assert index_location.sql(tables) == [(1,)]
+    finally:
+        index.close()
+    if index_location.kind == "postgres":
+        assert [v for (v,) in index_location.sql("SELECT version FROM schema_migrations")] == [1, 2]
+    else:
+        assert index_location.sql("PRAGMA user_version") == [(SCHEMA_VERSION,)]
+    index_location.open().close()  # opening again applies nothing twice
+
+
+def _add_from_a_process(location: IndexLocation, worker: int, count: int) -> None:
+    index = location.open()
+    try:
+        for n in range(count):
+            # every process adds every UID: one wins each, the others see it stored
+            sop = str(n)
+            index.add_instance(
+                record(sop, study=f"st{n % 3}", series=f"se{n % 6}", patient=f"P{n % 3}")
+            )
+    finally:
+        index.close()
+
+
+def test_several_processes_ingest_safely(index_location: IndexLocation) -> None:
+    """Three processes (DICOM workers, other servers) add the same instances at once."""
+    index_location.open().close()  # migrated once, before the race
+    context = multiprocessing.get_context("spawn")
+    count = 120
+    processes = [
+        context.Process(target=_add_from_a_process, args=(index_location, w, count))
+        for w in range(3)
+    ]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=120)
+        assert process.exitcode == 0
+    index = index_location.open()
+    try:
+        assert index.statistics() == ArchiveStatistics(3, 3, 6, count, count * 100)
+        for study in ("st0", "st1", "st2"):
+            row = study_row(index, study)
+            assert row["number_of_study_related_instances"] == count // 3
+            assert row["number_of_study_related_series"] == 2
+        for patient in ("P0", "P1", "P2"):
+            row = index.entity(Level.PATIENT, patient)
+            assert row is not None
+            assert row["number_of_patient_related_instances"] == count // 3
+            assert row["number_of_patient_related_studies"] == 1
+    finally:
+        index.close()
