@@ -4,20 +4,30 @@ from __future__ import annotations
 
 import logging
 import socket
+import sqlite3
 
+import psycopg
 import pydicom.config
 import uvicorn
 from pynetdicom import _config as pynetdicom_config
 
-from pacs.config import Settings
+from pacs.config import Settings, redact_url
 from pacs.core import Archive
 from pacs.dimse import DicomNode
 from pacs.errors import ConfigError
 from pacs.http import create_http_app
-from pacs.index import SqliteIndex
+from pacs.index import Index, open_index
 from pacs.pixels import LossyQuality
 from pacs.workers import DicomWorkers
-from storage import FilesystemBlobStore
+from storage import (
+    BlobStore,
+    BlobStoreAccessError,
+    BlobStoreError,
+    FilesystemBlobStore,
+    SpooledBlobStore,
+    open_blob_store,
+)
+from storage.s3 import S3BlobStore
 
 log = logging.getLogger("pacs")
 
@@ -38,15 +48,57 @@ def build_archive(settings: Settings) -> Archive:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"data directory {settings.data_dir} cannot be created: {exc}") from None
+    index = build_index(settings)
+    try:
+        blobs = build_blob_store(settings)
+    except BaseException:
+        index.close()
+        raise
     return Archive(
-        SqliteIndex(settings.index_path),
-        FilesystemBlobStore(settings.blob_dir),
+        index,
+        blobs,
         duplicate_policy=settings.duplicate_policy,
         lossy_quality=LossyQuality(
             jpeg_quality=settings.jpeg_quality,
             compression_ratio=settings.lossy_compression_ratio,
             jpegls_near=settings.jpegls_near,
         ),
+    )
+
+
+def build_index(settings: Settings) -> Index:
+    location = settings.index_location
+    try:
+        return open_index(location, pool_size=settings.index_pool_size)
+    except (RuntimeError, OSError, psycopg.Error, sqlite3.Error) as exc:
+        raise ConfigError(f"index {redact_url(location)}: {exc}".splitlines()[0]) from None
+
+
+def build_blob_store(settings: Settings, *, spool: bool | None = None) -> BlobStore:
+    """The blob store ``storage_url`` names; S3 behind the local spool unless
+    ``upload_spool`` (or ``spool``) is off."""
+    try:
+        store = open_blob_store(settings.blob_store_url, settings.s3_credentials())
+    except OSError as exc:
+        raise ConfigError(f"blob store {settings.blob_store_url}: {exc}") from None
+    if not isinstance(store, S3BlobStore):
+        return store
+    spooled = settings.upload_spool if spool is None else spool
+    try:
+        store.ensure_bucket()
+    except BlobStoreAccessError as exc:
+        raise ConfigError(str(exc)) from None
+    except BlobStoreError as exc:
+        # Not fatal: the archive recovers by itself when S3 is back.
+        log.warning(
+            "%s; until it is back, %s",
+            exc,
+            "stores wait in the spool" if spooled else "stores fail",
+        )
+    if not spooled:
+        return store
+    return SpooledBlobStore(
+        FilesystemBlobStore(settings.spool_dir), store, uploaders=settings.upload_workers
     )
 
 
@@ -80,6 +132,7 @@ def serve(settings: Settings) -> None:
     http_socket = _bind(settings.host, settings.http_port, "HTTP")
     _bind(settings.host, settings.dicom_port, "DICOM").close()
     archive = build_archive(settings)
+    log.info("index: %s; blobs: %r", redact_url(settings.index_location), archive.blobs)
     workers = DicomWorkers(settings)
     node = DicomNode(archive, settings, dispatch=workers.dispatch)
 

@@ -1,4 +1,4 @@
-"""The ``pacs`` command: ``serve``, ``import`` and ``deidentify``."""
+"""The ``pacs`` command: ``serve``, ``import``, ``deidentify`` and ``migrate-storage``."""
 
 from __future__ import annotations
 
@@ -24,6 +24,11 @@ def _common(parser: argparse.ArgumentParser) -> None:
         " (default), replace it, or reject the new one",
     )
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    parser.add_argument(
+        "--index-url",
+        metavar="URL",
+        help="metadata index: postgresql://USER@HOST:PORT/DB (default: SQLite in the data folder)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run the DICOM node and the HTTP server")
     _common(serve)
+    _storage(serve)
     serve.add_argument("--ae-title", help="our AE title (default PACS)")
     serve.add_argument("--dicom-port", metavar="PORT", help="DICOM port (default 11112)")
     serve.add_argument("--http-port", metavar="PORT", help="HTTP port (default 8080)")
@@ -75,10 +81,43 @@ def build_parser() -> argparse.ArgumentParser:
         "import", help="bulk-import DICOM files and folders into the archive"
     )
     _common(importer)
+    _storage(importer)
     importer.add_argument("paths", nargs="+", metavar="PATH", help="files or folders")
     importer.add_argument("--workers", type=int, default=4, help="parallel files (default 4)")
+
+    migrate = commands.add_parser(
+        "migrate-storage",
+        help="copy every blob to another store (e.g. filesystem to S3), verified",
+    )
+    _common(migrate)
+    migrate.add_argument(
+        "--from",
+        dest="source",
+        metavar="URL",
+        help="store to copy from (default: the configured storage_url)",
+    )
+    migrate.add_argument(
+        "--to", dest="target", metavar="URL", required=True, help="store to copy to"
+    )
+    migrate.add_argument("--workers", type=int, default=4, help="parallel copies (default 4)")
+    migrate.add_argument(
+        "--no-verify",
+        dest="verify",
+        action="store_false",
+        help="do not read each copy back to compare its SHA-256",
+    )
     _deidentify_parser(commands)
     return parser
+
+
+def _storage(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--storage-url",
+        metavar="URL",
+        help="blob store: s3://BUCKET/PREFIX?endpoint=HOST:PORT&secure=false or a folder"
+        " (default: blobs/ in the data folder); S3 keys from PACS_S3_ACCESS_KEY and"
+        " PACS_S3_SECRET_KEY or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+    )
 
 
 def _deidentify_parser(commands: Any) -> None:
@@ -159,7 +198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     flags: dict[str, Any] = {
         key: value
         for key, value in vars(args).items()
-        if key not in ("command", "config", "paths", "workers") and not key.startswith("deid_")
+        if key not in ("command", "config", "paths", "workers", "source", "target", "verify")
+        and not key.startswith("deid_")
     }
     try:
         settings = load_settings(flags, args.config)
@@ -170,6 +210,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "deidentify":
             return _deidentify(settings, args)
+        if args.command == "migrate-storage":
+            return _migrate(settings, args.source, args.target, args.workers, args.verify)
         return _import(settings, args.paths, args.workers)
     except ConfigError as exc:
         print(f"pacs: error: {exc}", file=sys.stderr)
@@ -267,6 +309,31 @@ def _deidentify(settings: Any, args: argparse.Namespace) -> int:
     if mapping_path is not None:
         print(f"Pseudonyms and replaced UIDs are in {mapping_path}; keep it apart from the data.")
     return 0 if summary.ok and (mapping_path is not None or not args.deid_mapping) else 1
+
+
+def _migrate(settings: Any, source: str | None, target: str, workers: int, verify: bool) -> int:
+    from dataclasses import replace
+
+    from pacs.app import build_blob_store, build_index
+    from pacs.migrate import migrate_blobs, print_summary
+
+    source_settings = replace(settings, storage_url=source) if source else settings
+    target_settings = replace(settings, storage_url=target)
+    load_settings({"storage_url": target})  # the same one-line errors as any setting
+    if source_settings.blob_store_url == target_settings.blob_store_url:
+        raise ConfigError("--from and --to name the same store")
+    # Straight to the stores: a copy tool has no use for the upload spool.
+    origin = build_blob_store(source_settings, spool=False)
+    destination = build_blob_store(target_settings, spool=False)
+    index = build_index(settings)
+    try:
+        summary = migrate_blobs(
+            origin, destination, index=index, workers=max(1, workers), verify=verify
+        )
+    finally:
+        index.close()
+    print_summary(summary, target)
+    return 0 if summary.ok else 1
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +22,16 @@ from pydicom.uid import UID
 
 from pacs.core.archive import DuplicatePolicy
 from pacs.errors import ConfigError
+from pacs.index import is_postgres_url
+from storage import S3Credentials, S3Location, StorageUrlError, parse_storage_url
 
 ENV_PREFIX = "PACS_"
+# The AWS SDKs' variables, taken when neither a PACS_ variable nor the file sets the key.
+AWS_ENVIRONMENT = {
+    "s3_access_key": "AWS_ACCESS_KEY_ID",
+    "s3_secret_key": "AWS_SECRET_ACCESS_KEY",
+    "s3_session_token": "AWS_SESSION_TOKEN",
+}
 
 _NODE = re.compile(r"(?P<ae>[^@]{1,16})@(?P<host>[A-Za-z0-9.\-:\[\]_]+):(?P<port>\d{1,5})")
 _HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_\-]{0,62})(\.[A-Za-z0-9_\-]{1,63})*")
@@ -81,6 +89,21 @@ class Settings:
     """Size ratio aimed at when lossy JPEG 2000 or HTJ2K is asked for."""
     jpegls_near: int = 2
     """Largest error per sample when JPEG-LS near-lossless is asked for."""
+    storage_url: str = ""
+    """Where blobs go: ``s3://BUCKET/PREFIX?endpoint=HOST:PORT&secure=false`` or a
+    folder; empty: ``blobs/`` in the data folder."""
+    index_url: str = ""
+    """The metadata index: ``postgresql://USER@HOST:PORT/DATABASE`` or a SQLite file;
+    empty: ``index.sqlite`` in the data folder."""
+    s3_access_key: str = field(default="", repr=False)
+    s3_secret_key: str = field(default="", repr=False)
+    s3_session_token: str = field(default="", repr=False)
+    upload_spool: bool = True
+    """With S3: acknowledge once fsynced in ``spool/`` in the data folder, upload after."""
+    upload_workers: int = 4
+    """Concurrent uploads from the spool to S3, per process."""
+    index_pool_size: int = 16
+    """PostgreSQL connections per process, at most."""
 
     def node(self, ae_title: str) -> Node | None:
         title = ae_title.strip()
@@ -93,6 +116,29 @@ class Settings:
     @property
     def blob_dir(self) -> Path:
         return self.data_dir / "blobs"
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.data_dir / "spool"
+
+    @property
+    def blob_store_url(self) -> str:
+        return self.storage_url or str(self.blob_dir)
+
+    @property
+    def index_location(self) -> str:
+        return self.index_url or str(self.index_path)
+
+    @property
+    def uses_s3(self) -> bool:
+        return isinstance(parse_storage_url(self.blob_store_url), S3Location)
+
+    def s3_credentials(self) -> S3Credentials:
+        return S3Credentials(
+            access_key=self.s3_access_key or None,
+            secret_key=self.s3_secret_key or None,
+            session_token=self.s3_session_token or None,
+        )
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
@@ -109,7 +155,9 @@ def load_settings(
     are ignored). Raises ``ConfigError`` with a one-line message on any bad value.
     """
     environ = os.environ if environ is None else environ
-    raw: dict[str, Any] = {}
+    raw: dict[str, Any] = {
+        name: environ[variable] for name, variable in AWS_ENVIRONMENT.items() if variable in environ
+    }
     config_file = config_file or environ.get(ENV_PREFIX + "CONFIG")
     if config_file:
         raw.update(_read_toml(Path(config_file)))
@@ -337,6 +385,31 @@ def _as_origins(name: str, value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _as_storage_url(name: str, value: Any) -> str:
+    text = _as_str(name, value).strip()
+    if text:
+        try:
+            parse_storage_url(text)
+        except StorageUrlError as exc:
+            raise ConfigError(f"{name}: {exc}") from None
+    return text
+
+
+def _as_index_url(name: str, value: Any) -> str:
+    text = _as_str(name, value).strip()
+    if "://" in text and not (is_postgres_url(text) or text.startswith("sqlite://")):
+        raise ConfigError(
+            f"{name} must be postgresql://USER@HOST:PORT/DATABASE, sqlite:///PATH or a path,"
+            f" not {redact_url(text)!r}"
+        )
+    return text
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced, for logs and messages."""
+    return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", url)
+
+
 def _as_policy(name: str, value: Any) -> DuplicatePolicy:
     try:
         return DuplicatePolicy(_as_str(name, value).lower())
@@ -373,6 +446,20 @@ _CONVERTERS = {
     "jpeg_quality": _in_range(1, 100, _as_int),
     "lossy_compression_ratio": _in_range(1.5, 200, _as_number),
     "jpegls_near": _in_range(1, 32, _as_int),
+    "storage_url": _as_storage_url,
+    "index_url": _as_index_url,
+    "upload_spool": _as_bool,
+    "upload_workers": _as_positive_int,
+    "index_pool_size": _as_positive_int,
 }
 
-__all__ = ["ENV_PREFIX", "SERVICES", "Node", "Settings", "load_settings", "parse_node"]
+__all__ = [
+    "AWS_ENVIRONMENT",
+    "ENV_PREFIX",
+    "SERVICES",
+    "Node",
+    "Settings",
+    "load_settings",
+    "parse_node",
+    "redact_url",
+]

@@ -65,7 +65,13 @@ from pacs.pixels.render import (
     encode_picture,
 )
 from pacs.types import ArchiveStatistics, Caller, StoreOutcome, StoreResult
-from storage import BlobNotFoundError, BlobStore, BlobStoreError, BlobStoreFullError
+from storage import (
+    BlobNotFoundError,
+    BlobStore,
+    BlobStoreError,
+    BlobStoreFullError,
+    SpooledBlobStore,
+)
 
 log = logging.getLogger(__name__)
 
@@ -124,10 +130,17 @@ class Archive:
         self._pictures: SizeBoundedCache[Picture] = SizeBoundedCache(64 << 20)
 
     def close(self) -> None:
-        """Wait for writes in flight, then close the index."""
+        """Wait for writes in flight, then close the index and the blob store."""
         self._blob_writer.shutdown(wait=True)
         self._metadata.close()
         self.index.close()
+        close_blobs = getattr(self.blobs, "close", None)  # a spool stops its uploads
+        if close_blobs is not None:
+            close_blobs()
+
+    def uploads_pending(self) -> int | None:
+        """Blobs acknowledged but not yet in S3 (``None`` without a spool)."""
+        return self.blobs.pending() if isinstance(self.blobs, SpooledBlobStore) else None
 
     def wait_for_metadata(self, timeout: float | None = None) -> bool:
         """Wait until the metadata of every stored instance is precomputed."""
@@ -369,8 +382,7 @@ class Archive:
         return self._read_blob(self.instance(sop_instance_uid))
 
     def iter_instance(self, sop_instance_uid: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
-        stored = self.instance(sop_instance_uid)
-        return self.blobs.iter_chunks(stored.blob_key, chunk_size)
+        return self._iter_blob(self.instance(sop_instance_uid), chunk_size)
 
     def dataset_for_transfer(
         self, stored: StoredInstance, accepted: Sequence[str]
@@ -558,7 +570,7 @@ class Archive:
         """
         target = transfer_syntax_uid or stored.transfer_syntax_uid
         if target == stored.transfer_syntax_uid:
-            return target, self.blobs.iter_chunks(stored.blob_key, chunk_size)
+            return target, self._iter_blob(stored, chunk_size)
         syntax, dataset = self.dataset_for_transfer(stored, [target])
         meta = encoding.file_meta_bytes(stored.sop_class_uid, stored.sop_instance_uid, syntax, "")
         return syntax, iter((meta, dataset))
@@ -784,6 +796,14 @@ class Archive:
         except BlobStoreError as exc:
             raise StorageError(f"cannot read {stored.sop_instance_uid}: {exc}") from exc
 
+    def _iter_blob(self, stored: StoredInstance, chunk_size: int) -> Iterator[bytes]:
+        try:
+            yield from self.blobs.iter_chunks(stored.blob_key, chunk_size)
+        except BlobNotFoundError:
+            raise StorageError(f"blob of {stored.sop_instance_uid} is missing") from None
+        except BlobStoreError as exc:
+            raise StorageError(f"cannot read {stored.sop_instance_uid}: {exc}") from exc
+
     def _read_range(self, stored: StoredInstance, offset: int, length: int) -> bytes:
         try:
             return self.blobs.get_range(stored.blob_key, offset, length)
@@ -905,7 +925,8 @@ def _frame_ms(header: JsonHeader | None) -> float:
 
 
 def _index_error(exc: Exception) -> StorageError:
-    # SQLite says SQLITE_FULL (13) when the disk or the database is full.
-    if getattr(exc, "sqlite_errorcode", None) == 13:
+    # SQLite says SQLITE_FULL (13) when the disk or the database is full;
+    # PostgreSQL says disk_full (SQLSTATE 53100).
+    if getattr(exc, "sqlite_errorcode", None) == 13 or getattr(exc, "sqlstate", None) == "53100":
         return StorageFullError(f"index cannot record the instance: {exc}")
     return StorageError(f"index cannot record the instance: {exc}")

@@ -82,8 +82,11 @@ async def retrieve(
         # A failure half-way through a study can only drop the connection: the
         # client sees a truncated body, never a short study passed off as whole.
         parts = _dicom_parts(archive, instances, target, multipart)
+    # Read before answering, so that storage out of reach (S3 down) is a 503,
+    # not a 200 cut short.
+    first = await run_in_threadpool(_take, parts, _FIRST_BATCH_BYTES)
     return StreamingResponse(
-        _in_batches(parts),
+        _in_batches(parts, first),
         media_type=multipart.content_type(syntaxes.pop() if len(syntaxes) == 1 else None),
         headers=headers,
     )
@@ -107,24 +110,23 @@ def _dicom_parts(
     yield multipart.tail()
 
 
-async def _in_batches(parts: Iterator[bytes]) -> AsyncIterator[bytes]:
-    """Read batches in a worker thread, the next one while this one is sent.
+def _take(parts: Iterator[bytes], budget: int) -> list[bytes]:
+    batch, size = [], 0
+    for piece in parts:
+        batch.append(piece)
+        size += len(piece)
+        if size >= budget:
+            break
+    return batch
 
-    The first batch is small so that the first part leaves at once.
+
+async def _in_batches(parts: Iterator[bytes], batch: list[bytes]) -> AsyncIterator[bytes]:
+    """Send ``batch``, then read the next ones in a worker thread, the next one
+    while this one is sent. The first batch is small so that the first part
+    leaves at once.
     """
-
-    def take(budget: int) -> list[bytes]:
-        batch, size = [], 0
-        for piece in parts:
-            batch.append(piece)
-            size += len(piece)
-            if size >= budget:
-                break
-        return batch
-
-    batch = await run_in_threadpool(take, _FIRST_BATCH_BYTES)
     while batch:
-        upcoming = asyncio.ensure_future(run_in_threadpool(take, _BATCH_BYTES))
+        upcoming = asyncio.ensure_future(run_in_threadpool(_take, parts, _BATCH_BYTES))
         try:
             for piece in batch:
                 yield piece

@@ -50,6 +50,8 @@ def create_http_app(
     async def system(request: Request) -> Response:
         stats = await run_in_threadpool(archive.statistics)
         disk = await run_in_threadpool(shutil.disk_usage, settings.data_dir)
+        # Acknowledged blobs still in the local spool, not yet in S3 (null: no spool).
+        uploads_pending = await run_in_threadpool(archive.uploads_pending)
         return JSONResponse(
             {
                 "name": "pacs",
@@ -68,6 +70,7 @@ def create_http_app(
                     "stored_bytes": stats.stored_bytes,
                     "disk_free_bytes": disk.free,
                     "disk_total_bytes": disk.total,
+                    "uploads_pending": uploads_pending,
                 },
             }
         )

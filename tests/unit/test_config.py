@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from pacs.cli import build_parser
-from pacs.config import SERVICES, Node, Settings, load_settings, parse_node
+from pacs.config import SERVICES, Node, Settings, load_settings, parse_node, redact_url
 from pacs.core.archive import DuplicatePolicy
 from pacs.errors import ConfigError
 
@@ -321,7 +321,7 @@ def test_example_config_lists_every_setting_with_its_default(tmp_path: Path) -> 
     example = Path(__file__).resolve().parents[2] / "docker" / "pacs.example.toml"
     # The [[nodes]] table (up to the next blank line) is a sample, not a default.
     text = re.sub(r"(?ms)^# \[\[nodes\]\].*?^$", "", example.read_text())
-    settings = dict(re.findall(r"(?m)^# ([a-z_]+) = (.+)$", text))
+    settings = dict(re.findall(r"(?m)^# ([a-z0-9_]+) = (.+)$", text))
     settings.pop("nodes")  # a sample too; the default is no nodes
     config = tmp_path / "pacs.toml"
     config.write_text("".join(f"{key} = {value}\n" for key, value in settings.items()))
@@ -391,3 +391,53 @@ def test_cors_origins_from_flags_and_environment() -> None:
         "https://a.example.org",
         "http://b.example.org:8042",
     )
+
+
+def test_storage_and_index_urls() -> None:
+    settings = load_settings(
+        environ={
+            "PACS_STORAGE_URL": "s3://pacs-images/archive?endpoint=minio:9000&secure=false",
+            "PACS_INDEX_URL": "postgresql://pacs@db:5432/pacs",
+        }
+    )
+    assert settings.uses_s3 and settings.blob_store_url.startswith("s3://pacs-images/")
+    assert settings.index_location == "postgresql://pacs@db:5432/pacs"
+    defaults = Settings()
+    assert not defaults.uses_s3
+    assert defaults.blob_store_url == str(Path("pacs-data") / "blobs")
+    assert defaults.index_location == str(Path("pacs-data") / "index.sqlite")
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("PACS_STORAGE_URL", "s3://key:secret@bucket/x", "must not hold credentials"),
+        ("PACS_STORAGE_URL", "s3://Bad_Bucket/x", "not a valid S3 bucket name"),
+        ("PACS_STORAGE_URL", "s3://bucket/x?endpont=h:1", "unknown option 'endpont'"),
+        ("PACS_STORAGE_URL", "ftp://host/x", "unknown scheme"),
+        ("PACS_INDEX_URL", "mysql://u:pw@h/db", "must be postgresql://"),
+    ],
+)
+def test_bad_storage_and_index_urls(name: str, value: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as info:
+        load_settings(environ={name: value})
+    assert ":secret@" not in str(info.value) and ":pw@" not in str(info.value)
+
+
+def test_s3_credentials_from_pacs_or_aws_variables_never_shown(tmp_path: Path) -> None:
+    aws = {"AWS_ACCESS_KEY_ID": "AKIAFROMAWS", "AWS_SECRET_ACCESS_KEY": "aws-secret"}
+    assert load_settings(environ=aws).s3_credentials().access_key == "AKIAFROMAWS"
+    config = toml(tmp_path, 's3_access_key = "FROMFILE"\n')
+    assert load_settings(None, config, aws).s3_access_key == "FROMFILE"  # the file wins
+    both = {**aws, "PACS_S3_ACCESS_KEY": "FROMPACS", "PACS_S3_SECRET_KEY": "pacs-secret"}
+    settings = load_settings(None, config, both)
+    assert (settings.s3_access_key, settings.s3_secret_key) == ("FROMPACS", "pacs-secret")
+    assert "secret" not in repr(settings) and "FROMPACS" not in repr(settings)
+    assert "secret" not in repr(settings.s3_credentials())
+
+
+def test_redacted_index_url() -> None:
+    assert (
+        redact_url("postgresql://pacs:hunter2@db:5432/pacs") == "postgresql://pacs:***@db:5432/pacs"
+    )
+    assert redact_url("postgresql://pacs@db/pacs") == "postgresql://pacs@db/pacs"
