@@ -20,6 +20,9 @@ serve: install
 
 # DCMTK gives the tests real third-party DICOM clients (storescu and friends);
 # Debian's Chromium is the real browser the viewer tests drive through Playwright.
+# PostgreSQL a real server for the index tests (each run starts a private cluster
+# of its own: tests/services.py); docker-compose checks docker/docker-compose.yml
+# (no Docker engine is needed for that). S3 is moto's server, a Python package.
 system-deps:
 	@if ! command -v storescu >/dev/null 2>&1; then \
 		echo "Installing Debian's dcmtk for storescu/findscu/movescu/getscu"; \
@@ -28,6 +31,15 @@ system-deps:
 	@if [ ! -x /usr/bin/chromium ]; then \
 		echo "Installing Debian's chromium for the viewer's browser tests"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	fi
+	@if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then \
+		echo "Installing Debian's postgresql for the PostgreSQL index tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	fi
+	@if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null 2>&1; then \
+		echo "Installing Debian's docker-compose to check docker/docker-compose.yml"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			--no-install-recommends docker-compose >/dev/null; \
 	fi
 
 install-test: install system-deps
