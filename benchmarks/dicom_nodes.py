@@ -6,6 +6,7 @@
   over several concurrent associations.
 * ``send_files_storescu``: the same measurement with DCMTK's ``storescu``, a sender
   written in C, to tell sender-side limits from server-side ones.
+* ``ScaleBackends``: PostgreSQL and an S3 endpoint for pacs "at scale".
 
 All senders return the same result dictionary (see ``_result``), so benchmarks can put
 them side by side: ``instances``, ``seconds``, ``instances_per_s``, ``mb_per_s``,
@@ -414,7 +415,12 @@ def send_files_storescu(
 
 
 def pacs_serve(
-    data_dir: Path, dicom_port: int, http_port: int, log: IO[bytes], *extra: str
+    data_dir: Path,
+    dicom_port: int,
+    http_port: int,
+    log: IO[bytes],
+    *extra: str,
+    env: Mapping[str, str] | None = None,
 ) -> subprocess.Popen[Any]:
     """Start ``pacs serve`` on ``data_dir`` and the given ports (not waiting for it)."""
     command = [
@@ -432,7 +438,7 @@ def pacs_serve(
         "warning",
         *extra,
     ]
-    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
 def revision() -> str:
@@ -453,3 +459,53 @@ def revision() -> str:
     return f"commit {commit}" + (
         " with uncommitted changes in pacs/ or storage/" if changed else ""
     )
+
+
+class ScaleBackends:
+    """PostgreSQL and S3 for the "S3 + PostgreSQL" columns: a private PostgreSQL
+    cluster with fsync on (as in production), and the S3 endpoint of the tests
+    (PACS_TEST_S3_ENDPOINT's MinIO, else moto's server), started once per run."""
+
+    def __init__(self) -> None:
+        from tests.services import PostgresCluster, S3Endpoint
+
+        self.postgres = PostgresCluster(durable=True).start()
+        try:
+            self.s3 = S3Endpoint().start()
+        except BaseException:
+            self.postgres.stop()
+            raise
+
+    @property
+    def s3_kind(self) -> str:
+        return "MinIO" if self.s3.kind == "external" else "moto's S3 server (Python)"
+
+    def fresh(self) -> tuple[list[str], dict[str, str], str]:
+        """(``pacs`` options, environment, index URL) for a new database and bucket."""
+        from tests.services import new_bucket_name
+
+        index_url = self.postgres.create_database("bench")
+        storage_url = self.s3.url(new_bucket_name("pacs-bench"), "archive")
+        options = ["--index-url", index_url, "--storage-url", storage_url]
+        return options, {**os.environ, **self.s3.environment()}, index_url
+
+    def close(self) -> None:
+        self.s3.stop()
+        self.postgres.stop()
+
+
+def uploads_pending(http_port: int) -> int:
+    """Acknowledged instances a pacs server has not yet put in S3."""
+    with urllib.request.urlopen(f"http://{LOCALHOST}:{http_port}/system", timeout=10) as reply:
+        storage = json.load(reply)["storage"]
+    return int(storage.get("uploads_pending") or 0)
+
+
+def wait_uploaded(http_port: int, timeout: float = 600) -> float:
+    """Wait until the server's spool is empty; returns the seconds waited."""
+    start = time.monotonic()
+    while uploads_pending(http_port):
+        if time.monotonic() - start > timeout:
+            raise RuntimeError(f"uploads still pending after {timeout:.0f} s")
+        time.sleep(0.05)
+    return time.monotonic() - start

@@ -32,14 +32,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.dicom_nodes import (
     LOCALHOST,
+    ScaleBackends,
     free_port,
     orthanc_get,
     pacs_serve,
+    revision,
     send_files,
     send_files_storescu,
     start_orthanc,
     stop_process,
     wait_for_echo,
+    wait_uploaded,
 )
 from benchmarks.phantom import generate_ct_series
 
@@ -66,6 +69,38 @@ def start_pacs(workdir: Path) -> Server:
             return int(db.execute("SELECT count(*) FROM instances").fetchone()[0])
 
     return Server("pacs", dicom_port, "PACS", process, count)
+
+
+def start_pacs_at_scale(backends: ScaleBackends) -> Callable[[Path], Server]:
+    """pacs over PostgreSQL and S3 (with its upload spool, the default), a new
+    database and bucket each run. ``count`` also waits for the spool to drain,
+    and records how long that took."""
+
+    def start(workdir: Path) -> Server:
+        import psycopg
+
+        dicom_port, http_port = free_port(), free_port()
+        options, environment, index_url = backends.fresh()
+        log = (workdir / "pacs.log").open("wb")
+        process = pacs_serve(
+            workdir / "pacs-data", dicom_port, http_port, log, *options, env=environment
+        )
+        log.close()
+        wait_for_echo(LOCALHOST, dicom_port, "PACS", timeout=60)
+
+        def count() -> int:
+            DRAINED.append(wait_uploaded(http_port))
+            with psycopg.connect(index_url) as db:
+                row = db.execute("SELECT count(*) FROM instances").fetchone()
+            return int(row[0]) if row else 0
+
+        return Server("pacs S3+PG", dicom_port, "PACS", process, count)
+
+    return start
+
+
+DRAINED: list[float] = []
+"""Seconds each S3 run's spool took to drain after the last acknowledgement."""
 
 
 # A pynetdicom SCP that acknowledges and discards: the ceiling any pynetdicom-based
@@ -165,6 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--workdir", type=Path, help="file system under test (default: /tmp)")
     parser.add_argument("--no-orthanc", action="store_true", help="measure pacs only")
+    parser.add_argument("--no-scale", action="store_true", help="skip pacs over S3 and PostgreSQL")
     parser.add_argument(
         "--floor",
         action="store_true",
@@ -177,6 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     root = Path(tempfile.mkdtemp(prefix="pacs-ingest-", dir=args.workdir))
+    backends: ScaleBackends | None = None
     try:
         files = generate_ct_series(root / "phantom", slices=args.slices)
         megabytes = sum(f.stat().st_size for f in files) / 1e6
@@ -200,18 +237,29 @@ def main(argv: Sequence[str] | None = None) -> int:
             ),
         }
         servers: list[tuple[str, Callable[[Path], Server]]] = [("pacs", start_pacs)]
+        backends = None if args.no_scale else ScaleBackends()
+        if backends is not None:
+            servers.append(("pacs S3+PG", start_pacs_at_scale(backends)))
         if not args.no_orthanc and shutil.which("Orthanc"):
             servers.append(("Orthanc", start_orthanc_server))
         if args.floor:
             servers.append(("discard", start_discarding_scp))
 
         table: dict[tuple[str, str], tuple[float, float, int]] = {}
+        drained: dict[str, float] = {}
         for key in args.senders.split(","):
             label, send = senders[key]
-            for server_name, start in servers:
-                results = [
-                    run_once(root / "server", start, send, len(files)) for _ in range(args.repeat)
-                ]
+            # The servers take turns run by run, so that a change in the machine's
+            # load weighs on each alike.
+            runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in servers}
+            DRAINED.clear()
+            for _ in range(args.repeat):
+                for server_name, start in servers:
+                    runs[server_name].append(run_once(root / "server", start, send, len(files)))
+            if DRAINED:
+                drained[label] = statistics.median(DRAINED)
+            for server_name, _ in servers:
+                results = runs[server_name]
                 rate = statistics.median(r["instances_per_s"] for r in results)
                 mbps = statistics.median(r["mb_per_s"] for r in results)
                 failures = sum(r["failures"] for r in results)
@@ -224,11 +272,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         lines = [
             f"C-STORE of a {len(files)}-slice CT ({megabytes:.1f} MB), median of"
-            f" {args.repeat} runs, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}",
+            f" {args.repeat} runs, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')},"
+            f" {revision()}"
+            + (f"; S3: {backends.s3_kind}, PostgreSQL with fsync on" if backends else ""),
             "",
             "| sender | pacs inst/s | pacs MB/s | Orthanc inst/s | Orthanc MB/s | pacs/Orthanc"
-            " | pynetdicom discarding inst/s |",
-            "|---|---:|---:|---:|---:|---:|---:|",
+            " | pynetdicom discarding inst/s | pacs S3+PG inst/s | S3+PG / filesystem+SQLite"
+            " | S3+PG, all in S3 inst/s |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for key in args.senders.split(","):
             label = senders[key][0]
@@ -241,15 +292,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             o_mb = f"{orthanc[1]:.0f}" if orthanc else "-"
             floor = table.get((label, "discard"))
             f_rate = f"{floor[0]:.0f}" if floor else "-"
+            scale = table.get((label, "pacs S3+PG"))
+            s_rate = f"{scale[0]:.0f}" if scale else "-"
+            s_ratio = f"{scale[0] / pacs[0]:.2f}" if scale else "-"
+            # Until the last upload: the spool's drain after the last acknowledgement.
+            s_all = (
+                f"{len(files) / (len(files) / scale[0] + drained[label]):.0f}"
+                if scale and label in drained
+                else "-"
+            )
             lines.append(
                 f"| {label} | {pacs[0]:.0f} | {pacs[1]:.0f} | {o_rate} | {o_mb} | {ratio}"
-                f" | {f_rate} |"
+                f" | {f_rate} | {s_rate} | {s_ratio} | {s_all} |"
             )
         print("\n" + "\n".join(lines))
         if args.record:
             record(lines)
         return 1 if any(v[2] for v in table.values()) else 0
     finally:
+        if backends is not None:
+            backends.close()
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -18,6 +18,11 @@ disk the moment it returns, and as durable as the remote store once uploaded.
 - While the remote store is down, uploads wait and retry with a growing delay
   (up to ``max_retry_delay``); the spool grows meanwhile and drains by itself
   when the store is back.
+- Uploads give way to arriving blobs: they start once no put has come for
+  ``quiet`` seconds, or once the oldest waiting blob has waited ``give_way``
+  seconds. On a machine shared with the S3 client's work (signing, sending),
+  a modality's burst is then acknowledged at local-disk speed and uploaded
+  right after it; under a load longer than ``give_way`` both go on together.
 """
 
 from __future__ import annotations
@@ -48,6 +53,8 @@ class SpooledBlobStore:
         min_retry_delay: float = 0.2,
         max_retry_delay: float = 5.0,
         sweep_interval: float = 30.0,
+        quiet: float = 0.2,
+        give_way: float = 5.0,
     ) -> None:
         if uploaders < 1:
             raise ValueError("at least one uploader is needed")
@@ -58,7 +65,10 @@ class SpooledBlobStore:
         self._sweep_interval = sweep_interval
         self._condition = threading.Condition()
         self._queue: deque[str] = deque()
-        self._queued: set[str] = set()
+        self._queued: dict[str, float] = {}  # key -> when it was queued
+        self._quiet = quiet
+        self._give_way = give_way
+        self._last_put = 0.0
         self._in_flight: set[str] = set()
         # A put, a delete and the end of an upload of one key exclude each other.
         self._key_locks: dict[str, list[Any]] = {}
@@ -93,6 +103,7 @@ class SpooledBlobStore:
         with self._locked(key):
             size = self.spool.put(key, chunks)
             with self._condition:
+                self._last_put = time.monotonic()
                 if key in self._in_flight:
                     # Replaced while the old content goes up: upload it again after.
                     self._replaced.add(key)
@@ -139,7 +150,7 @@ class SpooledBlobStore:
         with self._locked(key):
             with self._condition:
                 if key in self._queued:
-                    self._queued.discard(key)
+                    del self._queued[key]
                     self._queue.remove(key)
                 if key in self._in_flight:
                     # Its upload may finish after this: the uploader deletes it again.
@@ -186,9 +197,17 @@ class SpooledBlobStore:
 
     def _enqueue_locked(self, key: str) -> None:
         if key not in self._queued and key not in self._in_flight:
-            self._queued.add(key)
+            self._queued[key] = time.monotonic()
             self._queue.append(key)
             self._condition.notify()
+
+    def _next_start(self) -> float | None:
+        """When the next upload may start (under the condition); ``None``: none queued."""
+        if not self._queue:
+            return None
+        oldest = self._queued[self._queue[0]]
+        lull = min(self._last_put + self._quiet, oldest + self._give_way)
+        return max(self._retry_at, lull)
 
     @contextlib.contextmanager
     def _locked(self, key: str) -> Iterator[None]:
@@ -207,13 +226,16 @@ class SpooledBlobStore:
     def _upload_loop(self) -> None:
         while True:
             with self._condition:
-                while not self._closing and (not self._queue or time.monotonic() < self._retry_at):
-                    wait = None if not self._queue else self._retry_at - time.monotonic()
-                    self._condition.wait(wait)
+                while not self._closing:
+                    start = self._next_start()
+                    now = time.monotonic()
+                    if start is not None and now >= start:
+                        break
+                    self._condition.wait(None if start is None else start - now)
                 if self._closing:
                     return
                 key = self._queue.popleft()
-                self._queued.discard(key)
+                del self._queued[key]
                 self._in_flight.add(key)
             outcome = _FAILED
             try:
@@ -284,4 +306,4 @@ class SpooledBlobStore:
             with self._condition:
                 for key in present & self._seen_by_last_sweep:
                     self._enqueue_locked(key)
-                self._seen_by_last_sweep = present - self._queued - self._in_flight
+                self._seen_by_last_sweep = present - set(self._queued) - self._in_flight

@@ -22,7 +22,6 @@ with what a shared server needs:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 import uuid
@@ -32,6 +31,7 @@ from typing import Any
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from pacs.index import sql
@@ -87,14 +87,6 @@ POSTGRES = Dialect(
 
 def _select(query: Query, count: bool = False) -> Clause:
     return sql.select(query, POSTGRES, count)
-
-
-class _InstanceExists(Exception):
-    """Another transaction stored the SOP Instance UID first."""
-
-
-class _StudyRaced(Exception):
-    """Another transaction created the study first."""
 
 
 _STORED_SELECT = """
@@ -156,6 +148,10 @@ class PostgresIndex:
                         (number, description),
                     )
                     log.info("index migrated to version %d: %s", number, description)
+            # Code, not data: defined anew by every server at start-up, from its own
+            # schema lists.
+            for statement in _functions():
+                db.execute(statement)
 
     def schema_version(self) -> int:
         with self._pool.connection() as db:
@@ -263,22 +259,21 @@ class PostgresIndex:
 
     # -- writes --------------------------------------------------------------
 
-    def _write(self, work: Any, *, pipeline: bool = False) -> Any:
+    def _write(self, work: Any, *, autocommit: bool = False) -> Any:
         """Run ``work(connection)`` in one transaction, again after a deadlock
         or a serialisation failure (the other transaction has gone by then).
-
-        With ``pipeline``, statements whose answer is not read are sent without
-        waiting for it: an ingest costs three round trips (look-ups; the
-        instance row; counters, summaries and commit) instead of a dozen.
-        """
+        ``autocommit``: ``work`` is one statement, its own transaction."""
         for attempt in range(_RETRIES):
             try:
-                with (
-                    self._pool.connection() as db,
-                    db.pipeline() if pipeline else contextlib.nullcontext(),
-                    db.transaction(),
-                ):
-                    return work(db)
+                with self._pool.connection() as db:
+                    if autocommit:
+                        db.autocommit = True
+                        try:
+                            return work(db)
+                        finally:
+                            db.autocommit = False
+                    with db.transaction():
+                        return work(db)
             except (pg_errors.DeadlockDetected, pg_errors.SerializationFailure) as exc:
                 if attempt == _RETRIES - 1:
                     raise
@@ -287,35 +282,44 @@ class PostgresIndex:
         raise AssertionError("unreachable")
 
     def add_instance(self, record: InstanceRecord) -> StoredInstance | None:
+        # One round trip: the server-side function does it all and commits.
         try:
-            self._write(lambda db: self._insert(db, record), pipeline=True)
-        except _InstanceExists:
-            # Stored first by another transaction, which has committed (our
-            # insert waited for it); ours was rolled back whole.
-            return self.find_instance(record.sop_instance_uid)
-        return None
+            inserted = self._write(lambda db: self._call_add(db, record), autocommit=True)
+        except psycopg.Error as exc:
+            if exc.sqlstate != _STORED_MEANWHILE:
+                raise
+            inserted = False  # stored by another transaction, which has committed
+        return None if inserted else self.find_instance(record.sop_instance_uid)
 
     def add_instances(self, records: Sequence[InstanceRecord]) -> list[StoredInstance | None]:
         def add_all(db: psycopg.Connection[Any]) -> list[StoredInstance | None]:
-            return [self._add(db, record) for record in records]
+            return [
+                None if self._call_add(db, record) else self._find(db, record.sop_instance_uid)
+                for record in records
+            ]
 
-        result: list[StoredInstance | None] = self._write(add_all, pipeline=True)
+        try:
+            result: list[StoredInstance | None] = self._write(add_all)
+        except psycopg.Error as exc:
+            if exc.sqlstate != _STORED_MEANWHILE:
+                raise
+            # A concurrent ingest stored one of them first: one by one, then.
+            return [self.add_instance(record) for record in records]
         return result
 
-    def _add(self, db: psycopg.Connection[Any], record: InstanceRecord) -> StoredInstance | None:
-        try:
-            with db.transaction():  # a savepoint: a stored UID undoes only this record
-                self._insert(db, record)
-        except _InstanceExists:
-            return self._find(db, record.sop_instance_uid)
-        return None
+    @staticmethod
+    def _call_add(db: psycopg.Connection[Any], record: InstanceRecord) -> bool:
+        row = db.execute(
+            "SELECT pacs_add_instance(%s, %s, %s, %s) AS inserted", _add_arguments(record)
+        ).fetchone()
+        return bool(row and row["inserted"])
 
     def replace_instance(self, record: InstanceRecord) -> StoredInstance | None:
         def replace(db: psycopg.Connection[Any]) -> StoredInstance | None:
             old = self._find(db, record.sop_instance_uid)
             if old is not None:
                 self._delete(db, old.sop_instance_uid)
-            self._insert(db, record)
+            self._call_add(db, record)
             return old
 
         result: StoredInstance | None = self._write(replace)
@@ -330,186 +334,6 @@ class PostgresIndex:
 
         result: StoredInstance | None = self._write(remove)
         return result
-
-    def _insert(self, db: psycopg.Connection[Any], record: InstanceRecord) -> None:
-        values = dict(record.values)
-        for attribute in ATTRIBUTES:
-            if attribute.kind is Kind.PERSON_NAME and values.get(attribute.column):
-                values[norm_column(attribute)] = normalise_name(str(values[attribute.column]))
-        values.setdefault("patient_id", "")
-        values.setdefault("issuer_of_patient_id", "")
-
-        new_study = new_series = False
-        found = db.execute(
-            """SELECT st.pk AS study_pk, st.patient_pk,
-                      (SELECT pk FROM series WHERE series_instance_uid = %s) AS series_pk
-               FROM (SELECT 1) one
-               LEFT JOIN studies st ON st.study_instance_uid = %s""",
-            (values["series_instance_uid"], values["study_instance_uid"]),
-        ).fetchone()
-        assert found is not None
-        series_pk = found["series_pk"]
-        study = None if found["study_pk"] is None else (found["study_pk"], found["patient_pk"])
-        if study is None:
-            try:
-                with db.transaction():
-                    patient_pk = self._insert_or_get(
-                        db,
-                        Level.PATIENT,
-                        values,
-                        {},
-                        "patient_id = %s AND issuer_of_patient_id = %s",
-                        (values["patient_id"], values["issuer_of_patient_id"]),
-                    )[0]
-                    study_pk, new_study = self._insert_or_get(
-                        db,
-                        Level.STUDY,
-                        values,
-                        {"patient_pk": patient_pk, "created_at": record.stored_at},
-                        "study_instance_uid = %s",
-                        (values["study_instance_uid"],),
-                    )
-                    if not new_study:
-                        raise _StudyRaced
-            except _StudyRaced:
-                # Another instance created the study first: ours joins it, and
-                # the patient row we may have made for it is undone.
-                study = self._study(db, values["study_instance_uid"])
-                assert study is not None
-        if study is not None:
-            # A study belongs to the patient that brought its first instance, as in
-            # Orthanc (and as in SqliteIndex).
-            study_pk, patient_pk = study
-
-        if series_pk is None:
-            series_pk, new_series = self._insert_or_get(
-                db,
-                Level.SERIES,
-                values,
-                {"study_pk": study_pk, "created_at": record.stored_at},
-                "series_instance_uid = %s",
-                (values["series_instance_uid"],),
-            )
-        instance = self._insert_row(
-            db,
-            Level.IMAGE,
-            values,
-            {
-                "series_pk": series_pk,
-                "transfer_syntax_uid": record.transfer_syntax_uid,
-                "blob_key": record.blob_key,
-                "size": record.size,
-                "content_hash": record.content_hash,
-                "pixel_data_offset": record.pixel_data_offset,
-                "pixel_data_length": record.pixel_data_length,
-                "source_ae_title": record.source_ae_title,
-                "stored_at": record.stored_at,
-            },
-        )
-        if instance is None:
-            raise _InstanceExists
-        # Patient, study, series: always locked in this order, so that two
-        # ingests never wait on each other in a circle.
-        db.execute(
-            """UPDATE patients SET
-                 number_of_patient_related_studies = number_of_patient_related_studies + %s,
-                 number_of_patient_related_series = number_of_patient_related_series + %s,
-                 number_of_patient_related_instances = number_of_patient_related_instances + 1
-               WHERE pk = %s""",
-            (int(new_study), int(new_series), patient_pk),
-        )
-        db.execute(
-            """UPDATE studies SET
-                 number_of_study_related_series = number_of_study_related_series + %s,
-                 number_of_study_related_instances = number_of_study_related_instances + 1
-               WHERE pk = %s""",
-            (int(new_series), study_pk),
-        )
-        db.execute(
-            """UPDATE series SET
-                 number_of_series_related_instances = number_of_series_related_instances + 1
-               WHERE pk = %s""",
-            (series_pk,),
-        )
-        self._refresh_study_summaries(db, study_pk, new_series, values.get("sop_class_uid"))
-
-    @staticmethod
-    def _study(db: psycopg.Connection[Any], study_instance_uid: str) -> tuple[int, int] | None:
-        row = db.execute(
-            "SELECT pk, patient_pk FROM studies WHERE study_instance_uid = %s",
-            (study_instance_uid,),
-        ).fetchone()
-        return (int(row["pk"]), int(row["patient_pk"])) if row else None
-
-    def _insert_or_get(
-        self,
-        db: psycopg.Connection[Any],
-        level: Level,
-        values: dict[str, Any],
-        extra: dict[str, Any],
-        where: str,
-        key: tuple[Any, ...],
-    ) -> tuple[int, bool]:
-        """(pk, whether we inserted it) of the row with ``key``, inserted if new."""
-        inserted = self._insert_row(db, level, values, extra)
-        if inserted is not None:
-            return inserted, True
-        row = db.execute(
-            f"SELECT pk FROM {TABLES[level]} WHERE {where}",
-            key,
-        ).fetchone()
-        assert row is not None, f"{level.value} row vanished"
-        return int(row["pk"]), False
-
-    @staticmethod
-    def _insert_row(
-        db: psycopg.Connection[Any], level: Level, values: dict[str, Any], extra: dict[str, Any]
-    ) -> int | None:
-        """Insert a row; ``None`` when its unique key is taken (we waited for the
-        transaction that took it to commit)."""
-        row = {c: values[c] for c in columns(level) if values.get(c) not in (None, "")}
-        if level is Level.PATIENT:
-            row.setdefault("patient_id", "")
-            row.setdefault("issuer_of_patient_id", "")
-        row.update(extra)
-        names = ", ".join(row)
-        marks = ", ".join(["%s"] * len(row))
-        conflict = ", ".join(sql.UNIQUE[level])
-        result = db.execute(
-            f"INSERT INTO {TABLES[level]} ({names}) VALUES ({marks})"
-            f" ON CONFLICT ({conflict}) DO NOTHING RETURNING pk",
-            tuple(row.values()),
-        ).fetchone()
-        return int(result["pk"]) if result else None
-
-    @staticmethod
-    def _refresh_study_summaries(
-        db: psycopg.Connection[Any], study_pk: int, series_changed: bool, sop_class: Any
-    ) -> None:
-        """Keep ModalitiesInStudy and SOPClassesInStudy equal to what the study holds.
-
-        Recomputed when a series came or went or the SOP class is new to the
-        study (decided by the server, so no answer is awaited). The study row is
-        locked by now (its counters were updated in this transaction), so a
-        concurrent ingest into the study waits for our commit and then
-        recomputes with our series in view.
-        """
-        db.execute(
-            """UPDATE studies SET
-                 modalities_in_study = (
-                   SELECT nullif(string_agg(DISTINCT modality, '\\' ORDER BY modality), '')
-                   FROM series
-                   WHERE study_pk = %s AND modality IS NOT NULL AND modality != ''),
-                 sop_classes_in_study = (
-                   SELECT nullif(string_agg(DISTINCT i.sop_class_uid, '\\'
-                                            ORDER BY i.sop_class_uid), '')
-                   FROM instances i JOIN series se ON se.pk = i.series_pk
-                   WHERE se.study_pk = %s)
-               WHERE pk = %s AND (%s OR %s::TEXT IS NULL OR %s::TEXT = ''
-                 OR strpos('\\' || coalesce(sop_classes_in_study, '') || '\\',
-                           '\\' || %s::TEXT || '\\') = 0)""",
-            (study_pk, study_pk, study_pk, series_changed, sop_class, sop_class, sop_class),
-        )
 
     def _delete(self, db: psycopg.Connection[Any], sop_instance_uid: str) -> None:
         row = db.execute(
@@ -560,7 +384,155 @@ class PostgresIndex:
             (patient_pk,),
         )
         if not study_gone:
-            self._refresh_study_summaries(db, study_pk, True, None)
+            db.execute("SELECT pacs_refresh_study_summaries(%s)", (study_pk,))
 
     def close(self) -> None:
         self._pool.close()
+
+
+# -- ingest on the server ------------------------------------------------------------------
+
+_STORED_MEANWHILE = "PA001"
+"""SQLSTATE of pacs_add_instance when another transaction stored the UID first."""
+
+
+def _add_arguments(record: InstanceRecord) -> tuple[Jsonb, Jsonb, Jsonb, Jsonb]:
+    """The patient, study, series and instance rows of ``record`` for pacs_add_instance."""
+    values = dict(record.values)
+    for attribute in ATTRIBUTES:
+        if attribute.kind is Kind.PERSON_NAME and values.get(attribute.column):
+            values[norm_column(attribute)] = normalise_name(str(values[attribute.column]))
+
+    def row(level: Level) -> dict[str, Any]:
+        return {c: values[c] for c in columns(level) if values.get(c) not in (None, "")}
+
+    patient = row(Level.PATIENT)
+    patient.setdefault("patient_id", "")
+    patient.setdefault("issuer_of_patient_id", "")
+    instance = row(Level.IMAGE)
+    instance.update(
+        transfer_syntax_uid=record.transfer_syntax_uid,
+        blob_key=record.blob_key,
+        size=record.size,
+        content_hash=record.content_hash,
+        pixel_data_offset=record.pixel_data_offset,
+        pixel_data_length=record.pixel_data_length,
+        source_ae_title=record.source_ae_title,
+        stored_at=record.stored_at,
+    )
+    return (
+        Jsonb(patient),
+        Jsonb({**row(Level.STUDY), "created_at": record.stored_at}),
+        Jsonb({**row(Level.SERIES), "created_at": record.stored_at}),
+        Jsonb(instance),
+    )
+
+
+def _insert_from_json(level: Level, argument: str, parent: str | None) -> str:
+    """INSERT of the row held in the JSON ``argument``, with ``parent`` (a variable)
+    as its parent's key; ON CONFLICT DO NOTHING: the caller looks again."""
+    table = TABLES[level]
+    names = columns(level) + [name for name, _, _ in sql.EXTRA_COLUMNS.get(level, ())]
+    if parent is not None:
+        names.append(sql.PARENT_COLUMN[level])
+        argument = f"{argument} || jsonb_build_object('{sql.PARENT_COLUMN[level]}', {parent})"
+    listed = ", ".join(names)
+    return (
+        f"INSERT INTO {table} ({listed})"
+        f" SELECT {listed} FROM jsonb_populate_record(NULL::{table}, {argument})"
+        f" ON CONFLICT ({', '.join(sql.UNIQUE[level])}) DO NOTHING RETURNING pk"
+    )
+
+
+def _functions() -> list[str]:
+    """pacs_add_instance: everything an ingest changes, in one call and one round trip.
+
+    The same steps as SqliteIndex, settled by the database under concurrency:
+    an existing row is looked up, a new one inserted with ON CONFLICT DO
+    NOTHING and looked up again when another ingest won; counters change as
+    ``n = n + 1`` under the row's lock, patient, study, series in that order
+    (so that two ingests never wait on each other in a circle); the study
+    summaries are recomputed after the study row is locked, so that they see
+    every committed series.
+    """
+    refresh = """
+CREATE OR REPLACE FUNCTION pacs_refresh_study_summaries(study bigint) RETURNS void
+LANGUAGE sql AS $fn$
+  UPDATE studies SET
+    modalities_in_study = (
+      SELECT nullif(string_agg(DISTINCT modality, '\\' ORDER BY modality), '')
+      FROM series WHERE study_pk = study AND modality IS NOT NULL AND modality != ''),
+    sop_classes_in_study = (
+      SELECT nullif(string_agg(DISTINCT i.sop_class_uid, '\\' ORDER BY i.sop_class_uid), '')
+      FROM instances i JOIN series se ON se.pk = i.series_pk WHERE se.study_pk = study)
+  WHERE pk = study
+$fn$"""
+    add = f"""
+CREATE OR REPLACE FUNCTION pacs_add_instance(p jsonb, st jsonb, se jsonb, i jsonb)
+RETURNS boolean LANGUAGE plpgsql AS $fn$
+DECLARE
+  v_patient bigint; v_study bigint; v_series bigint; v_instance bigint;
+  new_patient boolean := false; new_study boolean := false; new_series boolean := false;
+  v_class text := i->>'sop_class_uid';
+  v_classes text;
+BEGIN
+  IF EXISTS (SELECT 1 FROM instances WHERE sop_instance_uid = i->>'sop_instance_uid') THEN
+    RETURN false;
+  END IF;
+  -- A study belongs to the patient that brought its first instance, as in Orthanc.
+  SELECT pk, patient_pk INTO v_study, v_patient
+    FROM studies WHERE study_instance_uid = st->>'study_instance_uid';
+  IF v_study IS NULL THEN
+    {_insert_from_json(Level.PATIENT, "p", None)} INTO v_patient;
+    new_patient := v_patient IS NOT NULL;
+    IF NOT new_patient THEN
+      SELECT pk INTO v_patient FROM patients
+        WHERE patient_id = p->>'patient_id' AND issuer_of_patient_id = p->>'issuer_of_patient_id';
+    END IF;
+    {_insert_from_json(Level.STUDY, "st", "v_patient")} INTO v_study;
+    IF v_study IS NULL THEN
+      -- Another ingest created the study first: join it, and its patient.
+      IF new_patient THEN
+        DELETE FROM patients WHERE pk = v_patient;
+      END IF;
+      SELECT pk, patient_pk INTO v_study, v_patient
+        FROM studies WHERE study_instance_uid = st->>'study_instance_uid';
+    ELSE
+      new_study := true;
+    END IF;
+  END IF;
+  SELECT pk INTO v_series FROM series WHERE series_instance_uid = se->>'series_instance_uid';
+  IF v_series IS NULL THEN
+    {_insert_from_json(Level.SERIES, "se", "v_study")} INTO v_series;
+    IF v_series IS NULL THEN
+      SELECT pk INTO v_series FROM series WHERE series_instance_uid = se->>'series_instance_uid';
+    ELSE
+      new_series := true;
+    END IF;
+  END IF;
+  {_insert_from_json(Level.IMAGE, "i", "v_series")} INTO v_instance;
+  IF v_instance IS NULL THEN
+    RAISE EXCEPTION 'SOP Instance UID % was stored meanwhile', i->>'sop_instance_uid'
+      USING ERRCODE = '{_STORED_MEANWHILE}';
+  END IF;
+  UPDATE patients SET
+    number_of_patient_related_studies = number_of_patient_related_studies + new_study::int,
+    number_of_patient_related_series = number_of_patient_related_series + new_series::int,
+    number_of_patient_related_instances = number_of_patient_related_instances + 1
+  WHERE pk = v_patient;
+  UPDATE studies SET
+    number_of_study_related_series = number_of_study_related_series + new_series::int,
+    number_of_study_related_instances = number_of_study_related_instances + 1
+  WHERE pk = v_study
+  RETURNING sop_classes_in_study INTO v_classes;
+  UPDATE series SET
+    number_of_series_related_instances = number_of_series_related_instances + 1
+  WHERE pk = v_series;
+  IF new_series OR coalesce(v_class, '') = ''
+     OR strpos('\\' || coalesce(v_classes, '') || '\\', '\\' || v_class || '\\') = 0 THEN
+    PERFORM pacs_refresh_study_summaries(v_study);
+  END IF;
+  RETURN true;
+END
+$fn$"""
+    return [refresh, add]

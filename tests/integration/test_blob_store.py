@@ -610,3 +610,29 @@ def test_spooled_delete_removes_both_copies(tmp_path: Path) -> None:
         assert list(remote.keys()) == [] and store.pending() == 0
     finally:
         store.close()
+
+
+def test_spool_uploads_give_way_to_arriving_blobs_for_a_while(tmp_path: Path) -> None:
+    remote = MemoryBlobStore()
+    store = spooled(tmp_path, remote, quiet=0.5, give_way=1.0)
+    try:
+        started = time.monotonic()
+        for n in range(5):  # a burst: nothing goes up while it lasts
+            store.put(f"burst/{n}", [b"x"])
+            time.sleep(0.02)
+        if time.monotonic() - started < 0.4:
+            assert list(remote.keys()) == []
+        assert store.drain(timeout=10)  # then, after the lull, all of it
+        assert sorted(remote.keys()) == [f"burst/{n}" for n in range(5)]
+
+        # arrivals that never pause: uploads start anyway once the oldest waited 1 s
+        deadline = time.monotonic() + 3
+        n = 0
+        while time.monotonic() < deadline and not remote.exists("steady/0"):
+            store.put(f"steady/{n}", [b"y"])
+            n += 1
+            time.sleep(0.05)
+        assert remote.exists("steady/0"), "uploads waited for a lull that never came"
+        assert store.drain(timeout=10)
+    finally:
+        store.close()
