@@ -110,6 +110,8 @@ class PostgresCluster:
     _root: Path | None = None
     _process: subprocess.Popen[bytes] | None = None
     _databases: list[str] = field(default_factory=list)
+    _demote: list[str] = field(default_factory=list)
+    _data: Path | None = None
 
     def start(self) -> PostgresCluster:
         self.external_url = os.environ.get("PACS_TEST_POSTGRES_URL") or None
@@ -147,6 +149,14 @@ class PostgresCluster:
             cwd=self._root,
         )
         self.port = free_port()
+        self._demote = demote
+        self._data = data
+        self._launch()
+        return self
+
+    def _launch(self) -> None:
+        assert self._root is not None
+        bin_dir = postgres_bin_dir()
         settings = {
             "listen_addresses": "127.0.0.1",
             "port": str(self.port),
@@ -159,16 +169,30 @@ class PostgresCluster:
             "log_min_messages": "warning",
         }
         options = [arg for name, value in settings.items() for arg in ("-c", f"{name}={value}")]
-        log = open(self._root / "server.log", "wb")
+        log = open(self._root / "server.log", "ab")
         self._process = subprocess.Popen(
-            [*demote, str(bin_dir / "postgres"), "-D", str(data), *options],
+            [*self._demote, str(bin_dir / "postgres"), "-D", str(self._data), *options],
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=self._root,
         )
         log.close()
         self._wait_ready()
-        return self
+
+    def restart(self, down: float = 0.0) -> None:
+        """Stop the server (its connections cut), wait ``down`` seconds, start it again."""
+        assert self._process is not None and not self.external_url
+        _stop(self._process, signal.SIGINT)
+        time.sleep(down)
+        self._launch()
+
+    def kill(self) -> None:
+        """Stop the server, to be started again with ``resume``."""
+        assert self._process is not None
+        _stop(self._process, signal.SIGINT)
+
+    def resume(self) -> None:
+        self._launch()
 
     def _wait_ready(self) -> None:
         import psycopg

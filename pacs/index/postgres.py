@@ -25,8 +25,8 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -34,6 +34,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from pacs.errors import StorageError
 from pacs.index import sql
 from pacs.index.base import InstanceRecord, StoredInstance
 from pacs.index.query import Query
@@ -54,6 +55,7 @@ log = logging.getLogger(__name__)
 _MIGRATION_LOCK = 0x70616373  # "pacs": the advisory lock key of schema migrations
 _FETCH = 256
 _RETRIES = 5
+T = TypeVar("T")
 
 
 def _like(column: str, pattern: str) -> Clause:
@@ -100,7 +102,9 @@ _STORED_SELECT = """
 
 
 class PostgresIndex:
-    def __init__(self, url: str, *, pool_size: int = 16) -> None:
+    def __init__(self, url: str, *, pool_size: int = 16, wait: float = 10.0) -> None:
+        """``wait``: seconds a call waits for a connection (all busy, or the server
+        unreachable) before it fails with ``StorageError``."""
         self._url = url
         self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
             url,
@@ -109,7 +113,7 @@ class PostgresIndex:
             kwargs={"row_factory": dict_row},
             open=False,
             name="pacs-index",
-            timeout=60,
+            timeout=wait,
         )
         try:
             self._pool.open(wait=True, timeout=30)
@@ -154,15 +158,29 @@ class PostgresIndex:
                 db.execute(statement)
 
     def schema_version(self) -> int:
-        with self._pool.connection() as db:
-            row = db.execute("SELECT max(version) AS v FROM schema_migrations").fetchone()
+        row = self._read(
+            lambda db: db.execute("SELECT max(version) AS v FROM schema_migrations").fetchone()
+        )
         return int(row["v"]) if row else 0
+
+    def _read(self, work: Callable[[psycopg.Connection[Any]], T]) -> T:
+        """``work(connection)``; once more on a new connection if the server had
+        dropped this one (it restarted). Unreachable: ``StorageError`` (503)."""
+        for attempt in (1, 2):
+            try:
+                with self._pool.connection() as db:
+                    return work(db)
+            except psycopg.OperationalError as exc:
+                if attempt == 2:
+                    raise _unavailable(exc) from exc
+            except PoolTimeout as exc:
+                raise _unavailable(exc) from exc
+        raise AssertionError("unreachable")
 
     # -- reads ---------------------------------------------------------------
 
     def find_instance(self, sop_instance_uid: str) -> StoredInstance | None:
-        with self._pool.connection() as db:
-            return self._find(db, sop_instance_uid)
+        return self._read(lambda db: self._find(db, sop_instance_uid))
 
     @staticmethod
     def _find(db: psycopg.Connection[Any], sop_instance_uid: str) -> StoredInstance | None:
@@ -176,11 +194,11 @@ class PostgresIndex:
             Level.SERIES: "series_instance_uid",
             Level.IMAGE: "sop_instance_uid",
         }[level]
-        with self._pool.connection() as db:
-            row = db.execute(
-                f"SELECT * FROM {TABLES[level]} WHERE {key} = %s",
-                (uid,),
+        row = self._read(
+            lambda db: db.execute(
+                f"SELECT * FROM {TABLES[level]} WHERE {key} = %s", (uid,)
             ).fetchone()
+        )
         return dict(row) if row else None
 
     def find(self, query: Query) -> Iterator[dict[str, Any]]:
@@ -191,13 +209,19 @@ class PostgresIndex:
         thread's other queries see what was committed since.
         """
         statement, params = _select(query)
-        connection = self._pool.getconn()
+        try:
+            connection = self._pool.getconn()
+        except PoolTimeout as exc:
+            raise _unavailable(exc) from exc
         cursor = None
         try:
             cursor = connection.cursor(name=f"find_{uuid.uuid4().hex[:12]}", row_factory=dict_row)
-            cursor.execute(statement, params)
-            while rows := cursor.fetchmany(_FETCH):
-                yield from rows
+            try:
+                cursor.execute(statement, params)
+                while rows := cursor.fetchmany(_FETCH):
+                    yield from rows
+            except psycopg.OperationalError as exc:
+                raise _unavailable(exc) from exc
         finally:
             try:
                 if cursor is not None and not connection.closed:
@@ -223,8 +247,8 @@ class PostgresIndex:
     def instances_without_metadata(
         self, after: int, limit: int
     ) -> list[tuple[int, StoredInstance]]:
-        with self._pool.connection() as db:
-            rows = db.execute(
+        rows = self._read(
+            lambda db: db.execute(
                 """SELECT i.pk, st.study_instance_uid, se.series_instance_uid,
                           i.sop_instance_uid, i.sop_class_uid, i.transfer_syntax_uid,
                           i.blob_key, i.size, i.content_hash
@@ -236,17 +260,17 @@ class PostgresIndex:
                    ORDER BY i.pk LIMIT %s""",
                 (after, limit),
             ).fetchall()
+        )
         return [(int(row.pop("pk")), StoredInstance(**row)) for row in rows]
 
     def count(self, query: Query) -> int:
         statement, params = _select(query, count=True)
-        with self._pool.connection() as db:
-            row = db.execute(statement, params).fetchone()
+        row = self._read(lambda db: db.execute(statement, params).fetchone())
         return int(row["count"]) if row else 0
 
     def statistics(self) -> ArchiveStatistics:
-        with self._pool.connection() as db:
-            row = db.execute(
+        row = self._read(
+            lambda db: db.execute(
                 """SELECT (SELECT count(*) FROM patients) AS patients,
                           (SELECT count(*) FROM studies) AS studies,
                           (SELECT count(*) FROM series) AS series,
@@ -254,6 +278,7 @@ class PostgresIndex:
                           coalesce(sum(size), 0)::BIGINT AS stored_bytes
                    FROM instances"""
             ).fetchone()
+        )
         assert row is not None
         return ArchiveStatistics(**{name: int(value) for name, value in row.items()})
 
@@ -279,6 +304,9 @@ class PostgresIndex:
                     raise
                 log.debug("index transaction retried after %s", type(exc).__name__)
                 time.sleep(0.01 * (attempt + 1))
+            except (psycopg.OperationalError, PoolTimeout) as exc:
+                # Never retried: a write cut off mid-way may have committed.
+                raise _unavailable(exc) from exc
         raise AssertionError("unreachable")
 
     def add_instance(self, record: InstanceRecord) -> StoredInstance | None:
@@ -388,6 +416,10 @@ class PostgresIndex:
 
     def close(self) -> None:
         self._pool.close()
+
+
+def _unavailable(exc: BaseException) -> StorageError:
+    return StorageError(f"the PostgreSQL index is unavailable: {str(exc).splitlines()[0][:200]}")
 
 
 # -- ingest on the server ------------------------------------------------------------------

@@ -13,14 +13,17 @@ from typing import Any
 import pytest
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage
 
+from pacs.errors import StorageError
 from pacs.index import PostgresIndex, SqliteIndex
 from pacs.index.base import Index, InstanceRecord
 from pacs.index.postgres import POSTGRES
+from pacs.index.query import Query
 from pacs.index.schema import Level
 from pacs.index.sql import SCHEMA_VERSION, migrations
 from pacs.index.sqlite import SQLITE
 from pacs.types import ArchiveStatistics
 from tests.integration.conftest import IndexLocation
+from tests.services import PostgresCluster
 
 SC = "1.2.840.10008.5.1.4.1.1.7"
 
@@ -377,3 +380,25 @@ def test_several_processes_ingest_safely(index_location: IndexLocation) -> None:
             assert row["number_of_patient_related_studies"] == 1
     finally:
         index.close()
+
+
+def test_postgres_down_is_a_storage_error_and_the_index_recovers_by_itself() -> None:
+    """A PostgreSQL server of its own, stopped and started again under an open index."""
+    cluster = PostgresCluster().start()
+    try:
+        index = PostgresIndex(cluster.create_database(), wait=1.0)
+        index.add_instance(record("1"))
+        cluster.kill()
+        with pytest.raises(StorageError, match="index is unavailable"):
+            index.find_instance("1")
+        with pytest.raises(StorageError, match="index is unavailable"):
+            index.add_instance(record("2"))
+        with pytest.raises(StorageError):
+            list(index.find(Query(Level.IMAGE, (), ((Level.IMAGE, "sop_instance_uid"),))))
+        cluster.resume()
+        assert index.find_instance("1") is not None  # the pool reconnects by itself
+        assert index.add_instance(record("2")) is None
+        assert index.statistics().instances == 2
+        index.close()
+    finally:
+        cluster.stop()
