@@ -110,7 +110,9 @@ class PostgresIndex:
             url,
             min_size=1,
             max_size=max(2, pool_size),
-            kwargs={"row_factory": dict_row},
+            # Reads are one statement each: no BEGIN/COMMIT round trips around
+            # them. Writes open their transactions explicitly.
+            kwargs={"row_factory": dict_row, "autocommit": True},
             open=False,
             name="pacs-index",
             timeout=wait,
@@ -204,17 +206,30 @@ class PostgresIndex:
     def find(self, query: Query) -> Iterator[dict[str, Any]]:
         """Rows of ``query.columns`` for every entity matching ``query``, lazily.
 
-        A server-side cursor on a connection of its own: the result is read
+        Most answers are small (a patient's studies, a study's series): those
+        are one round trip, asked with a limit one past a batch. A larger one is
+        read again through a server-side cursor on a connection of its own,
         ``_FETCH`` rows at a time, in the snapshot of when it started, while the
         thread's other queries see what was committed since.
         """
         statement, params = _select(query)
+        if query.limit is None or query.limit > _FETCH:
+            probe = f"SELECT * FROM ({statement}) AS q LIMIT {_FETCH + 1}"
+            first = self._read(lambda db: db.execute(probe, params).fetchall())
+            if len(first) <= _FETCH:
+                yield from first
+                return
+        else:
+            first = self._read(lambda db: db.execute(statement, params).fetchall())
+            yield from first
+            return
         try:
             connection = self._pool.getconn()
         except PoolTimeout as exc:
             raise _unavailable(exc) from exc
         cursor = None
         try:
+            connection.autocommit = False  # a server-side cursor lives in a transaction
             cursor = connection.cursor(name=f"find_{uuid.uuid4().hex[:12]}", row_factory=dict_row)
             try:
                 cursor.execute(statement, params)
@@ -228,6 +243,7 @@ class PostgresIndex:
                     cursor.close()
                 if not connection.closed:
                     connection.rollback()
+                    connection.autocommit = True
             except psycopg.Error:
                 pass  # a broken connection: the pool drops it
             self._pool.putconn(connection)
@@ -292,11 +308,7 @@ class PostgresIndex:
             try:
                 with self._pool.connection() as db:
                     if autocommit:
-                        db.autocommit = True
-                        try:
-                            return work(db)
-                        finally:
-                            db.autocommit = False
+                        return work(db)
                     with db.transaction():
                         return work(db)
             except (pg_errors.DeadlockDetected, pg_errors.SerializationFailure) as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import multiprocessing
 import threading
+import time
 import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
@@ -396,7 +397,14 @@ def test_postgres_down_is_a_storage_error_and_the_index_recovers_by_itself() -> 
         with pytest.raises(StorageError):
             list(index.find(Query(Level.IMAGE, (), ((Level.IMAGE, "sop_instance_uid"),))))
         cluster.resume()
-        assert index.find_instance("1") is not None  # the pool reconnects by itself
+        # The pool reconnects by itself, at its next attempt (it backs off between them).
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                assert index.find_instance("1") is not None
+                break
+            except StorageError:
+                assert time.monotonic() < deadline, "the index did not reconnect"
         assert index.add_instance(record("2")) is None
         assert index.statistics().instances == 2
         index.close()
