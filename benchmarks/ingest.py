@@ -176,6 +176,13 @@ def run_once(
             stored = server.count()
         if stored != expected:
             result["failures"] = max(result["failures"], expected - stored)
+        if result["failures"]:
+            print(f"  {server.name}: {result['failures']} failures; {stored} stored", flush=True)
+            for line in result.get("errors", [])[:5]:
+                print(f"    sender: {line}", flush=True)
+            for log in workdir.glob("*.log"):
+                tail = log.read_text(errors="replace").splitlines()[-40:]
+                print("\n".join(f"    {log.name}: {line}" for line in tail), flush=True)
         return result
     finally:
         stop_process(server.process)

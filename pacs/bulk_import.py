@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -18,6 +17,7 @@ from typing import TextIO
 
 from pacs.core import Archive
 from pacs.errors import PacsError
+from pacs.progress import ProgressLine
 from pacs.types import Caller, StoreOutcome
 
 
@@ -74,27 +74,16 @@ def import_paths(
 ) -> ImportSummary:
     summary = ImportSummary()
     caller = Caller(ae_title="", address="import")
-    started = time.monotonic()
-    last_report = 0.0
-    interactive = progress is not None and progress.isatty()
-
-    def report(final: bool = False) -> None:
-        nonlocal last_report
-        now = time.monotonic()
-        if progress is None or (not final and now - last_report < (0.2 if interactive else 5)):
-            return
-        last_report = now
-        elapsed = max(now - started, 1e-9)
-        line = (
+    progress_line = ProgressLine(
+        progress,
+        lambda elapsed: (
             f"{summary.files} files, {summary.counts['stored']} stored,"
             f" {summary.counts['duplicate']} duplicate, {summary.counts['rejected']} rejected"
             f" | {summary.files / elapsed:.0f} files/s,"
             f" {summary.bytes_read / elapsed / 1e6:.1f} MB/s"
-        )
-        progress.write(("\r" + line + " " * 4) if interactive else line + "\n")
-        if final and interactive:
-            progress.write("\n")
-        progress.flush()
+        ),
+    )
+    report = progress_line.report
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         pending: dict[Future[tuple[str, str, int]], Path] = {}

@@ -223,11 +223,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _import(settings: Any, paths: list[str], workers: int) -> int:
     from pacs.app import build_archive, configure_libraries
     from pacs.bulk_import import import_paths, print_summary
+    from storage import SpooledBlobStore
 
     configure_libraries()
     archive = build_archive(settings)
     try:
         summary = import_paths(archive, paths, workers=max(1, workers))
+        pending = archive.uploads_pending()
+        if pending and isinstance(archive.blobs, SpooledBlobStore):
+            # Done means in S3, not in this machine's spool (Ctrl-C leaves the
+            # rest there, for the next server started on this data folder).
+            print(f"waiting for {pending} upload(s) to S3", file=sys.stderr, flush=True)
+            archive.blobs.drain()
     finally:
         archive.close()
     print_summary(summary)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import sys
-import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from typing import TextIO
 from pacs.index.base import Index
 from pacs.index.query import Query
 from pacs.index.schema import Level
+from pacs.progress import ProgressLine
 from storage import BlobNotFoundError, BlobStore, BlobStoreError
 
 
@@ -94,26 +94,14 @@ def migrate_blobs(
     progress: TextIO | None = sys.stderr,
 ) -> MigrationSummary:
     summary = MigrationSummary()
-    started = time.monotonic()
-    last_report = 0.0
-    interactive = progress is not None and progress.isatty()
-
-    def report(final: bool = False) -> None:
-        nonlocal last_report
-        now = time.monotonic()
-        if progress is None or (not final and now - last_report < (0.2 if interactive else 5)):
-            return
-        last_report = now
-        elapsed = max(now - started, 1e-9)
-        line = (
+    report = ProgressLine(
+        progress,
+        lambda elapsed: (
             f"{summary.copied} copied, {summary.already_there} already there,"
             f" {len(summary.failed)} failed | {summary.bytes_copied / 1e6:.1f} MB,"
             f" {summary.bytes_copied / elapsed / 1e6:.1f} MB/s"
-        )
-        progress.write(("\r" + line + " " * 4) if interactive else line + "\n")
-        if final and interactive:
-            progress.write("\n")
-        progress.flush()
+        ),
+    ).report
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         pending: dict[Future[tuple[str, int]], str] = {}

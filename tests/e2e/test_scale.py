@@ -25,6 +25,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelGet,
 )
 
+from storage.s3 import S3BlobStore
 from tests.conftest import ServerProcess, start_server, stop_server
 from tests.dicom_clients import SUCCESS, association, store_all
 from tests.dicom_factory import encode, make_ct, part10_bytes
@@ -55,11 +56,9 @@ class Shared:
             env=self.s3.environment(),
         )
 
-    def objects(self) -> list[str]:
-        """Every object under the archive's prefix, straight from S3."""
-        from storage.s3 import S3BlobStore
-
-        store = S3BlobStore(
+    def store(self) -> S3BlobStore:
+        """The archive's blobs, straight from S3."""
+        return S3BlobStore(
             self.bucket,
             "archive",
             endpoint=self.s3.endpoint,
@@ -67,7 +66,9 @@ class Shared:
             secret_key=self.s3.secret_key,
             secure=self.s3.secure,
         )
-        return sorted(store.keys())
+
+    def objects(self) -> list[str]:
+        return sorted(self.store().keys())
 
 
 @pytest.fixture
@@ -423,16 +424,7 @@ def test_migrate_storage_from_the_filesystem_to_s3(
 
     # a blob lost from the target is reported, and the exit status says so
     victim = next(iter(shared.objects()))
-    from storage.s3 import S3BlobStore
-
-    S3BlobStore(
-        shared.bucket,
-        "archive",
-        endpoint=shared.s3.endpoint,
-        access_key=shared.s3.access_key,
-        secret_key=shared.s3.secret_key,
-        secure=shared.s3.secure,
-    ).delete(victim)
+    shared.store().delete(victim)
     (data_dir / "blobs" / victim).unlink()  # gone from the source too: cannot be copied
     broken = migrate()
     assert broken.returncode == 1
@@ -444,3 +436,29 @@ def _environment() -> dict[str, str]:
     import os
 
     return dict(os.environ)
+
+
+def test_import_into_s3_ends_with_every_blob_in_the_bucket(shared: Shared, tmp_path: Path) -> None:
+    folder = tmp_path / "old-archive"
+    folder.mkdir()
+    sent = study("imported", series=1, instances=6)
+    for number, ds in enumerate(sent):
+        (folder / f"{number}.dcm").write_bytes(
+            part10_bytes(ds.SOPClassUID, ds.SOPInstanceUID, ExplicitVRLittleEndian, encode(ds))
+        )
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "pacs", "import", str(folder),
+            "--data-dir", str(tmp_path / "importer"),
+            "--index-url", shared.index_url, "--storage-url", shared.storage_url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**_environment(), **shared.s3.environment()},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "6 stored" in result.stdout
+    # the import waited for its uploads: all in S3, nothing left in its spool
+    assert len(shared.objects()) == len(sent)
+    assert not any((tmp_path / "importer" / "spool").rglob("*.dcm"))

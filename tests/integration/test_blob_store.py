@@ -33,11 +33,19 @@ from tests.services import S3Endpoint, TcpRelay, free_port, new_bucket_name
 KEY = "1.2.3/1.2.3.4/1.2.3.4.5.0123456789abcdef.dcm"
 
 
-def s3_store(endpoint: S3Endpoint, bucket: str | None = None, **options: Any) -> S3BlobStore:
+def s3_store(
+    endpoint: S3Endpoint,
+    bucket: str | None = None,
+    *,
+    relay: TcpRelay | None = None,
+    prefix: str = "archive",
+    **options: Any,
+) -> S3BlobStore:
+    """A store on the tests' S3, directly or through ``relay`` (which a test cuts off)."""
     return S3BlobStore(
         bucket or new_bucket_name(),
-        "archive",
-        endpoint=endpoint.endpoint,
+        prefix,
+        endpoint=f"127.0.0.1:{relay.port}" if relay else endpoint.endpoint,
         access_key=endpoint.access_key,
         secret_key=endpoint.secret_key,
         secure=endpoint.secure,
@@ -470,15 +478,7 @@ def test_s3_unreachable_fails_after_bounded_retries() -> None:
 def test_s3_rides_out_a_short_outage(s3_endpoint: S3Endpoint) -> None:
     """The endpoint comes back while the retries last: the call succeeds."""
     relay = TcpRelay(s3_endpoint.port)
-    store = S3BlobStore(
-        new_bucket_name(),
-        endpoint=f"127.0.0.1:{relay.port}",
-        access_key=s3_endpoint.access_key,
-        secret_key=s3_endpoint.secret_key,
-        secure=s3_endpoint.secure,
-        attempts=6,
-        backoff=0.2,
-    )
+    store = s3_store(s3_endpoint, relay=relay, attempts=6, backoff=0.2)
     starter = threading.Timer(0.3, relay.start)
     starter.start()
     try:
@@ -521,15 +521,7 @@ def test_spool_holds_blobs_while_s3_is_down_and_uploads_them_after_a_restart(
     bucket = new_bucket_name()
 
     def remote() -> S3BlobStore:
-        return S3BlobStore(
-            bucket,
-            endpoint=f"127.0.0.1:{relay.port}",
-            access_key=s3_endpoint.access_key,
-            secret_key=s3_endpoint.secret_key,
-            secure=s3_endpoint.secure,
-            attempts=2,
-            backoff=0.05,
-        )
+        return s3_store(s3_endpoint, bucket, relay=relay, prefix="", attempts=2, backoff=0.05)
 
     # S3 down: puts succeed (durable in the spool) and read back from it.
     store = spooled(tmp_path, remote(), max_retry_delay=0.5)
@@ -546,8 +538,7 @@ def test_spool_holds_blobs_while_s3_is_down_and_uploads_them_after_a_restart(
         store = spooled(tmp_path, remote())
         assert store.drain(timeout=30)
         store.close()
-        direct = s3_store(s3_endpoint, bucket)
-        direct.prefix = ""
+        direct = s3_store(s3_endpoint, bucket, prefix="")
         assert sorted(direct.keys()) == sorted(f"down/{n}" for n in range(10))
         assert direct.get("down/7") == bytes([7]) * 1000
         assert list(FilesystemBlobStore(tmp_path / "spool").keys()) == []
@@ -557,15 +548,7 @@ def test_spool_holds_blobs_while_s3_is_down_and_uploads_them_after_a_restart(
 
 def test_spool_recovers_by_itself_when_s3_returns(tmp_path: Path, s3_endpoint: S3Endpoint) -> None:
     relay = TcpRelay(s3_endpoint.port).start()
-    remote = S3BlobStore(
-        new_bucket_name(),
-        endpoint=f"127.0.0.1:{relay.port}",
-        access_key=s3_endpoint.access_key,
-        secret_key=s3_endpoint.secret_key,
-        secure=s3_endpoint.secure,
-        attempts=2,
-        backoff=0.05,
-    )
+    remote = s3_store(s3_endpoint, relay=relay, attempts=2, backoff=0.05)
     store = spooled(tmp_path, remote, max_retry_delay=0.5)
     try:
         store.put("before", [b"1"])
