@@ -207,43 +207,46 @@ class PostgresIndex:
         """Rows of ``query.columns`` for every entity matching ``query``, lazily.
 
         Most answers are small (a patient's studies, a study's series): those
-        are one round trip, asked with a limit one past a batch. A larger one is
-        read again through a server-side cursor on a connection of its own,
-        ``_FETCH`` rows at a time, in the snapshot of when it started, while the
-        thread's other queries see what was committed since.
+        are one round trip, asked with a limit one past a batch. A larger one
+        (and instance metadata, asked a study at a time) is read through a
+        cursor on the server, on a connection of its own, ``_FETCH`` rows a
+        round trip, in the snapshot of when it started, while the thread's
+        other queries see what was committed since. Rows come in binary (bytea
+        as is, not hex).
         """
         statement, params = _select(query)
-        if query.limit is None or query.limit > _FETCH:
-            probe = f"SELECT * FROM ({statement}) AS q LIMIT {_FETCH + 1}"
-            first = self._read(lambda db: db.execute(probe, params).fetchall())
-            if len(first) <= _FETCH:
+        small = query.limit is not None and query.limit <= _FETCH
+        if small or (Level.IMAGE, "metadata") not in query.columns:
+            probe = statement if small else f"SELECT * FROM ({statement}) AS q LIMIT {_FETCH + 1}"
+            first = self._read(lambda db: db.cursor(binary=True).execute(probe, params).fetchall())
+            if small or len(first) <= _FETCH:
                 yield from first
                 return
-        else:
-            first = self._read(lambda db: db.execute(statement, params).fetchall())
-            yield from first
-            return
         try:
             connection = self._pool.getconn()
         except PoolTimeout as exc:
             raise _unavailable(exc) from exc
-        cursor = None
+        name = f"find_{uuid.uuid4().hex[:12]}"
         try:
-            connection.autocommit = False  # a server-side cursor lives in a transaction
-            cursor = connection.cursor(name=f"find_{uuid.uuid4().hex[:12]}", row_factory=dict_row)
+            cursor = connection.cursor(binary=True)
             try:
-                cursor.execute(statement, params)
-                while rows := cursor.fetchmany(_FETCH):
+                # One round trip to open the cursor and read the first batch.
+                with connection.pipeline():
+                    connection.execute("BEGIN")
+                    connection.execute(f'DECLARE "{name}" NO SCROLL CURSOR FOR {statement}', params)
+                    cursor.execute(f'FETCH FORWARD {_FETCH} FROM "{name}"')
+                while True:
+                    rows = cursor.fetchall()
                     yield from rows
+                    if len(rows) < _FETCH:
+                        break
+                    cursor.execute(f'FETCH FORWARD {_FETCH} FROM "{name}"')
             except psycopg.OperationalError as exc:
                 raise _unavailable(exc) from exc
         finally:
             try:
-                if cursor is not None and not connection.closed:
-                    cursor.close()
                 if not connection.closed:
-                    connection.rollback()
-                    connection.autocommit = True
+                    connection.execute("ROLLBACK")  # the cursor goes with its transaction
             except psycopg.Error:
                 pass  # a broken connection: the pool drops it
             self._pool.putconn(connection)
