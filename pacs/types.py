@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -121,5 +122,7 @@ class Scope:
 
 
 def fold(name: str) -> str:
-    """How institution names and issuers are compared: trimmed, case-folded."""
-    return " ".join(name.split()).casefold()
+    """How institution names and issuers are compared: NFC, runs of spaces as one,
+    lower case character by character (as person names are folded for matching)."""
+    text = unicodedata.normalize("NFC", " ".join(name.split()))
+    return "".join(c.lower() if len(c.lower()) == 1 else c for c in text)

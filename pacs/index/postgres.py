@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import psycopg
@@ -36,9 +36,10 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from pacs.errors import StorageError
 from pacs.index import sql
+from pacs.index.access_sql import SqlAccessStore
 from pacs.index.base import InstanceRecord, StoredInstance
 from pacs.index.query import Query
-from pacs.index.schema import ATTRIBUTES, Kind, Level, norm_column, normalise_name
+from pacs.index.schema import Level
 from pacs.index.sql import (
     INTEGER_COLUMNS,
     SCHEMA_VERSION,
@@ -101,7 +102,9 @@ _STORED_SELECT = """
 """
 
 
-class PostgresIndex:
+class PostgresIndex(SqlAccessStore):
+    _access_param = "%s"
+
     def __init__(self, url: str, *, pool_size: int = 16, wait: float = 10.0) -> None:
         """``wait``: seconds a call waits for a connection (all busy, or the server
         unreachable) before it fails with ``StorageError``."""
@@ -148,7 +151,10 @@ class PostgresIndex:
             for number, description, statements in sql.migrations(POSTGRES):
                 if number > version:
                     for statement in statements:
-                        db.execute(statement)
+                        if callable(statement):
+                            statement(db)
+                        else:
+                            db.execute(statement)
                     db.execute(
                         "INSERT INTO schema_migrations (version, description) VALUES (%s, %s)",
                         (number, description),
@@ -178,6 +184,18 @@ class PostgresIndex:
             except PoolTimeout as exc:
                 raise _unavailable(exc) from exc
         raise AssertionError("unreachable")
+
+    # -- the access store's two primitives (pacs.index.access_sql) ----------
+
+    def _access_rows(self, statement: str, params: Sequence[Any]) -> list[Mapping[str, Any]]:
+        return self._read(lambda db: list(db.execute(statement, tuple(params)).fetchall()))
+
+    def _access_write(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[int]:
+        def write(db: psycopg.Connection[Any]) -> list[int]:
+            return [db.execute(s, tuple(p)).rowcount for s, p in statements]
+
+        result: list[int] = self._write(write)
+        return result
 
     # -- reads ---------------------------------------------------------------
 
@@ -446,9 +464,7 @@ _STORED_MEANWHILE = "PA001"
 def _add_arguments(record: InstanceRecord) -> tuple[Jsonb, Jsonb, Jsonb, Jsonb]:
     """The patient, study, series and instance rows of ``record`` for pacs_add_instance."""
     values = dict(record.values)
-    for attribute in ATTRIBUTES:
-        if attribute.kind is Kind.PERSON_NAME and values.get(attribute.column):
-            values[norm_column(attribute)] = normalise_name(str(values[attribute.column]))
+    sql.derived_values(values)
 
     def row(level: Level) -> dict[str, Any]:
         return {c: values[c] for c in columns(level) if values.get(c) not in (None, "")}

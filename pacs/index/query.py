@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pacs.index.schema import Level
+from pacs.types import Scope
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,3 +77,5 @@ class Query:
     limit: int | None = None
     offset: int = 0
     """With ``limit`` or ``offset``, results come in storage order so pages are stable."""
+    scope: Scope | None = None
+    """Only studies (and their patients, series, instances) the caller may see."""

@@ -43,6 +43,8 @@ class Attribute:
     """Keywords of sequences to descend through (first item) to reach ``keyword``."""
     name: str = ""
     """Column name when the derived one would be ambiguous or unwieldy."""
+    folded: bool = False
+    """Also kept folded (``pacs.types.fold``) in ``<column>_fold``, for access scopes."""
 
     @property
     def column(self) -> str:
@@ -59,6 +61,10 @@ def norm_column(attribute: Attribute) -> str:
     return attribute.column + "_norm"
 
 
+def fold_column(attribute: Attribute) -> str:
+    return attribute.column + "_fold"
+
+
 P, ST, SE, IM = Level.PATIENT, Level.STUDY, Level.SERIES, Level.IMAGE
 PN, INT = Kind.PERSON_NAME, Kind.INTEGER
 
@@ -66,7 +72,7 @@ ATTRIBUTES: tuple[Attribute, ...] = (
     # Patient (PS3.4 C.6.1.1.2; QIDO-RS study attributes)
     Attribute("PatientName", P, PN),
     Attribute("PatientID", P),
-    Attribute("IssuerOfPatientID", P),
+    Attribute("IssuerOfPatientID", P, folded=True),
     Attribute("PatientBirthDate", P),
     Attribute("PatientBirthTime", P),
     Attribute("PatientSex", P),
@@ -89,7 +95,7 @@ ATTRIBUTES: tuple[Attribute, ...] = (
     Attribute("PatientWeight", ST),
     Attribute("Occupation", ST),
     Attribute("AdditionalPatientHistory", ST),
-    Attribute("InstitutionName", ST),
+    Attribute("InstitutionName", ST, folded=True),
     Attribute("TimezoneOffsetFromUTC", ST),
     Attribute(
         "LocalNamespaceEntityID",

@@ -19,7 +19,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from pacs.index.query import AnyOf, Condition, Match, Query, Range, SingleValue, UidList, Wildcard
-from pacs.index.schema import ATTRIBUTES, Kind, Level, attributes_at, norm_column
+from pacs.index.schema import (
+    ATTRIBUTES,
+    Kind,
+    Level,
+    attributes_at,
+    fold_column,
+    norm_column,
+    normalise_name,
+)
+from pacs.types import Scope, fold
 
 TABLES = {
     Level.PATIENT: "patients",
@@ -106,7 +115,21 @@ def columns(level: Level) -> list[str]:
         names.append(attribute.column)
         if attribute.kind is Kind.PERSON_NAME:
             names.append(norm_column(attribute))
+        if attribute.folded:
+            names.append(fold_column(attribute))  # added by migration 3
     return names
+
+
+def derived_values(values: dict[str, Any]) -> None:
+    """Add the folded copies (``*_norm`` of person names, ``*_fold``) an ingest stores."""
+    for attribute in ATTRIBUTES:
+        value = values.get(attribute.column)
+        if not value:
+            continue
+        if attribute.kind is Kind.PERSON_NAME:
+            values[norm_column(attribute)] = normalise_name(str(value))
+        if attribute.folded:
+            values[fold_column(attribute)] = fold(str(value))
 
 
 def create_tables(dialect: Dialect) -> list[str]:
@@ -145,11 +168,15 @@ def create_tables(dialect: Dialect) -> list[str]:
     return statements
 
 
-def migrations(dialect: Dialect) -> list[tuple[int, str, list[str]]]:
+Statement = str | Callable[[Any], None]
+"""SQL, or a function given the open connection (for what SQL alone cannot do)."""
+
+
+def migrations(dialect: Dialect) -> list[tuple[int, str, list[Statement]]]:
     """(version, what it does, statements), oldest first. Never edit a released one:
     add the next."""
     return [
-        (1, "patients, studies, series and instances", create_tables(dialect)),
+        (1, "patients, studies, series and instances", list(create_tables(dialect))),
         (
             2,
             "precomputed DICOM JSON per instance",
@@ -161,10 +188,93 @@ def migrations(dialect: Dialect) -> list[tuple[int, str, list[str]]]:
                       json {dialect.binary} NOT NULL)"""
             ],
         ),
+        (3, "users, credentials, shares, the audit trail; folded institution", _access(dialect)),
     ]
 
 
-SCHEMA_VERSION = 2
+def _access(dialect: Dialect) -> list[Statement]:
+    """Migration 3: what ``AccessStore`` keeps, and the columns access scopes match on."""
+    text, pk = dialect.text, dialect.primary_key
+    statements: list[Statement] = []
+    for attribute in ATTRIBUTES:
+        if attribute.folded:
+            table = TABLES[attribute.level]
+            column = fold_column(attribute)
+            statements += [
+                f"ALTER TABLE {table} ADD COLUMN {column} {text}",
+                f"CREATE INDEX {table}_{column} ON {table} ({column})",
+            ]
+    statements.append(lambda db: _fill_folded(db, dialect))
+    statements += [
+        f"""CREATE TABLE users (
+              username {text} PRIMARY KEY, role {text} NOT NULL,
+              password_hash {text} NOT NULL,
+              institutions {text} NOT NULL DEFAULT '', issuers {text} NOT NULL DEFAULT '',
+              disabled {dialect.integer} NOT NULL DEFAULT 0, created_at {text} NOT NULL)""",
+        f"""CREATE TABLE credentials (
+              identifier {text} PRIMARY KEY, kind {text} NOT NULL, digest {text} NOT NULL,
+              username {text} NOT NULL, created_at {text} NOT NULL, expires_at {text} NOT NULL,
+              study_uid {text} NOT NULL DEFAULT '', label {text} NOT NULL DEFAULT '',
+              csrf_token {text} NOT NULL DEFAULT '', revoked_at {text} NOT NULL DEFAULT '')""",
+        "CREATE INDEX credentials_username ON credentials (username)",
+        f"""CREATE TABLE shares (
+              pk {pk}, study_uid {text} NOT NULL, username {text} NOT NULL,
+              granted_by {text} NOT NULL, created_at {text} NOT NULL,
+              revoked_at {text} NOT NULL DEFAULT '')""",
+        "CREATE INDEX shares_username ON shares (username)",
+        "CREATE INDEX shares_study_uid ON shares (study_uid)",
+        f"""CREATE TABLE audit (
+              pk {pk}, time {text} NOT NULL, action {text} NOT NULL, outcome {text} NOT NULL,
+              actor {text} NOT NULL, actor_kind {text} NOT NULL, address {text} NOT NULL,
+              patient_id {text} NOT NULL, study_uid {text} NOT NULL, detail {text} NOT NULL,
+              count {dialect.integer} NOT NULL)""",
+        "CREATE INDEX audit_time ON audit (time)",
+        "CREATE INDEX audit_actor ON audit (actor)",
+        "CREATE INDEX audit_patient_id ON audit (patient_id)",
+        "CREATE INDEX audit_study_uid ON audit (study_uid)",
+    ]
+    # The audit trail is append-only in the database itself, whatever the code does.
+    if dialect.name == "sqlite":
+        statements += [
+            f"""CREATE TRIGGER audit_append_only_{verb} BEFORE {verb} ON audit
+                BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END"""
+            for verb in ("UPDATE", "DELETE")
+        ]
+    else:
+        statements += [
+            """CREATE FUNCTION pacs_audit_append_only() RETURNS trigger LANGUAGE plpgsql AS
+               $fn$ BEGIN RAISE EXCEPTION 'the audit trail is append-only'; END $fn$""",
+            """CREATE TRIGGER audit_append_only BEFORE UPDATE OR DELETE ON audit
+               FOR EACH ROW EXECUTE FUNCTION pacs_audit_append_only()""",
+            """CREATE TRIGGER audit_no_truncate BEFORE TRUNCATE ON audit
+               FOR EACH STATEMENT EXECUTE FUNCTION pacs_audit_append_only()""",
+        ]
+    return statements
+
+
+def _fill_folded(db: Any, dialect: Dialect) -> None:
+    """Fold what an older index already holds (``pacs.types.fold`` is Python)."""
+    for attribute in ATTRIBUTES:
+        if not attribute.folded:
+            continue
+        table, column = TABLES[attribute.level], attribute.column
+        rows = db.execute(
+            f"SELECT pk, {column} AS value FROM {table} WHERE {column} IS NOT NULL"
+        ).fetchall()
+        updates = [(fold(str(row["value"])), row["pk"]) for row in rows if row["value"]]
+        if updates:
+            statement = (
+                f"UPDATE {table} SET {fold_column(attribute)} = {dialect.param}"
+                f" WHERE pk = {dialect.param}"
+            )
+            if hasattr(db, "executemany"):
+                db.executemany(statement, updates)
+            else:
+                with db.cursor() as cursor:
+                    cursor.executemany(statement, updates)
+
+
+SCHEMA_VERSION = 3
 """The version the last migration reaches."""
 
 
@@ -191,8 +301,20 @@ def select(query: Query, dialect: Dialect, count: bool = False) -> Clause:
         where.append(sql)
         params += values
     joins = _JOINS[query.level]
+    scope = query.scope
+    if scope is not None and not scope.everything:
+        sql_scope, values = _scope(scope, query.level, dialect)
+        where.append(sql_scope)
+        params += values
     selected = []
+    selected_params: list[Any] = []  # the SELECT list's come before WHERE's
     for level, column in query.columns:
+        if scope is not None and not scope.everything and column in _PATIENT_COUNTS:
+            # A patient's counts over the studies the caller may see, never the others.
+            sql_count, values = _PATIENT_COUNTS[column](scope, dialect)
+            selected.append(f"{sql_count} AS {column}")
+            selected_params += values
+            continue
         if (level, column) == (Level.IMAGE, "metadata"):
             # Precomputed JSON lives in its own table (migration 2).
             selected.append("m.json AS metadata")
@@ -202,6 +324,8 @@ def select(query: Query, dialect: Dialect, count: bool = False) -> Clause:
     names = ", ".join(selected) or f"{ALIAS[query.level]}.pk AS pk"
     if count:
         names = "count(*)"
+    else:
+        params = selected_params + params
     sql = f"SELECT {names} FROM {joins}"
     if where:
         sql += " WHERE " + " AND ".join(where)
@@ -212,6 +336,49 @@ def select(query: Query, dialect: Dialect, count: bool = False) -> Clause:
         )
         params += [dialect.unlimited if query.limit is None else query.limit, query.offset]
     return sql, params
+
+
+def _scope_on(scope: Scope, study: str, patient: str, dialect: Dialect) -> Clause:
+    """True for a study (alias ``study``, its patient ``patient``) inside ``scope``."""
+    parts, params = [], []
+    for values, column in (
+        (scope.study_uids, f"{study}.study_instance_uid"),
+        (scope.institutions, f"{study}.institution_name_fold"),
+        (scope.issuers, f"{patient}.issuer_of_patient_id_fold"),
+    ):
+        if values:
+            parts.append(f"{column} IN ({', '.join([dialect.param] * len(values))})")
+            params += sorted(values)
+    return ("(" + " OR ".join(parts) + ")") if parts else "1 = 0", params
+
+
+def _scope(scope: Scope, level: Level, dialect: Dialect) -> Clause:
+    if level is not Level.PATIENT:
+        return _scope_on(scope, "st", "p", dialect)
+    # A patient is seen when one of its studies is, and then only with those.
+    inner, params = _scope_on(scope, "vs", "p", dialect)
+    return f"EXISTS (SELECT 1 FROM studies vs WHERE vs.patient_pk = p.pk AND {inner})", params
+
+
+def _visible_counts(expression: str) -> Callable[[Scope, Dialect], Clause]:
+    def count(scope: Scope, dialect: Dialect) -> Clause:
+        inner, params = _scope_on(scope, "vs", "p", dialect)
+        return (
+            f"(SELECT coalesce({expression}, 0) FROM studies vs"
+            f" WHERE vs.patient_pk = p.pk AND {inner})",
+            params,
+        )
+
+    return count
+
+
+_PATIENT_COUNTS = {
+    "number_of_patient_related_studies": _visible_counts("count(*)"),
+    "number_of_patient_related_series": _visible_counts("sum(vs.number_of_study_related_series)"),
+    "number_of_patient_related_instances": _visible_counts(
+        "sum(vs.number_of_study_related_instances)"
+    ),
+}
 
 
 def _condition(condition: Condition, dialect: Dialect) -> Clause:

@@ -13,15 +13,16 @@ import functools
 import re
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from pacs.index import sql
+from pacs.index.access_sql import SqlAccessStore
 from pacs.index.base import InstanceRecord, StoredInstance
 from pacs.index.query import Query
-from pacs.index.schema import ATTRIBUTES, Kind, Level, norm_column, normalise_name
+from pacs.index.schema import Level
 from pacs.index.sql import SCHEMA_VERSION, TABLES, Clause, Dialect, columns, wildcard_regex
 from pacs.types import ArchiveStatistics
 
@@ -71,7 +72,7 @@ class _PendingAdd:
         self.error: Exception | None = None
 
 
-class SqliteIndex:
+class SqliteIndex(SqlAccessStore):
     def __init__(self, path: str | Path) -> None:
         self._path = str(path)
         self._in_memory = self._path == ":memory:"
@@ -118,7 +119,10 @@ class SqliteIndex:
             for number, _, statements in sql.migrations(SQLITE):
                 if number > version:
                     for statement in statements:
-                        db.execute(statement)
+                        if callable(statement):
+                            statement(db)
+                        else:
+                            db.execute(statement)
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     @contextmanager
@@ -165,6 +169,16 @@ class SqliteIndex:
                 yield self._writer
         else:
             yield self._reader()
+
+    # -- the access store's two primitives (pacs.index.access_sql) ----------
+
+    def _access_rows(self, statement: str, params: Sequence[Any]) -> list[Mapping[str, Any]]:
+        with self._reading() as db:
+            return list(db.execute(statement, tuple(params)).fetchall())
+
+    def _access_write(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[int]:
+        with self._transaction() as db:
+            return [db.execute(s, tuple(p)).rowcount for s, p in statements]
 
     # -- reads ---------------------------------------------------------------
 
@@ -353,9 +367,7 @@ class SqliteIndex:
 
     def _insert(self, db: sqlite3.Connection, record: InstanceRecord) -> None:
         values = dict(record.values)
-        for attribute in ATTRIBUTES:
-            if attribute.kind is Kind.PERSON_NAME and values.get(attribute.column):
-                values[norm_column(attribute)] = normalise_name(str(values[attribute.column]))
+        sql.derived_values(values)
         values.setdefault("patient_id", "")
         values.setdefault("issuer_of_patient_id", "")
 
