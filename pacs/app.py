@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import socket
 import sqlite3
+import ssl
+from typing import cast
 
 import psycopg
 import pydicom.config
@@ -15,8 +18,9 @@ from pacs.config import Settings, redact_url
 from pacs.core import Archive
 from pacs.dimse import DicomNode
 from pacs.errors import ConfigError
-from pacs.http import create_http_app
+from pacs.http.app import create_http_app
 from pacs.index import Index, open_index
+from pacs.index.access import AccessStore
 from pacs.pixels import LossyQuality
 from pacs.workers import DicomWorkers
 from storage import (
@@ -68,6 +72,13 @@ def build_archive(settings: Settings) -> Archive:
 
 def build_index(settings: Settings) -> Index:
     location = settings.index_location
+    if not settings.index_url:
+        try:
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"data directory {settings.data_dir} cannot be created: {exc}"
+            ) from None
     try:
         return open_index(location, pool_size=settings.index_pool_size)
     except (RuntimeError, OSError, psycopg.Error, sqlite3.Error) as exc:
@@ -124,23 +135,101 @@ def configure_logging(settings: Settings) -> None:
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)
 
 
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it could resolve to anything
+
+
+def check_exposure(settings: Settings, authentication: bool) -> None:
+    """Secure defaults: beyond loopback only with accounts (HTTP) and, warned, known nodes.
+
+    Raises ``ConfigError`` for a non-loopback ``host`` while no user exists:
+    DICOMweb, the viewer and every patient's images would be open to anyone
+    who can reach the address.
+    """
+    if is_loopback(settings.host):
+        return
+    if not authentication:
+        raise ConfigError(
+            f"refusing to listen on {settings.host} without authentication: no user exists."
+            " Add one first (pacs user add NAME --role admin), or listen on 127.0.0.1"
+        )
+    if not settings.known_nodes_only:
+        log.warning(
+            "listening on %s with known_nodes_only off: any DICOM peer that reaches this"
+            " address may store, query and retrieve",
+            settings.host,
+        )
+    if not settings.tls_cert:
+        log.warning(
+            "listening on %s without TLS: passwords and images cross in the clear", settings.host
+        )
+
+
+def tls_contexts(settings: Settings) -> tuple[ssl.SSLContext | None, ssl.SSLContext | None]:
+    """(HTTPS, DICOM TLS) server contexts from ``tls_cert``/``tls_key``.
+
+    DICOM TLS follows PS3.15 B.1 (the Basic TLS Secure Transport Connection
+    Profile, TLS 1.2 or later); with ``tls_client_ca`` the peer must show a
+    certificate it signed, as a node's identity.
+    """
+    if not settings.tls_cert:
+        return None, None
+
+    def context(client_ca: str = "") -> ssl.SSLContext:
+        made = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        made.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            made.load_cert_chain(settings.tls_cert, settings.tls_key)
+            if client_ca:
+                made.load_verify_locations(client_ca)
+                made.verify_mode = ssl.CERT_REQUIRED
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(f"TLS certificate or key cannot be used: {exc}") from None
+        return made
+
+    return context(), context(settings.tls_client_ca) if settings.dicom_tls_port else None
+
+
 def serve(settings: Settings) -> None:
     """Run the DICOM node and the HTTP server until interrupted."""
     configure_logging(settings)
     configure_libraries()
-    # Bind HTTP first and check the DICOM port, so a port in use is one clear line.
+    https, dicom_tls = tls_contexts(settings)
+    # Bind HTTP first and check the DICOM ports, so a port in use is one clear line.
     http_socket = _bind(settings.host, settings.http_port, "HTTP")
     _bind(settings.host, settings.dicom_port, "DICOM").close()
+    if settings.dicom_tls_port:
+        _bind(settings.host, settings.dicom_tls_port, "DICOM TLS").close()
     archive = build_archive(settings)
+    try:
+        check_exposure(settings, cast(AccessStore, archive.index).has_users())
+    except ConfigError:
+        archive.close()
+        http_socket.close()
+        raise
     log.info("index: %s; blobs: %r", redact_url(settings.index_location), archive.blobs)
     workers = DicomWorkers(settings)
     node = DicomNode(archive, settings, dispatch=workers.dispatch)
+    tls_node = (
+        DicomNode(archive, settings, port=settings.dicom_tls_port, ssl_context=dicom_tls)
+        if dicom_tls is not None
+        else None
+    )
 
     def start() -> None:
         workers.start()
         node.start()
+        if tls_node is not None:
+            tls_node.start()
 
     def stop() -> None:
+        if tls_node is not None:
+            tls_node.stop()
         node.stop()
         workers.stop()
 
@@ -150,9 +239,12 @@ def serve(settings: Settings) -> None:
         log_level=settings.log_level,
         access_log=settings.log_level == "debug",
         lifespan="on",
+        ssl_certfile=settings.tls_cert or None,
+        ssl_keyfile=settings.tls_key or None,
     )
     server = uvicorn.Server(config)
-    log.info("HTTP listening on http://%s:%d", settings.host, settings.http_port)
+    scheme = "https" if https else "http"
+    log.info("HTTP listening on %s://%s:%d", scheme, settings.host, settings.http_port)
     try:
         server.run(sockets=[http_socket])
     finally:

@@ -1,4 +1,5 @@
-"""The ``pacs`` command: ``serve``, ``import``, ``deidentify`` and ``migrate-storage``."""
+"""The ``pacs`` command: ``serve``, ``import``, ``deidentify``, ``migrate-storage``, and
+the administration of users, tokens, shares and the audit trail (``pacs.admin``)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from pacs import __version__
+from pacs import __version__, admin
 from pacs.config import ENV_PREFIX, load_settings
 from pacs.errors import ConfigError
 
@@ -76,6 +77,22 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="processes serving DICOM associations (default: one per CPU core)",
     )
+    serve.add_argument("--tls-cert", metavar="PEM", help="certificate: HTTPS (and DICOM TLS)")
+    serve.add_argument("--tls-key", metavar="PEM", help="the certificate's private key")
+    serve.add_argument(
+        "--dicom-tls-port", metavar="PORT", help="DICOM over TLS on this port too (e.g. 2762)"
+    )
+    serve.add_argument(
+        "--tls-client-ca",
+        metavar="PEM",
+        help="DICOM TLS peers must present a certificate signed by this CA",
+    )
+    serve.add_argument(
+        "--check-node-address",
+        action="store_const",
+        const=True,
+        help="a known node's associations must come from its configured host",
+    )
 
     importer = commands.add_parser(
         "import", help="bulk-import DICOM files and folders into the archive"
@@ -107,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not read each copy back to compare its SHA-256",
     )
     _deidentify_parser(commands)
+    admin.add_parsers(commands, _common)
     return parser
 
 
@@ -199,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         key: value
         for key, value in vars(args).items()
         if key not in ("command", "config", "paths", "workers", "source", "target", "verify")
-        and not key.startswith("deid_")
+        and not key.startswith(("deid_", "admin_"))
     }
     try:
         settings = load_settings(flags, args.config)
@@ -210,6 +228,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "deidentify":
             return _deidentify(settings, args)
+        if args.command in admin.COMMANDS:
+            return admin.run(settings, args)
         if args.command == "migrate-storage":
             return _migrate(settings, args.source, args.target, args.workers, args.verify)
         return _import(settings, args.paths, args.workers)

@@ -23,6 +23,7 @@ from pydicom.uid import UID
 from pacs.core.archive import DuplicatePolicy
 from pacs.errors import ConfigError
 from pacs.index import is_postgres_url
+from pacs.types import Scope, fold
 from storage import S3Credentials, S3Location, StorageUrlError, parse_storage_url
 
 ENV_PREFIX = "PACS_"
@@ -52,9 +53,23 @@ class Node:
     transfer_syntaxes: tuple[str, ...] = ()
     """Transfer syntaxes the node prefers to receive, best first. Empty: as stored,
     with Explicit and Implicit VR Little Endian offered as fall-backs."""
+    institutions: tuple[str, ...] = ()
+    """With ``issuers``: when either is given, the node finds and retrieves only the
+    studies of these Institution Names (or patients of these Issuers of Patient
+    ID), like a ``hospital`` account. Empty: every study."""
+    issuers: tuple[str, ...] = ()
 
     def __str__(self) -> str:
         return f"{self.ae_title}@{self.host}:{self.port}"
+
+    @property
+    def scope(self) -> Scope:
+        if not (self.institutions or self.issuers):
+            return Scope.all()
+        return Scope(
+            institutions=frozenset(fold(i) for i in self.institutions),
+            issuers=frozenset(fold(i) for i in self.issuers),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +119,15 @@ class Settings:
     """Concurrent uploads from the spool to S3, per process."""
     index_pool_size: int = 16
     """PostgreSQL connections per process, at most."""
+    tls_cert: str = ""
+    """PEM certificate (chain) for HTTPS and DICOM TLS; with ``tls_key``."""
+    tls_key: str = ""
+    dicom_tls_port: int = 0
+    """DICOM over TLS (PS3.15 B.1; 2762 is its registered port); 0: off."""
+    tls_client_ca: str = ""
+    """PEM CA bundle: DICOM TLS peers must present a certificate it signed."""
+    check_node_address: bool = False
+    """A known node's associations must come from its configured host."""
 
     def node(self, ae_title: str) -> Node | None:
         title = ae_title.strip()
@@ -192,8 +216,18 @@ def _build(raw: dict[str, Any]) -> Settings:
             raise ConfigError(f"unknown setting {name!r}")
         values[name] = _CONVERTERS.get(name, _as_str)(name, value)
     settings = Settings(**values)
-    if settings.dicom_port == settings.http_port:
-        raise ConfigError(f"dicom_port and http_port are both {settings.dicom_port}")
+    ports = [settings.dicom_port, settings.http_port] + (
+        [settings.dicom_tls_port] if settings.dicom_tls_port else []
+    )
+    if len(set(ports)) != len(ports):
+        raise ConfigError(
+            "dicom_port, http_port and dicom_tls_port must differ, not "
+            + ", ".join(map(str, ports))
+        )
+    if bool(settings.tls_cert) != bool(settings.tls_key):
+        raise ConfigError("tls_cert and tls_key go together: give both or neither")
+    if (settings.dicom_tls_port or settings.tls_client_ca) and not settings.tls_cert:
+        raise ConfigError("dicom_tls_port and tls_client_ca need tls_cert and tls_key")
     return settings
 
 
@@ -296,7 +330,15 @@ def _as_nodes(name: str, value: Any) -> tuple[Node, ...]:
         if isinstance(item, str):
             nodes.append(parse_node(item))
         elif isinstance(item, dict):
-            unknown = set(item) - {"ae_title", "host", "port", "allow", "transfer_syntaxes"}
+            unknown = set(item) - {
+                "ae_title",
+                "host",
+                "port",
+                "allow",
+                "transfer_syntaxes",
+                "institutions",
+                "issuers",
+            }
             if unknown:
                 raise ConfigError(f"node {item!r}: unknown key {sorted(unknown)[0]!r}")
             try:
@@ -307,6 +349,8 @@ def _as_nodes(name: str, value: Any) -> tuple[Node, ...]:
                         port=_as_port("node port", item["port"]),
                         allow=_as_services(item.get("allow", list(SERVICES))),
                         transfer_syntaxes=_as_transfer_syntaxes(item.get("transfer_syntaxes", [])),
+                        institutions=_as_names("node institutions", item.get("institutions", [])),
+                        issuers=_as_names("node issuers", item.get("issuers", [])),
                     )
                 )
             except KeyError as exc:
@@ -318,6 +362,23 @@ def _as_nodes(name: str, value: Any) -> tuple[Node, ...]:
     if duplicates:
         raise ConfigError(f"node {sorted(duplicates)[0]} is defined twice")
     return tuple(nodes)
+
+
+def _as_names(name: str, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise ConfigError(f"{name} must be a list of names, not {value!r}")
+    return tuple(v.strip() for v in value)
+
+
+def _as_file(name: str, value: Any) -> str:
+    path = _as_str(name, value).strip()
+    if path and not Path(path).expanduser().is_file():
+        raise ConfigError(f"{name}: {path} is not a readable file")
+    return str(Path(path).expanduser()) if path else ""
+
+
+def _as_optional_port(name: str, value: Any) -> int:
+    return 0 if str(value).strip() in ("", "0") else _as_port(name, value)
 
 
 def _as_services(value: Any) -> frozenset[str]:
@@ -451,6 +512,11 @@ _CONVERTERS = {
     "upload_spool": _as_bool,
     "upload_workers": _as_positive_int,
     "index_pool_size": _as_positive_int,
+    "tls_cert": _as_file,
+    "tls_key": _as_file,
+    "dicom_tls_port": _as_optional_port,
+    "tls_client_ca": _as_file,
+    "check_node_address": _as_bool,
 }
 
 __all__ = [

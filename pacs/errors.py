@@ -10,6 +10,7 @@ Front ends catch these and translate them, each with one mapping table
      ├── InvalidQueryError               a query key's value cannot be matched
  ├── ConflictError                   same SOP Instance UID, different content
      ├── NotFoundError                   no such patient/study/series/instance
+     │    └── OutsideScopeError          there is, but the caller may not see it
      ├── UnsupportedTransferSyntaxError  no codec for the transfer syntax
      ├── CorruptDataError                a stored instance's pixel data cannot be decoded
      └── StorageError                    blob store or index failed
@@ -43,6 +44,10 @@ class ConflictError(PacsError):
 
 class NotFoundError(PacsError):
     """The requested entity does not exist."""
+
+
+class OutsideScopeError(NotFoundError):
+    """A study the caller may not see: answered exactly as one that does not exist."""
 
 
 class UnsupportedTransferSyntaxError(PacsError):

@@ -194,14 +194,16 @@ def parse_duration(text: str) -> float:
 class LoginThrottle:
     """Failed logins counted per user name and per address in a sliding window.
 
-    After ``limit`` failures in ``window`` seconds, further attempts for that
-    user or from that address are refused (without checking the password)
+    After ``limit`` failures in ``window`` seconds for a user, or
+    ``address_limit`` from one address (a hospital's users share one behind
+    its NAT), further attempts are refused (without checking the password)
     until the oldest failure leaves the window. Per process: with several
     server processes an attacker gets ``limit`` tries per process, still far
     too few for a password search, and no shared state is needed.
     """
 
     limit: int = 5
+    address_limit: int = 20
     window: float = 300.0
     _failures: dict[str, deque[float]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -232,7 +234,7 @@ class LoginThrottle:
             return 0.0
         while times and times[0] <= now - self.window:
             times.popleft()
-        if len(times) < self.limit:
+        if len(times) < (self.address_limit if key.startswith("address:") else self.limit):
             return 0.0
         return times[0] + self.window - now
 

@@ -15,6 +15,7 @@ import logging
 import secrets
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,6 +29,7 @@ from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRL
 
 from pacs.core import dicomjson, encoding
 from pacs.core.attributes import check_request, index_values, required_uids
+from pacs.core.audit import AuditTrail
 from pacs.core.metadata import MetadataWarmer
 from pacs.core.query import build_query, row_reader
 from pacs.core.rendering import Picture, RenderRequest, SizeBoundedCache
@@ -36,6 +38,7 @@ from pacs.errors import (
     InvalidDatasetError,
     InvalidQueryError,
     NotFoundError,
+    OutsideScopeError,
     PacsError,
     StorageError,
     StorageFullError,
@@ -64,7 +67,7 @@ from pacs.pixels.render import (
     display_array,
     encode_picture,
 )
-from pacs.types import ArchiveStatistics, Caller, StoreOutcome, StoreResult
+from pacs.types import ArchiveStatistics, Caller, Scope, StoreOutcome, StoreResult
 from storage import (
     BlobNotFoundError,
     BlobStore,
@@ -123,6 +126,9 @@ class Archive:
             max_workers=blob_writers, thread_name_prefix="blob-writer"
         )
         self._metadata = MetadataWarmer(index, self._backfill_metadata)
+        # Every front end records through the archive's trail, in every process.
+        append = getattr(index, "append_audit", None)
+        self.audit = AuditTrail(append if append is not None else (lambda events: None))
         # Decoded frames (a J2K frame costs tens of ms to decode) and pictures.
         self._decoded: SizeBoundedCache[tuple[Dataset | JsonHeader, Any]] = SizeBoundedCache(
             256 << 20
@@ -133,6 +139,7 @@ class Archive:
         """Wait for writes in flight, then close the index and the blob store."""
         self._blob_writer.shutdown(wait=True)
         self._metadata.close()
+        self.audit.close()
         self.index.close()
         close_blobs = getattr(self.blobs, "close", None)  # a spool stops its uploads
         if close_blobs is not None:
@@ -429,11 +436,15 @@ class Archive:
         case_insensitive_names: bool = True,
         limit: int | None = None,
         offset: int = 0,
+        scope: Scope | None = None,
     ) -> Iterator[dict[str, Any]]:
         """Entities at ``level`` matching ``keys``, as keyword -> value (PS3.4 C.2.2.2).
 
         Lazy: rows are read from the index as the caller consumes them, so a
         cancelled C-FIND stops reading. See ``pacs.core.query`` for the rules.
+        With ``scope``, only the studies it allows (and their patients, series
+        and instances) exist: a caller never learns of the others, not even
+        through counts.
         """
         self._metadata.touch()
         return_keys = list(return_keys)
@@ -446,21 +457,29 @@ class Archive:
             offset=offset,
         )
         read = row_reader(tuple(return_keys))
-        for row in self.index.find(query):
+        for row in self.index.find(replace(query, scope=scope)):
             yield read(row)
 
     def count(
-        self, level: Level, keys: Mapping[str, str], *, case_insensitive_names: bool = True
+        self,
+        level: Level,
+        keys: Mapping[str, str],
+        *,
+        case_insensitive_names: bool = True,
+        scope: Scope | None = None,
     ) -> int:
         query = build_query(level, keys, case_insensitive_names=case_insensitive_names)
-        return self.index.count(query)
+        return self.index.count(replace(query, scope=scope))
 
-    def instances_to_retrieve(self, level: Level, keys: Mapping[str, str]) -> list[StoredInstance]:
+    def instances_to_retrieve(
+        self, level: Level, keys: Mapping[str, str], scope: Scope | None = None
+    ) -> list[StoredInstance]:
         """The instances a C-MOVE or C-GET at ``level`` names (PS3.4 C.4.2.2.1).
 
         The identifier must hold the unique key of ``level`` (one UID or a list);
         unique keys of the levels above narrow the match. Other keys are
-        ignored, as retrieval matches on unique keys only.
+        ignored, as retrieval matches on unique keys only. ``scope`` leaves out
+        what the caller may not see.
         """
         unique = {UNIQUE_KEYS[above].keyword for above in LEVELS[: LEVELS.index(level) + 1]}
         own_key = UNIQUE_KEYS[level].keyword
@@ -469,8 +488,29 @@ class Archive:
         if any("*" in value or "?" in value for name, value in keys.items() if name in unique):
             raise InvalidQueryError("retrieval keys cannot hold wildcards")
         self._metadata.touch()
-        query = self._unique_key_query(level, keys)
+        query = replace(self._unique_key_query(level, keys), scope=scope)
         return [StoredInstance(**row) for row in self.index.find(query)]
+
+    def require_visible(self, scope: Scope | None, study_instance_uid: str) -> None:
+        """Raise ``NotFoundError`` unless ``scope`` lets its caller see the study.
+
+        Not found rather than forbidden: whether a study exists is itself
+        patient information (PS3.18 leaves the status to the server; a hospital
+        asking for another hospital's study learns nothing).
+        """
+        if scope is None or scope.everything:
+            return
+        if study_instance_uid in scope.study_uids:
+            return
+        access = self.index.study_access(study_instance_uid)
+        if access is None:
+            raise NotFoundError(f"no study {study_instance_uid}")
+        if not scope.allows(study_instance_uid, access[0], access[1]):
+            raise OutsideScopeError(f"no study {study_instance_uid}")
+
+    def patient_of(self, study_instance_uid: str) -> str:
+        access = self.index.study_access(study_instance_uid)
+        return access[2] if access else ""
 
     def metadata(self, level: Level, keys: Mapping[str, str]) -> list[bytes]:
         """The DICOM JSON of every instance at ``level`` named by ``keys`` (PS3.18 10.4.1.1.2).

@@ -30,6 +30,8 @@ from pacs.types import AuditEvent
 log = logging.getLogger(__name__)
 
 _FLUSH_SECONDS = 0.25
+# Asked many times in a row: a viewer fetching a series' frames, a modality sending a study.
+_COALESCED = frozenset(("retrieve", "store"))
 _BATCH = 500
 
 # action -> (Event ID, Event Type code or "", Event Action Code), PS3.15 A.5.1 and CID 400/401.
@@ -100,10 +102,11 @@ class AuditTrail:
     """Records events through ``append`` (the store's insert) from one background thread.
 
     Events are written every quarter of a second, in one batch; retrievals
-    of the same study by the same caller with the same outcome within a batch
-    are one event with a count (a viewer loading a series asks for each
-    frame). ``record`` never blocks on the store and never raises: a failed
-    write is logged and retried with the next batch; it does not refuse care.
+    (or stores) of the same study by the same caller with the same outcome
+    within a batch are one event with a count (a viewer loading a series asks
+    for each frame; a modality sends each image). ``record`` never blocks on
+    the store and never raises: a failed write is logged and retried with the
+    next batch; it does not refuse care.
     ``close`` writes what is left.
     """
 
@@ -111,7 +114,7 @@ class AuditTrail:
         self._append = append
         self._pending: list[AuditEvent] = []
         self._retrievals: dict[tuple[str, ...], int] = {}
-        """(actor, address, study, outcome) -> index in ``_pending``."""
+        """(action, actor, address, study, outcome) -> index in ``_pending``."""
         self._lock = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
@@ -120,8 +123,8 @@ class AuditTrail:
     def record(self, event: AuditEvent) -> None:
         event = replace(event, time=event.time or now_iso())
         with self._lock:
-            if event.action == "retrieve":
-                key = (event.actor, event.address, event.study_uid, event.outcome)
+            if event.action in _COALESCED:
+                key = (event.action, event.actor, event.address, event.study_uid, event.outcome)
                 index = self._retrievals.get(key)
                 if index is not None:
                     known = self._pending[index]

@@ -20,6 +20,7 @@ from pacs.core.query import search_key
 from pacs.dicomweb.errors import DicomWebError
 from pacs.dicomweb.media import require_json
 from pacs.dicomweb.responses import base_url, json_response
+from pacs.http.auth import principal_of
 from pacs.index.schema import LEVELS, SEARCHABLE, Level
 
 # PS3.18 Tables 10.6.3-3 to 10.6.3-5: returned when no includefield asks for more.
@@ -105,6 +106,7 @@ async def search(
                 case_insensitive_names=settings.case_insensitive_names or fuzzy,
                 limit=cap + 1,
                 offset=offset,
+                scope=principal_of(request).scope,
             )
         )
 

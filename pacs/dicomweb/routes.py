@@ -6,16 +6,19 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
 
 from pacs.config import Settings
 from pacs.core import Archive
+from pacs.core.access import Permission
 from pacs.core.attributes import check_uid
 from pacs.dicomweb import qido, rendered, stow, wado, wado_uri
 from pacs.dicomweb.errors import DicomWebError, error_response, http_status
-from pacs.errors import InvalidDatasetError, PacsError
+from pacs.errors import InvalidDatasetError, OutsideScopeError, PacsError
+from pacs.http.auth import principal_of
 from pacs.index.schema import Level
 
 log = logging.getLogger(__name__)
@@ -41,45 +44,72 @@ def _uids(request: Request) -> dict[str, str]:
     return keys
 
 
+async def _authorized(
+    request: Request,
+    archive: Archive,
+    permission: Permission = Permission.READ,
+) -> dict[str, str]:
+    """The path's UIDs, once the caller may ``permission`` and may see the study.
+
+    A study outside the caller's scope is a 404, as one that does not exist.
+    """
+    keys = _uids(request)
+    principal = principal_of(request)
+    if not principal.may(permission):
+        raise DicomWebError(403, f"{principal.role.value} accounts may not {permission.value} here")
+    study = keys.get("StudyInstanceUID")
+    if study and permission is Permission.READ and not principal.scope.everything:
+        await run_in_threadpool(archive.require_visible, principal.scope, study)
+    return keys
+
+
 def dicomweb_routes(archive: Archive, settings: Settings) -> list[BaseRoute]:
     def level_of(keys: dict[str, str]) -> Level:
         if "SOPInstanceUID" in keys:
             return Level.IMAGE
         return Level.SERIES if "SeriesInstanceUID" in keys else Level.STUDY
 
+    # Searches need no visibility check of their own: the scope filters the query.
     async def search_studies(request: Request) -> Response:
+        await _authorized(request, archive)
         return await qido.search(request, archive, settings, Level.STUDY)
 
     async def search_series(request: Request) -> Response:
-        return await qido.search(request, archive, settings, Level.SERIES, **_uids(request))
+        keys = await _authorized(request, archive)
+        return await qido.search(request, archive, settings, Level.SERIES, **keys)
 
     async def search_instances(request: Request) -> Response:
-        return await qido.search(request, archive, settings, Level.IMAGE, **_uids(request))
+        keys = await _authorized(request, archive)
+        return await qido.search(request, archive, settings, Level.IMAGE, **keys)
 
     async def studies(request: Request) -> Response:
         if request.method == "POST":
+            await _authorized(request, archive, Permission.STORE)
             return await stow.store(request, archive, None)
         return await search_studies(request)
 
     async def study(request: Request) -> Response:
-        keys = _uids(request)
         if request.method == "POST":
+            keys = await _authorized(request, archive, Permission.STORE)
             return await stow.store(request, archive, keys["StudyInstanceUID"])
+        keys = await _authorized(request, archive)
         return await wado.retrieve(request, archive, Level.STUDY, keys)
 
     async def retrieve(request: Request) -> Response:
-        keys = _uids(request)
+        keys = await _authorized(request, archive)
         return await wado.retrieve(request, archive, level_of(keys), keys)
 
     async def metadata(request: Request) -> Response:
-        keys = _uids(request)
+        keys = await _authorized(request, archive)
         return await wado.metadata(request, archive, level_of(keys), keys)
 
     async def frames(request: Request) -> Response:
-        return await wado.frames(request, archive, _uids(request), request.path_params["frames"])
+        keys = await _authorized(request, archive)
+        return await wado.frames(request, archive, keys, request.path_params["frames"])
 
     async def bulkdata(request: Request) -> Response:
-        return await wado.bulkdata(request, archive, _uids(request), request.path_params["path"])
+        keys = await _authorized(request, archive)
+        return await wado.bulkdata(request, archive, keys, request.path_params["path"])
 
     async def unknown_resource(request: Request) -> Response:
         # A path that fits no resource: a trick ("..", encoded slashes) is a
@@ -91,19 +121,18 @@ def dicomweb_routes(archive: Archive, settings: Settings) -> list[BaseRoute]:
         raise DicomWebError(404, f"no DICOMweb resource /{rest}")
 
     async def rendered_resource(request: Request) -> Response:
-        keys = _uids(request)
+        keys = await _authorized(request, archive)
         level = level_of(keys)
         if level is Level.IMAGE:
             return await rendered.instance(request, archive, keys)
         return await rendered.group(request, archive, level, keys)
 
     async def rendered_frames(request: Request) -> Response:
-        return await rendered.frames(
-            request, archive, _uids(request), request.path_params["frames"]
-        )
+        keys = await _authorized(request, archive)
+        return await rendered.frames(request, archive, keys, request.path_params["frames"])
 
     async def thumbnail(request: Request) -> Response:
-        keys = _uids(request)
+        keys = await _authorized(request, archive)
         return await rendered.thumbnail(request, archive, level_of(keys), keys)
 
     series_path = "/studies/{study}/series/{series}"
@@ -134,7 +163,10 @@ def dicomweb_routes(archive: Archive, settings: Settings) -> list[BaseRoute]:
     ]
 
     async def wado_uri_endpoint(request: Request) -> Response:
-        return await wado_uri.wado_uri(request, archive)
+        principal = principal_of(request)
+        if not principal.may(Permission.READ):
+            raise DicomWebError(403, f"{principal.role.value} accounts may not read here")
+        return await wado_uri.wado_uri(request, archive, principal.scope)
 
     return [Mount("/dicom-web", routes=service), Route("/wado", wado_uri_endpoint)]
 
@@ -146,6 +178,8 @@ async def _dicomweb_error(request: Request, exc: Exception) -> Response:
 
 async def _archive_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, PacsError)
+    if isinstance(exc, OutsideScopeError):
+        request.state.audit_outcome = "denied"  # for the audit trail; the caller sees a 404
     status = http_status(exc)
     if status >= 500:
         log.warning("%s %s failed: %s", request.method, request.url.path, exc)

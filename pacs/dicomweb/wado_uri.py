@@ -15,9 +15,10 @@ from pacs.dicomweb.responses import single_part
 from pacs.errors import InvalidDatasetError, NotFoundError
 from pacs.pixels.pipeline import Window
 from pacs.pixels.render import FORMATS
+from pacs.types import Scope
 
 
-async def wado_uri(request: Request, archive: Archive) -> Response:
+async def wado_uri(request: Request, archive: Archive, scope: Scope | None = None) -> Response:
     params = request.query_params
     if params.get("requestType") != "WADO":
         raise DicomWebError(400, "requestType=WADO is required")
@@ -28,6 +29,8 @@ async def wado_uri(request: Request, archive: Archive) -> Response:
         }
     except InvalidDatasetError as exc:
         raise DicomWebError(400, str(exc)) from None
+    if scope is not None and not scope.everything:
+        await run_in_threadpool(archive.require_visible, scope, uids["studyUID"])
     # PS3.18 9.1.2.1.5: several types may be listed; the default is image/jpeg.
     wanted = [t.split(";")[0].strip() for t in params.get("contentType", "image/jpeg").split(",")]
     stored = await run_in_threadpool(archive.instance, uids["objectUID"])

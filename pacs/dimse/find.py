@@ -40,11 +40,13 @@ from pacs.dimse.identifier import (
     SUCCESS,
     UNABLE_TO_PROCESS,
     IdentifierError,
+    node_scope,
     permitted,
     read_identifier,
 )
 from pacs.errors import PacsError
 from pacs.index.schema import LEVELS, UNIQUE_KEYS, Level
+from pacs.types import AuditEvent
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +79,9 @@ class Finder:
         """
         send = _Responder(assoc, request, context)
         calling = assoc.requestor.ae_title
-        if not permitted(self.settings, calling, "find"):
+        address = assoc.requestor.address
+        if not permitted(self.settings, calling, "find", address):
+            self._audit("denied", calling, address, "C-FIND: not allowed for this node")
             send.status(NOT_AUTHORIZED, f"{calling} may not query this archive")
             return
         model = FIND_MODELS[str(request.AffectedSOPClassUID)]
@@ -101,6 +105,7 @@ class Finder:
                 query.keys,
                 list(dict.fromkeys(requested + unique_keys)),
                 case_insensitive_names=self.settings.case_insensitive_names,
+                scope=node_scope(self.settings, calling),
             )
             for values in matches:
                 if not assoc.is_established:
@@ -122,7 +127,22 @@ class Finder:
             send.status(UNABLE_TO_PROCESS, "internal error while searching")
             return
         log.info("C-FIND %s level from %s: %d matches", query.level.value, calling, count)
+        keys = ", ".join(f"{k}={v}" for k, v in query.keys.items() if v)
+        self._audit(
+            "success",
+            calling,
+            address,
+            f"C-FIND {query.level.value} {keys}: {count} matches",
+            str(query.keys.get("StudyInstanceUID") or ""),
+        )
         send.status(SUCCESS)
+
+    def _audit(
+        self, outcome: str, calling: str, address: str, detail: str, study: str = ""
+    ) -> None:
+        self.archive.audit.record(
+            AuditEvent("query", outcome, calling, "node", address, "", study, detail)
+        )
 
 
 Element = tuple[int, str, Callable[[dict[str, Any]], Any]]

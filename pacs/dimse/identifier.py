@@ -6,6 +6,8 @@ how an identifier becomes the archive's query keys, and who may ask.
 
 from __future__ import annotations
 
+import functools
+import socket
 from dataclasses import dataclass
 from io import BytesIO
 
@@ -18,6 +20,7 @@ from pynetdicom.dsutils import decode
 from pacs.config import Settings
 from pacs.dimse.status import NOT_AUTHORIZED as NOT_AUTHORIZED
 from pacs.index.schema import Level
+from pacs.types import Scope
 
 PATIENT_ROOT = "Patient Root"
 STUDY_ROOT = "Study Root"
@@ -129,13 +132,37 @@ def query_text(element: DataElement) -> str:
     return str(value)
 
 
-def permitted(settings: Settings, calling_ae_title: str, service: str) -> bool:
+def permitted(settings: Settings, calling_ae_title: str, service: str, address: str = "") -> bool:
     """May this calling AE use ``service`` (store, find, move, get)?
 
-    A known node may do what its ``allow`` list says; an unknown one anything,
-    unless ``known_nodes_only`` is on (then it never gets an association).
+    A known node may do what its ``allow`` list says (and, with
+    ``check_node_address``, only from its configured host); an unknown one
+    anything, unless ``known_nodes_only`` is on (then it never gets an
+    association).
     """
     node = settings.node(calling_ae_title)
     if node is None:
         return not settings.known_nodes_only
+    if settings.check_node_address and address and not node_address_matches(node.host, address):
+        return False
     return service in node.allow
+
+
+def node_scope(settings: Settings, calling_ae_title: str) -> Scope:
+    """The studies a calling AE may find and retrieve (every one for unknown AEs:
+    ``known_nodes_only`` keeps those out when the archive is restricted)."""
+    node = settings.node(calling_ae_title)
+    return node.scope if node is not None else Scope.all()
+
+
+@functools.lru_cache(maxsize=256)
+def _addresses(host: str) -> frozenset[str]:
+    try:
+        return frozenset(str(info[4][0]) for info in socket.getaddrinfo(host, None))
+    except OSError:
+        return frozenset((host,))
+
+
+def node_address_matches(host: str, address: str) -> bool:
+    """Whether a connection from ``address`` comes from a node configured as ``host``."""
+    return address == host or address in _addresses(host)

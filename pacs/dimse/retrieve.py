@@ -42,12 +42,14 @@ from pacs.dimse.identifier import (
     SUCCESS,
     UNABLE_TO_PROCESS,
     IdentifierError,
+    node_scope,
     permitted,
     read_identifier,
 )
 from pacs.dimse.transport import next_message, paused_reactor
-from pacs.errors import PacsError
+from pacs.errors import NotFoundError, OutsideScopeError, PacsError
 from pacs.index.base import StoredInstance
+from pacs.types import AuditEvent
 
 log = logging.getLogger(__name__)
 
@@ -84,12 +86,14 @@ class Retrieval:
         response.AffectedSOPClassUID = request.AffectedSOPClassUID
         send = _Responder(assoc, response, context)
         calling = assoc.requestor.ae_title
+        address = assoc.requestor.address
         service = "move" if is_move else "get"
-        if not permitted(self.settings, calling, service):
+        if not permitted(self.settings, calling, service, address):
+            self._audit("denied", calling, address, f"C-{service.upper()}: not allowed")
             send.failure(NOT_AUTHORIZED, f"{calling} may not retrieve from this archive")
             return
         try:
-            instances = self._instances(request, context, is_move)
+            instances = self._instances(request, context, is_move, calling, address)
         except IdentifierError as exc:
             send.failure(exc.status, str(exc))
             return
@@ -154,14 +158,45 @@ class Retrieval:
             progress.warning,
             progress.remaining,
         )
+        target = f" to {getattr(request, 'MoveDestination', '')}" if is_move else ""
+        for study in sorted({s.study_instance_uid for s in instances}):
+            self._audit(
+                "success" if not progress.failed else "failure",
+                calling,
+                address,
+                f"C-{service.upper()}{target}: {progress.completed} sent, {progress.failed} failed",
+                study,
+            )
 
     def _instances(
-        self, request: C_MOVE | C_GET, context: PresentationContext, is_move: bool
+        self,
+        request: C_MOVE | C_GET,
+        context: PresentationContext,
+        is_move: bool,
+        calling: str,
+        address: str,
     ) -> list[StoredInstance]:
+        """What the identifier names, within what the calling node may see."""
         models = MOVE_MODELS if is_move else GET_MODELS
         model = models[str(request.AffectedSOPClassUID)]
         query = read_identifier(request.Identifier, context.transfer_syntax[0], model)
-        return self.archive.instances_to_retrieve(query.level, query.keys)
+        scope = node_scope(self.settings, calling)
+        if not scope.everything:
+            for study in str(query.keys.get("StudyInstanceUID") or "").split("\\"):
+                try:
+                    if study.strip():
+                        self.archive.require_visible(scope, study.strip())
+                except NotFoundError as exc:
+                    if isinstance(exc, OutsideScopeError):  # known to us, not to the caller
+                        self._audit("denied", calling, address, "outside its scope", study)
+        return self.archive.instances_to_retrieve(query.level, query.keys, scope)
+
+    def _audit(
+        self, outcome: str, calling: str, address: str, detail: str, study: str = ""
+    ) -> None:
+        self.archive.audit.record(
+            AuditEvent("retrieve", outcome, calling, "node", address, "", study, detail)
+        )
 
     def _associate(
         self, assoc: Association, destination: Node, instances: list[StoredInstance]

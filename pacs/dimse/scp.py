@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import threading
 from collections.abc import Callable
 from io import BytesIO
@@ -37,7 +38,7 @@ from pacs.dimse.identifier import FIND_MODELS, GET_MODELS, MOVE_MODELS, permitte
 from pacs.dimse.retrieve import ArchiveAssociation, Retrieval
 from pacs.dimse.transport import TunedAE, TunedRequestHandler, cheaply_copied
 from pacs.errors import PacsError
-from pacs.types import Caller
+from pacs.types import AuditEvent, Caller
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +59,11 @@ def handle_c_store(event: evt.Event, archive: Archive, settings: Settings) -> in
         return _failure(status.PROCESSING_FAILURE, "data set was not received in memory")
     requestor = event.assoc.requestor
     caller = Caller(ae_title=requestor.ae_title, address=requestor.address)
-    if not permitted(settings, caller.ae_title, "store"):
+    if not permitted(settings, caller.ae_title, "store", caller.address):
+        _audit(archive, "store", "denied", caller, detail="C-STORE: not allowed for this node")
         return _failure(status.NOT_AUTHORIZED, f"{caller.ae_title} may not store here")
     try:
-        archive.ingest(
+        result = archive.ingest(
             dataset.getvalue(),
             event.context.transfer_syntax,
             caller,
@@ -69,6 +71,7 @@ def handle_c_store(event: evt.Event, archive: Archive, settings: Settings) -> in
             sop_instance_uid=request.AffectedSOPInstanceUID,
         )
     except PacsError as exc:
+        _audit(archive, "store", "failure", caller, detail=f"C-STORE: {exc}")
         code = status.store_status(exc)
         log.warning(
             "C-STORE %s from %s refused (0x%04X): %s",
@@ -82,7 +85,24 @@ def handle_c_store(event: evt.Event, archive: Archive, settings: Settings) -> in
         # Outermost edge: keep the association and the server up, log once.
         log.exception("C-STORE %s from %s failed", request.AffectedSOPInstanceUID, caller)
         return _failure(status.PROCESSING_FAILURE, "internal error while storing")
+    _audit(archive, "store", "success", caller, result.study_instance_uid, "C-STORE")
     return status.SUCCESS
+
+
+def handle_rejected(event: evt.Event, archive: Archive) -> None:
+    """An association refused at negotiation (an unknown calling AE under
+    ``known_nodes_only``, too many associations): audited as a refused node."""
+    requestor = event.assoc.requestor
+    caller = Caller(ae_title=requestor.ae_title, address=requestor.address)
+    _audit(archive, "login", "denied", caller, detail="association refused")
+
+
+def _audit(
+    archive: Archive, action: str, outcome: str, caller: Caller, study: str = "", detail: str = ""
+) -> None:
+    archive.audit.record(
+        AuditEvent(action, outcome, caller.ae_title, "node", caller.address, "", study, detail)
+    )
 
 
 def _failure(code: int, comment: str) -> Dataset:
@@ -172,28 +192,34 @@ class DicomNode:
         *,
         listen: bool = True,
         dispatch: Dispatcher | None = None,
+        port: int | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
+        """``port`` and ``ssl_context``: a second node for DICOM over TLS (PS3.15 B.1)."""
         self.archive = archive
         self.settings = settings
         self.listen = listen
         self.dispatch = dispatch
+        self.ssl_context = ssl_context
+        self._port = port or settings.dicom_port
         self.ae = _build_ae(settings)
         self._server: _AssociationServer | None = None
 
     @property
     def port(self) -> int:
         if self._server is None or not self.listen:
-            return self.settings.dicom_port
+            return self._port
         return int(self._server.server_address[1])
 
     def start(self) -> None:
         handlers: list[Any] = [
             (evt.EVT_C_ECHO, handle_c_echo),
             (evt.EVT_C_STORE, handle_c_store, [self.archive, self.settings]),
+            (evt.EVT_REJECTED, handle_rejected, [self.archive]),
         ]
         # What AE.start_server(block=False) does, plus our tuned request handler.
         server = self.ae.make_server(
-            (self.settings.host, self.settings.dicom_port),
+            (self.settings.host, self._port),
             evt_handlers=handlers,
             contexts=cheaply_copied(self.ae.supported_contexts),
             server_class=_AssociationServer,
@@ -202,6 +228,7 @@ class DicomNode:
             dispatch=self.dispatch,
             retrieval=Retrieval(self.archive, self.settings),
             finder=Finder(self.archive, self.settings),
+            ssl_context=self.ssl_context,
         )
         assert isinstance(server, _AssociationServer)
         if self.listen:
@@ -214,10 +241,11 @@ class DicomNode:
         self._server = server
         if self.listen:
             log.info(
-                "DICOM node %s listening on %s:%d",
+                "DICOM node %s listening on %s:%d%s",
                 self.settings.ae_title,
                 self.settings.host,
                 self.port,
+                " (TLS)" if self.ssl_context is not None else "",
             )
 
     def serve_handed_over(self, sock: socket.socket, address: tuple[str, int]) -> None:

@@ -1,5 +1,6 @@
-"""The HTTP front end (Starlette). DICOMweb, WADO-URI and the viewer mount here."""
+"""The HTTP front end (Starlette): ``app`` (the application), ``auth`` (who is calling),
+``viewer``. DICOMweb and WADO-URI (``pacs.dicomweb``) mount in the application.
 
-from pacs.http.app import create_http_app
-
-__all__ = ["create_http_app"]
+Nothing is imported here: ``pacs.dicomweb`` uses ``pacs.http.auth`` while
+``pacs.http.app`` uses ``pacs.dicomweb``.
+"""

@@ -10,7 +10,7 @@ import contextlib
 import shutil
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from starlette.applications import Starlette
@@ -18,14 +18,19 @@ from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 import pacs
 from pacs.config import Settings
 from pacs.core import Archive
+from pacs.core.access import Permission
+from pacs.core.security import Security
 from pacs.dicomweb import dicomweb_routes, error_handlers
+from pacs.http.auth import AuthMiddleware, auth_routes, principal_of
+from pacs.http.shares import share_routes
 from pacs.http.viewer import viewer_routes
+from pacs.index.access import AccessStore
 
 
 class JSONResponse(Response):
@@ -48,6 +53,12 @@ def create_http_app(
         return JSONResponse({"status": "ok"})
 
     async def system(request: Request) -> Response:
+        # Counts of the whole archive: an administrator's view, not a hospital's.
+        principal = principal_of(request)
+        if not principal.may(Permission.MANAGE):
+            return PlainTextResponse(
+                f"{principal.role.value} accounts may not see the archive's figures\n", 403
+            )
         stats = await run_in_threadpool(archive.statistics)
         disk = await run_in_threadpool(shutil.disk_usage, settings.data_dir)
         # Acknowledged blobs still in the local spool, not yet in S3 (null: no spool).
@@ -85,21 +96,31 @@ def create_http_app(
             if on_shutdown is not None:
                 await run_in_threadpool(on_shutdown)
 
+    security = Security(cast(AccessStore, archive.index), archive.audit)
+    secure_cookies = bool(settings.tls_cert)
     middleware = []
     if settings.cors_origins:
         middleware.append(
             Middleware(
                 CORSMiddleware,
                 allow_origins=list(settings.cors_origins),
-                allow_methods=["GET", "POST", "OPTIONS"],
+                allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
                 allow_headers=["*"],
                 expose_headers=["Warning", "Content-Type", "Content-Length", "ETag"],
             )
         )
+    # Inside CORS, so that a browser's preflight is answered before credentials are asked.
+    middleware.append(
+        Middleware(
+            AuthMiddleware, security=security, secure_cookies=secure_cookies, audit=archive.audit
+        )
+    )
     return Starlette(
         routes=[
             Route("/health", health),
             Route("/system", system),
+            *auth_routes(security, secure_cookies),
+            *share_routes(archive, security),
             *dicomweb_routes(archive, settings),
             *viewer_routes(settings),
         ],

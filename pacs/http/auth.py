@@ -18,6 +18,7 @@ browsers never send it by themselves.
 from __future__ import annotations
 
 import html
+import re
 import time
 import urllib.parse
 from typing import Any
@@ -27,10 +28,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pacs.core.access import ANONYMOUS, Principal
+from pacs.core.audit import AuditTrail
 from pacs.core.security import AuthenticationError, Security, ThrottledError
+from pacs.types import AuditEvent
 
 SESSION_COOKIE = "pacs_session"
 CSRF_HEADER = "x-csrf-token"
@@ -41,12 +44,24 @@ _ENABLED_SECONDS = 2.0
 
 
 class AuthMiddleware:
-    """Pure ASGI middleware (no body buffering: WADO-RS streams through it)."""
+    """Pure ASGI middleware (no body buffering: WADO-RS streams through it).
 
-    def __init__(self, app: ASGIApp, security: Security | None, secure_cookies: bool) -> None:
+    It also writes the audit trail of DICOMweb and WADO-URI requests: who
+    queried, retrieved or stored what, from where, and how it ended (a study
+    outside the caller's scope is recorded as denied, though answered 404).
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        security: Security | None,
+        secure_cookies: bool,
+        audit: AuditTrail | None = None,
+    ) -> None:
         self.app = app
         self.security = security
         self.secure_cookies = secure_cookies
+        self.audit = audit
         self._enabled: tuple[float, bool] = (0.0, False)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -54,6 +69,43 @@ class AuthMiddleware:
             await self.app(scope, receive, send)
             return
         scope.setdefault("state", {})
+        action = audited_action(scope["method"], scope["path"]) if self.audit else None
+        if action is None:
+            await self._authenticate(scope, receive, send)
+            return
+        status = 500
+
+        async def watched(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self._authenticate(scope, receive, watched)
+        finally:
+            self._record(scope, action, status)
+
+    def _record(self, scope: Scope, action: str, status: int) -> None:
+        assert self.audit is not None
+        request = Request(scope)
+        principal = scope["state"].get("principal")
+        outcome = scope["state"].get("audit_outcome") or (
+            "success" if status < 400 else "denied" if status in (401, 403) else "failure"
+        )
+        study = _study_of(request)
+        if isinstance(principal, Principal):
+            actor = principal.name or "anonymous"
+            kind = {"share-link": "share-link", "anonymous": "anonymous"}.get(principal.via, "user")
+        else:
+            actor, kind = "", "unauthenticated"
+        query = request.url.query
+        detail = f"{request.method} {request.url.path}{'?' + query if query else ''} -> {status}"
+        self.audit.record(
+            AuditEvent(action, outcome, actor, kind, client_address(request), "", study, detail)
+        )
+
+    async def _authenticate(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
         if self.security is None or not await self._is_enabled():
             scope["state"]["principal"] = ANONYMOUS
@@ -103,6 +155,32 @@ class AuthMiddleware:
             enabled = await run_in_threadpool(lambda: self.security.enabled)  # type: ignore[union-attr]
             self._enabled = (now, enabled)
         return enabled
+
+
+_STUDY_IN_PATH = re.compile(r"/studies/([0-9.]{1,64})(?:/|$)")
+_SEARCHES = re.compile(
+    r"/dicom-web(?:/studies(?:/[0-9.]+/(?:series|instances))?|/series"
+    r"|/instances|/studies/[0-9.]+/series/[0-9.]+/instances)$"
+)
+
+
+def audited_action(method: str, path: str) -> str | None:
+    """What a request does, for the audit trail, or ``None`` when it is not audited."""
+    if path == "/wado":
+        return "retrieve"
+    if not path.startswith("/dicom-web/"):
+        return None
+    if method == "POST":
+        return "store"
+    return "query" if _SEARCHES.match(path) else "retrieve"
+
+
+def _study_of(request: Request) -> str:
+    found = _STUDY_IN_PATH.search(request.url.path)
+    if found:
+        return found.group(1)
+    params = request.query_params
+    return params.get("studyUID") or params.get("StudyInstanceUID") or ""
 
 
 def principal_of(request: Request) -> Principal:
@@ -171,9 +249,11 @@ def auth_routes(security: Security | None, secure_cookies: bool) -> list[BaseRou
                 return PlainTextResponse('send {"username": ..., "password": ...}\n', 400)
             target = "/viewer/"
         else:
-            form = await request.form()
-            username, password = str(form.get("username", "")), str(form.get("password", ""))
-            target = _safe_next(str(form.get("next", "")))
+            # The login form is urlencoded: parsed here, no multipart library needed.
+            body_text = (await request.body())[:8192].decode("utf-8", "replace")
+            form = {k: v[0] for k, v in urllib.parse.parse_qs(body_text).items()}
+            username, password = form.get("username", ""), form.get("password", "")
+            target = _safe_next(form.get("next", ""))
         try:
             principal, cookie = await run_in_threadpool(security.login, username, password, address)
         except ThrottledError as exc:

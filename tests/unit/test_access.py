@@ -88,7 +88,7 @@ def test_roles_and_scopes() -> None:
 
 
 def test_login_throttle_per_user_and_per_address() -> None:
-    throttle = LoginThrottle(limit=3, window=60)
+    throttle = LoginThrottle(limit=3, address_limit=3, window=60)
     for second in range(3):
         assert throttle.wait("anna", "10.0.0.1", now=second) == 0
         throttle.failed("anna", "10.0.0.1", now=second)

@@ -223,7 +223,7 @@ def test_bad_values_from_flags(name: str, value: str, message: str) -> None:
             "unknown key 'modality'",
         ),
         ("[[nodes]]\nae_title = 'A'\nhost = 'h'\nport = 70000\n", "between 1 and 65535"),
-        ("dicom_port = 5000\nhttp_port = 5000\n", "both 5000"),
+        ("dicom_port = 5000\nhttp_port = 5000\n", "must differ, not 5000, 5000"),
     ],
 )
 def test_bad_config_files(tmp_path: Path, text: str, message: str) -> None:

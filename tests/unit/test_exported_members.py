@@ -6,7 +6,7 @@ import importlib
 
 import pytest
 
-PACKAGES = ["storage", "pacs.core", "pacs.index", "pacs.dimse", "pacs.http"]
+PACKAGES = ["storage", "pacs.core", "pacs.index", "pacs.dimse"]
 
 
 @pytest.mark.parametrize("name", PACKAGES)
