@@ -48,17 +48,21 @@ async def _authorized(
     request: Request,
     archive: Archive,
     permission: Permission = Permission.READ,
+    *,
+    search: bool = False,
 ) -> dict[str, str]:
     """The path's UIDs, once the caller may ``permission`` and may see the study.
 
     A study outside the caller's scope is a 404, as one that does not exist.
+    A search is not checked here: its scope filters it, and it answers for a
+    hidden study exactly as for a missing one.
     """
     keys = _uids(request)
     principal = principal_of(request)
     if not principal.may(permission):
         raise DicomWebError(403, f"{principal.role.value} accounts may not {permission.value} here")
     study = keys.get("StudyInstanceUID")
-    if study and permission is Permission.READ and not principal.scope.everything:
+    if study and not search and permission is Permission.READ and not principal.scope.everything:
         await run_in_threadpool(archive.require_visible, principal.scope, study)
     return keys
 
@@ -71,15 +75,15 @@ def dicomweb_routes(archive: Archive, settings: Settings) -> list[BaseRoute]:
 
     # Searches need no visibility check of their own: the scope filters the query.
     async def search_studies(request: Request) -> Response:
-        await _authorized(request, archive)
+        await _authorized(request, archive, search=True)
         return await qido.search(request, archive, settings, Level.STUDY)
 
     async def search_series(request: Request) -> Response:
-        keys = await _authorized(request, archive)
+        keys = await _authorized(request, archive, search=True)
         return await qido.search(request, archive, settings, Level.SERIES, **keys)
 
     async def search_instances(request: Request) -> Response:
-        keys = await _authorized(request, archive)
+        keys = await _authorized(request, archive, search=True)
         return await qido.search(request, archive, settings, Level.IMAGE, **keys)
 
     async def studies(request: Request) -> Response:

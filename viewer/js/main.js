@@ -26,6 +26,11 @@ async function loadConfig() {
   } catch (error) {
     throw new Error(`The archive at ${url.origin} cannot be reached: ${error.message}. Check the network connection and reload.`);
   }
+  if (response.status === 401) {
+    // Not logged in (or the session ended) while the page came from the browser's cache.
+    location.assign(`/login?next=${encodeURIComponent(location.pathname + location.hash)}`);
+    return new Promise(() => {}); // the page is going away
+  }
   if (!response.ok) throw new Error(`The viewer configuration could not be read (${response.status}).`);
   const config = await response.json();
   // The DICOMweb root is relative to config.json, so a reverse proxy can move both.
