@@ -17,7 +17,11 @@ from storage import S3Location, parse_storage_url
 
 DOCKER = Path(__file__).resolve().parents[2] / "docker"
 COMPOSE = DOCKER / "docker-compose.yml"
-SECRETS = {"MINIO_ROOT_PASSWORD": "minio-secret", "POSTGRES_PASSWORD": "postgres-secret"}
+SECRETS = {
+    "MINIO_ROOT_PASSWORD": "minio-secret",
+    "POSTGRES_PASSWORD": "postgres-secret",
+    "PACS_ADMIN_PASSWORD": "admin-secret",
+}
 
 
 def compose_command() -> list[str] | None:
@@ -131,5 +135,34 @@ def test_the_image_runs_pacs_serve_with_a_health_check() -> None:
     dockerfile = (DOCKER / "Dockerfile").read_text()
     assert re.search(r"(?m)^HEALTHCHECK .*\n.*/health", dockerfile)
     assert re.search(r"(?m)^EXPOSE 11112 8080$", dockerfile)
-    assert 'ENTRYPOINT ["pacs"]' in dockerfile and 'CMD ["serve"]' in dockerfile
+    assert (
+        'ENTRYPOINT ["/opt/pacs/docker/entrypoint.sh"]' in dockerfile
+        and 'CMD ["serve"]' in dockerfile
+    )
     assert re.search(r"(?m)^USER pacs$", dockerfile)  # never as root
+
+
+def test_the_entrypoint_makes_the_first_administrator_then_serves(tmp_path: Path) -> None:
+    """Replicas listen on 0.0.0.0, which pacs allows only once an account exists."""
+    entrypoint = COMPOSE.parent / "entrypoint.sh"
+    assert os.access(entrypoint, os.X_OK)
+    assert '"/opt/pacs/docker/entrypoint.sh"' in (COMPOSE.parent / "Dockerfile").read_text()
+    fake = tmp_path / "pacs"
+    calls = tmp_path / "calls"
+    fake.write_text(f'#!/bin/sh\necho "$@" >> {calls}\ncat >> {calls}\n')
+    fake.chmod(0o755)
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "PACS_ADMIN_PASSWORD": "admin-secret"}
+    done = subprocess.run(
+        [str(entrypoint), "serve"], env=env, stdin=subprocess.DEVNULL, timeout=30, check=False
+    )
+    assert done.returncode == 0
+    assert calls.read_text().splitlines() == [
+        "user add admin --role admin --password-stdin",
+        "admin-secret",
+        "serve",
+    ]
+    assert services_environment_has_admin_password()
+
+
+def services_environment_has_admin_password() -> bool:
+    return all("PACS_ADMIN_PASSWORD" in _services()[n]["environment"] for n in ("pacs-1", "pacs-2"))
