@@ -22,6 +22,7 @@ from pacs.http.app import create_http_app
 from pacs.index import Index, open_index
 from pacs.index.access import AccessStore
 from pacs.pixels import LossyQuality
+from pacs.types import AuditEvent
 from pacs.workers import DicomWorkers
 from storage import (
     BlobStore,
@@ -213,6 +214,21 @@ def serve(settings: Settings) -> None:
         http_socket.close()
         raise
     log.info("index: %s; blobs: %r", redact_url(settings.index_location), archive.blobs)
+    # Application start, with what bears on who may do what (PS3.15 A.5.3.1).
+    archive.audit.record(
+        AuditEvent(
+            "config",
+            "success",
+            settings.ae_title,
+            "system",
+            settings.host,
+            detail=f"started: http {settings.http_port}{' (TLS)' if https else ''},"
+            f" dicom {settings.dicom_port}"
+            f"{f', dicom tls {settings.dicom_tls_port}' if settings.dicom_tls_port else ''},"
+            f" known_nodes_only={settings.known_nodes_only},"
+            f" nodes={','.join(n.ae_title for n in settings.nodes) or '-'}",
+        )
+    )
     workers = DicomWorkers(settings)
     node = DicomNode(archive, settings, dispatch=workers.dispatch)
     tls_node = (

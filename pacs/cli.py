@@ -240,6 +240,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def _audit_export(archive: Any, study: str, outcome: str, detail: str) -> None:
+    """A study leaving de-identified is an export of patient data (PS3.15 A.5.3.5)."""
+    import getpass
+    import os
+
+    from pacs.types import AuditEvent
+
+    operator = f"system:{os.environ.get('USER') or getpass.getuser()}"
+    archive.audit.record(
+        AuditEvent("deidentify", outcome, operator, "system", "", "", study, detail)
+    )
+
+
 def _import(settings: Any, paths: list[str], workers: int) -> int:
     from pacs.app import build_archive, configure_libraries
     from pacs.bulk_import import import_paths, print_summary
@@ -311,10 +324,12 @@ def _deidentify(settings: Any, args: argparse.Namespace) -> int:
                     archive, instances, deidentifier, command.node_sender(store)
                 )
             where = f"sent to {node}"
+        _audit_export(archive, args.deid_study, "success" if summary.ok else "failure", where)
     except NotFoundError as exc:
         print(f"pacs: error: {exc}", file=sys.stderr)
         return 1
     except PacsError as exc:  # refused (burned-in annotation), node unreachable
+        _audit_export(archive, args.deid_study, "failure", str(exc))
         print(f"pacs: {exc}", file=sys.stderr)
         return 1
     finally:

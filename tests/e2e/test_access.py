@@ -507,6 +507,29 @@ def test_a_known_ae_from_another_address_is_refused(site: Site) -> None:
     assert [e.outcome for e in site.audit(actor="FARAWAY")][-1] == "denied"
 
 
+def test_every_refusal_above_is_in_the_audit_trail(site: Site) -> None:
+    """Runs after the deny-path tests of this module (pytest keeps their order)."""
+    trail = site.audit()
+    refused = [e for e in trail if e.outcome == "denied"]
+
+    def seen(check: Any) -> bool:
+        return any(check(e) for e in refused)
+
+    # no, expired, revoked or tampered credentials (the caller is unknown then)
+    assert seen(lambda e: e.actor_kind == "unauthenticated" and "-> 401" in e.detail)
+    assert seen(lambda e: e.actor == "ct1" and "-> 403" in e.detail)  # a role that may not
+    assert seen(
+        lambda e: e.actor == "laocai" and e.study_uid == STUDIES["bachmai"].StudyInstanceUID
+    )
+    assert seen(lambda e: e.action == "share" and e.actor == "laocai")  # sharing, as a hospital
+    assert seen(lambda e: e.action == "login" and e.actor == "bachmai")  # throttled
+    assert seen(lambda e: e.action == "login" and e.actor == "STRANGER")  # unknown AE
+    assert seen(lambda e: e.actor == "FARAWAY")  # a node from the wrong address
+    assert seen(lambda e: e.actor == "LAOCAI" and e.action == "retrieve")  # outside its scope
+    started = [e for e in trail if e.action == "config"]
+    assert started and "known_nodes_only=True" in started[0].detail
+
+
 def test_the_audit_trail_is_append_only_and_exported_as_atna_json(site: Site) -> None:
     index = site.index()
     try:

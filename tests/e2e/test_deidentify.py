@@ -20,6 +20,8 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import SecondaryCaptureImageStorage
 
+from pacs.index import SqliteIndex
+from pacs.index.access import AuditQuery
 from tests.conftest import (
     PYDICOM_TEST_FILES,
     ServerProcess,
@@ -87,6 +89,14 @@ def test_a_study_to_a_folder_then_to_a_node_with_the_same_map(
     )
     assert result.returncode == 0, result.stderr + result.stdout
     assert "4 of 4 instances written" in result.stdout and "0 failed" in result.stdout
+    # The export is in the audit trail, with the study's patient.
+    index = SqliteIndex(server.data_dir / "index.sqlite")
+    try:
+        (export,) = index.audit(AuditQuery(action="deidentify", study_uid=uid))
+    finally:
+        index.close()
+    assert export.outcome == "success" and export.patient_id == "PID-12345"
+    assert str(out) in export.detail
 
     files = sorted(out.rglob("*.dcm"))
     assert len(files) == 4
