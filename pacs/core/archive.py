@@ -739,7 +739,7 @@ class Archive:
         displays = [self._display(stored, row, n, request) for n in range(count)]
         header = JsonHeader(orjson.loads(row["metadata"])) if row.get("metadata") else None
         data = animated_gif(displays, _frame_ms(header))
-        rendered = Picture(data, request.media_type, _etag(key))
+        rendered = Picture(data, request.media_type, _etag(key), stored.stored_at)
         self._pictures.put(key, rendered, len(data))
         return rendered
 
@@ -752,7 +752,7 @@ class Archive:
             return cached
         display = self._display(stored, row, frame, request)
         data = encode_picture(display, request.media_type, request.quality)
-        rendered = Picture(data, request.media_type, _etag(key))
+        rendered = Picture(data, request.media_type, _etag(key), stored.stored_at)
         self._pictures.put(key, rendered, len(data))
         return rendered
 
@@ -888,6 +888,7 @@ _STORED_COLUMNS = (
     (Level.IMAGE, "blob_key"),
     (Level.IMAGE, "size"),
     (Level.IMAGE, "content_hash"),
+    (Level.IMAGE, "stored_at"),
 )
 
 

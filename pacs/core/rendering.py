@@ -38,6 +38,8 @@ class Picture:
     etag: str
     """Made from the instance's content hash and the request, not by hashing ``data``:
     the same in every server process, and free to compute."""
+    modified: str = ""
+    """When the instance was stored (ISO 8601): the picture's Last-Modified."""
 
 
 class SizeBoundedCache(Generic[V]):

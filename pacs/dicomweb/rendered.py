@@ -42,7 +42,13 @@ async def instance(request: Request, archive: Archive, keys: dict[str, str]) -> 
     """The first frame of an instance, or as GIF every frame (see ``Archive.rendered_instance``)."""
     wanted = render_request(request)
     rendered = await run_in_threadpool(archive.rendered_instance, keys, wanted)
-    return single_part(request, rendered.data, wanted.media_type, etag=rendered.etag)
+    return single_part(
+        request,
+        rendered.data,
+        wanted.media_type,
+        etag=rendered.etag,
+        last_modified=rendered.modified,
+    )
 
 
 async def frames(
@@ -57,7 +63,13 @@ async def frames(
 
     pictures = await run_in_threadpool(work)
     if len(pictures) == 1:
-        return single_part(request, pictures[0].data, wanted.media_type, etag=pictures[0].etag)
+        return single_part(
+            request,
+            pictures[0].data,
+            wanted.media_type,
+            etag=pictures[0].etag,
+            last_modified=pictures[0].modified,
+        )
     return _multipart([p.data for p in pictures], wanted.media_type)
 
 
@@ -96,7 +108,13 @@ async def thumbnail(
         return archive.rendered(chosen, 0, wanted)
 
     rendered = await run_in_threadpool(work)
-    return single_part(request, rendered.data, wanted.media_type, etag=rendered.etag)
+    return single_part(
+        request,
+        rendered.data,
+        wanted.media_type,
+        etag=rendered.etag,
+        last_modified=rendered.modified,
+    )
 
 
 def _multipart(pictures: list[bytes], media_type: str) -> Response:

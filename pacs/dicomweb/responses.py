@@ -3,6 +3,8 @@ validators and ranges, and the DICOMweb base URL."""
 
 from __future__ import annotations
 
+import datetime
+import email.utils
 import gzip
 import hashlib
 from typing import Any
@@ -78,15 +80,25 @@ def single_part(
     headers: dict[str, str] | None = None,
     *,
     etag: str | None = None,
+    last_modified: str = "",
 ) -> Response:
-    """A single-part body with an ETag, conditional GET and byte ranges (RFC 9110).
+    """A single-part body with an ETag, Last-Modified, conditional GET and byte
+    ranges (RFC 9110).
 
-    The ETag is a hash of ``data`` unless the caller knows a cheaper one.
+    The ETag is a hash of ``data`` unless the caller knows a cheaper one;
+    ``last_modified`` is an ISO 8601 time (when the instance was stored).
+    If-None-Match, when sent, decides alone (RFC 9110 13.2.2).
     """
     etag = etag or '"' + hashlib.blake2b(data, digest_size=12).hexdigest() + '"'
     headers = {"ETag": etag, "Accept-Ranges": "bytes", **(headers or {})}
+    modified = _http_date(last_modified)
+    if modified is not None:
+        headers["Last-Modified"] = email.utils.format_datetime(modified, usegmt=True)
     if_none_match = request.headers.get("if-none-match", "")
-    if if_none_match.strip() == "*" or etag in [t.strip() for t in if_none_match.split(",")]:
+    if if_none_match:
+        if if_none_match.strip() == "*" or etag in [t.strip() for t in if_none_match.split(",")]:
+            return Response(status_code=304, headers=headers)
+    elif modified is not None and _not_modified_since(request, modified):
         return Response(status_code=304, headers=headers)
     requested = request.headers.get("range")
     if requested and requested.startswith("bytes=") and "," not in requested:
@@ -109,3 +121,28 @@ def single_part(
         headers["Content-Range"] = f"bytes */{len(data)}"
         return Response(status_code=416, headers=headers)
     return Response(data, media_type=media_type, headers=headers)
+
+
+def _http_date(iso: str) -> datetime.datetime | None:
+    if not iso:
+        return None
+    try:
+        moment = datetime.datetime.fromisoformat(iso)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.UTC)
+    return moment.astimezone(datetime.UTC).replace(microsecond=0)
+
+
+def _not_modified_since(request: Request, modified: datetime.datetime) -> bool:
+    header = request.headers.get("if-modified-since", "")
+    if not header:
+        return False
+    try:
+        since = email.utils.parsedate_to_datetime(header)
+    except (TypeError, ValueError):
+        return False  # an unparsable date is ignored (RFC 9110 13.1.3)
+    if since.tzinfo is None:
+        since = since.replace(tzinfo=datetime.UTC)
+    return modified <= since

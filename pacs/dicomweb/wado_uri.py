@@ -43,7 +43,7 @@ async def wado_uri(request: Request, archive: Archive, scope: Scope | None = Non
         if media_type in (DICOM, "*/*", "application/*"):
             syntax = checked_transfer_syntax(params.get("transferSyntax", "*"))
             data = await run_in_threadpool(_part10, archive, stored, syntax)
-            return single_part(request, data, DICOM)
+            return single_part(request, data, DICOM, last_modified=stored.stored_at)
         if media_type in FORMATS or media_type == "image/*":
             render_as = RenderRequest(
                 media_type="image/jpeg" if media_type == "image/*" else media_type,
@@ -58,7 +58,13 @@ async def wado_uri(request: Request, archive: Archive, scope: Scope | None = Non
             }
             frame = _number(params.get("frameNumber"), "frameNumber", 1) - 1
             picture = await run_in_threadpool(archive.rendered, keys, frame, render_as)
-            return single_part(request, picture.data, render_as.media_type, etag=picture.etag)
+            return single_part(
+                request,
+                picture.data,
+                render_as.media_type,
+                etag=picture.etag,
+                last_modified=picture.modified,
+            )
     raise DicomWebError(406, f"contentType {params.get('contentType')!r} is not available")
 
 

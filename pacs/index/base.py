@@ -47,6 +47,8 @@ class StoredInstance:
     blob_key: str
     size: int
     content_hash: str
+    stored_at: str = ""
+    """UTC time of storage, ISO 8601 (HTTP's Last-Modified)."""
 
 
 class Index(Protocol):

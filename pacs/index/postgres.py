@@ -94,7 +94,8 @@ def _select(query: Query, count: bool = False) -> Clause:
 
 _STORED_SELECT = """
     SELECT st.study_instance_uid, se.series_instance_uid, i.sop_instance_uid,
-           i.sop_class_uid, i.transfer_syntax_uid, i.blob_key, i.size, i.content_hash
+           i.sop_class_uid, i.transfer_syntax_uid, i.blob_key, i.size, i.content_hash,
+               i.stored_at
     FROM instances i
     JOIN series se ON se.pk = i.series_pk
     JOIN studies st ON st.pk = se.study_pk
@@ -288,7 +289,7 @@ class PostgresIndex(SqlAccessStore):
             lambda db: db.execute(
                 """SELECT i.pk, st.study_instance_uid, se.series_instance_uid,
                           i.sop_instance_uid, i.sop_class_uid, i.transfer_syntax_uid,
-                          i.blob_key, i.size, i.content_hash
+                          i.blob_key, i.size, i.content_hash, i.stored_at
                    FROM instances i
                    JOIN series se ON se.pk = i.series_pk
                    JOIN studies st ON st.pk = se.study_pk

@@ -184,7 +184,8 @@ class SqliteIndex(SqlAccessStore):
 
     _STORED_SELECT = """
         SELECT st.study_instance_uid, se.series_instance_uid, i.sop_instance_uid,
-               i.sop_class_uid, i.transfer_syntax_uid, i.blob_key, i.size, i.content_hash
+               i.sop_class_uid, i.transfer_syntax_uid, i.blob_key, i.size, i.content_hash,
+               i.stored_at
         FROM instances i
         JOIN series se ON se.pk = i.series_pk
         JOIN studies st ON st.pk = se.study_pk
@@ -274,7 +275,7 @@ class SqliteIndex(SqlAccessStore):
             rows = db.execute(
                 """SELECT i.pk, st.study_instance_uid, se.series_instance_uid,
                           i.sop_instance_uid, i.sop_class_uid, i.transfer_syntax_uid,
-                          i.blob_key, i.size, i.content_hash
+                          i.blob_key, i.size, i.content_hash, i.stored_at
                    FROM instances i
                    JOIN series se ON se.pk = i.series_pk
                    JOIN studies st ON st.pk = se.study_pk

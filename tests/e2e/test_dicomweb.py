@@ -15,6 +15,8 @@ The streaming test has its own server, so that its memory figures are its own.
 from __future__ import annotations
 
 import base64
+import datetime as dt
+import email.utils
 import functools
 import gzip
 import struct
@@ -1342,6 +1344,32 @@ def test_single_part_responses_have_an_etag_and_ranges(dw: DW) -> None:
     beyond = wado_uri(dw, {"Range": f"bytes={len(data) + 10}-"}, **params)
     assert beyond.status_code == 416
     assert beyond.headers["content-range"] == f"bytes */{len(data)}"
+
+
+def test_single_part_responses_say_when_the_instance_was_stored(dw: DW) -> None:
+    ct = dw.bundled["CT_small.dcm"]
+    rendered_path = dw.instance_path(FILES_STUDY, ct.series, ct.sop) + "/rendered"
+    params = uri_params(FILES_STUDY, ct.series, ct.sop, contentType="application/dicom")
+    for response in (wado_uri(dw, **params), dw.get(rendered_path)):
+        assert response.status_code == 200
+        modified = response.headers["last-modified"]
+        stored = email.utils.parsedate_to_datetime(modified)
+        assert abs((stored - dt.datetime.now(dt.UTC)).total_seconds()) < 24 * 3600
+        later = email.utils.format_datetime(stored + dt.timedelta(seconds=1), usegmt=True)
+        earlier = email.utils.format_datetime(stored - dt.timedelta(days=1), usegmt=True)
+        again = httpx.get(response.url, headers={"If-Modified-Since": modified}, timeout=30)
+        assert again.status_code == 304 and again.headers["last-modified"] == modified
+        assert (
+            httpx.get(response.url, headers={"If-Modified-Since": later}, timeout=30).status_code
+            == 304
+        )
+        assert (
+            httpx.get(response.url, headers={"If-Modified-Since": earlier}, timeout=30).status_code
+            == 200
+        )
+        # If-None-Match decides alone when both are sent (RFC 9110 13.2.2).
+        both = {"If-Modified-Since": modified, "If-None-Match": '"another"'}
+        assert httpx.get(response.url, headers=both, timeout=30).status_code == 200
 
 
 def test_json_is_gzipped_when_asked(dw: DW) -> None:
