@@ -56,11 +56,13 @@ lint: install-test
 ## Measure ingest against Orthanc (needs Debian's orthanc; installs it if missing), then
 ## C-FIND on 100,000 studies and C-MOVE against C-STORE (the index is cached in benchmarks/.cache),
 ## then DICOMweb against Orthanc's DICOMweb plugin (Debian's orthanc-dicomweb; installed if missing).
-## Then rendering (JPEG/PNG) in-process, against the naive path and against Orthanc,
-## and the web viewer in Chromium (first image, whole series, bytes, scroll rate).
+## Then rendering (JPEG/PNG) and transcoding, against the naive path and against Orthanc with
+## its GDCM plugin (Debian's orthanc-gdcm; installed if missing), and the web viewer in
+## Chromium (first image, whole series, bytes, scroll rate).
 bench: install-test
 	@command -v Orthanc >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc >/dev/null)
 	@dpkg -s orthanc-dicomweb >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc-dicomweb >/dev/null)
+	@dpkg -s orthanc-gdcm >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc-gdcm >/dev/null)
 	$(BIN)/python benchmarks/ingest.py
 	$(BIN)/python benchmarks/query.py
 	$(BIN)/python benchmarks/dicomweb.py
