@@ -37,6 +37,8 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from pacs.dimse.transport import guard_reactor
+
 __all__ = [
     "OrthancProcess",
     "free_port",
@@ -296,6 +298,9 @@ def send_files(
         assoc = ae.associate(host, port, ae_title=called_ae)
         if assoc.is_established:
             _set_nodelay(assoc)
+            # Else pynetdicom now and then drops a C-STORE response, waits out the
+            # DIMSE timeout and aborts (pacs/dimse/transport.py).
+            guard_reactor(assoc)
         barrier.wait()
         if not assoc.is_established:
             failures[index] = len(shares[index])

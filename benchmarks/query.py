@@ -64,6 +64,7 @@ from benchmarks.dicom_nodes import (
     wait_for_echo,
 )
 from benchmarks.phantom import generate_ct_series
+from pacs.dimse.transport import guard_reactor
 from pacs.index import SqliteIndex
 from pacs.index.base import InstanceRecord
 from pacs.index.schema import ATTRIBUTES, normalise_name
@@ -631,6 +632,7 @@ def time_finds(
     if not assoc.is_established:
         raise RuntimeError("C-FIND association rejected")
     _set_nodelay(assoc)
+    guard_reactor(assoc)  # else pynetdicom now and then drops a response (transport.py)
     results: dict[str, tuple[list[Timing], float]] = {}
     try:
         for cases in runs.values():

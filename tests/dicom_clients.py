@@ -10,6 +10,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, _config, build_role, evt
 from pynetdicom.association import Association
 
+from pacs.dimse.transport import guard_reactor
 from tests.conftest import ServerProcess
 
 SUCCESS = 0x0000
@@ -41,6 +42,7 @@ def association(
         evt_handlers=[(evt.EVT_C_STORE, on_store)] if on_store else [],
     )
     assert assoc.is_established, f"association refused; server log:\n{server.log()}"
+    guard_reactor(assoc)  # several requests in a row: pynetdicom could drop a response
     try:
         yield assoc
     finally:

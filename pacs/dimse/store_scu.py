@@ -26,6 +26,7 @@ from pynetdicom.status import code_to_category
 
 from pacs.config import Node, Settings
 from pacs.core.encoding import split_part10
+from pacs.dimse.transport import guard_reactor
 from pacs.errors import PacsError
 from pacs.pixels import transcode
 
@@ -78,7 +79,8 @@ class StoreSCU:
         if not assoc.is_established:
             self._ae.shutdown()
             raise PacsError(f"cannot associate with {self.node} (refused, aborted or unreachable)")
-        self._assoc = assoc
+        # Many C-STOREs in a row over one plain pynetdicom association.
+        self._assoc = guard_reactor(assoc)
         return self
 
     def __exit__(

@@ -22,6 +22,7 @@ import queue
 import select
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -130,13 +131,79 @@ _NUDGE = (None, None)
 """Put on the DIMSE message queue to wake the association reactor early."""
 
 
-class PromptDIMSEServiceProvider(DIMSEServiceProvider):
+class GuardedDIMSEServiceProvider(DIMSEServiceProvider):
+    """Keeps the association reactor off the responses a ``send_*`` call waits for.
+
+    pynetdicom's ``send_c_find``, ``send_c_store``... pause the reactor by
+    clearing ``_reactor_checkpoint`` and waiting for ``_is_paused``, and set
+    the checkpoint again when done. That flag goes stale: the reactor, woken
+    by one call's ``set()``, has not yet run when the next call clears the
+    checkpoint, so the next call sees ``_is_paused`` still true and sends its
+    request while the reactor is about to look at the message queue. When a
+    response arrives in that moment the reactor takes it, logs "Received
+    unexpected C-FIND service message" and drops it: a C-FIND then ends in
+    Success short of a match, a C-STORE waits out the DIMSE timeout and the
+    association is aborted (pynetdicom issue #875; with CPU contention in the
+    client, about one C-FIND in a hundred, reproduced in
+    tests/e2e/test_query_retrieve.py).
+
+    The reactor is the only caller of the non-blocking ``get_msg``. Here it
+    hands back whatever it takes while the checkpoint is clear: a message that
+    reached the queue before the ``clear()`` cannot be the answer to a request
+    sent after it, and anything later belongs to the caller that cleared it.
+    """
+
+    def get_msg(self, block: bool = False) -> Any:
+        item = self._take(block)
+        if block or item[1] is None or self.assoc._reactor_checkpoint.is_set():
+            return item
+        queue_ = self.msg_queue
+        with queue_.mutex:  # back to the front, in order, for the waiting caller
+            queue_.queue.appendleft(item)
+            queue_.unfinished_tasks += 1
+            queue_.not_empty.notify()
+        return None, None
+
+    def _take(self, block: bool) -> Any:
+        return super().get_msg(block)
+
+
+def guard_reactor(assoc: Association) -> Association:
+    """Protect an association made by a plain pynetdicom ``AE`` (see above).
+
+    Call it before the first ``send_*``: test and benchmark clients, or any
+    SCU that is not a ``TunedAE``. Returns the association.
+    """
+    if not isinstance(assoc.dimse, GuardedDIMSEServiceProvider):
+        assoc.dimse.__class__ = GuardedDIMSEServiceProvider
+    return assoc
+
+
+class _NudgingCheckpoint(threading.Event):
+    """The reactor's pause point; clearing it wakes a reactor waiting on its queue.
+
+    ``send_*`` then waits for the pause (when ``_is_paused`` is not stale)
+    about a millisecond, not the reactor's whole ``_MAX_WAIT``.
+    """
+
+    def __init__(self, dimse: PromptDIMSEServiceProvider, was_set: bool) -> None:
+        super().__init__()
+        self._dimse = dimse
+        if was_set:
+            self.set()
+
+    def clear(self) -> None:
+        super().clear()
+        self._dimse.nudge()
+
+
+class PromptDIMSEServiceProvider(GuardedDIMSEServiceProvider):
     """Lets the association reactor block on its message queue instead of polling."""
 
     def nudge(self) -> None:
         self.msg_queue.put(_NUDGE)
 
-    def get_msg(self, block: bool = False) -> Any:
+    def _take(self, block: bool) -> Any:
         deadline = None if self.dimse_timeout is None else time.monotonic() + self.dimse_timeout
         while True:
             if block:
@@ -191,6 +258,7 @@ def make_event_driven(assoc: Association, sock: AssociationSocket) -> None:
     dimse.__class__ = PromptDIMSEServiceProvider
     assert isinstance(dimse, PromptDIMSEServiceProvider)
     assoc.dul.to_user_queue = _SignallingQueue(dimse.nudge)
+    assoc._reactor_checkpoint = _NudgingCheckpoint(dimse, assoc._reactor_checkpoint.is_set())
 
 
 def _no_delay(sock: socket.socket | ssl.SSLSocket | None) -> None:
@@ -228,10 +296,7 @@ def paused_reactor(assoc: Association) -> Iterator[None]:
 
     Inside an SCP handler the reactor is already paused (it is running us).
     """
-    assoc._reactor_checkpoint.clear()
-    dimse = assoc.dimse
-    if isinstance(dimse, PromptDIMSEServiceProvider):
-        dimse.nudge()  # end its wait on the message queue so it reaches the checkpoint
+    assoc._reactor_checkpoint.clear()  # a tuned association's checkpoint also wakes it
     try:
         while not assoc._is_paused and assoc.is_alive():
             time.sleep(0.0001)
