@@ -119,11 +119,7 @@ async def thumbnail(
 
 def _multipart(pictures: list[bytes], media_type: str) -> Response:
     multipart = Multipart(media_type)
-    body = (
-        b"".join(multipart.head(media_type) + p + multipart.part_end() for p in pictures)
-        + multipart.tail()
-    )
-    return Response(body, media_type=multipart.content_type())
+    return Response(multipart.body(pictures, media_type), media_type=multipart.content_type())
 
 
 def _media_type(request: Request) -> str:

@@ -249,13 +249,7 @@ def _multipart_body(values: list[bytes], media_type: str, syntax: str | None) ->
     params: dict[str, Any] = (
         {"transfer_syntax": syntax} if syntax and media_type != OCTET_STREAM else {}
     )
-    body = (
-        b"".join(
-            multipart.head(media_type, **params) + value + multipart.part_end() for value in values
-        )
-        + multipart.tail()
-    )
-    return body, multipart.content_type()
+    return multipart.body(values, media_type, **params), multipart.content_type()
 
 
 def _check_parents(stored: StoredInstance, keys: dict[str, str]) -> None:
