@@ -832,6 +832,35 @@ def test_c_cancel_stops_a_find_with_many_matches(qr: QR) -> None:
     assert echo(qr.server) == SUCCESS
 
 
+@pytest.mark.parametrize("max_pdu", [256, 1024])
+def test_find_responses_larger_than_the_peers_pdus_arrive_whole(qr: QR, max_pdu: int) -> None:
+    """Pending responses go out as PDUs written by pacs, in batches; a client
+    with small PDUs gets each identifier in fragments, and every match whole."""
+    model = StudyRootQueryRetrieveInformationModelFind
+    request = identifier(
+        "IMAGE",
+        {"StudyInstanceUID": MANY_STUDY, "SOPInstanceUID": "", "PatientName": "", "StudyDate": ""},
+    )
+    with association(qr.server, [(model, None)]) as assoc:
+        expected = [(int(s.Status), m) for s, m in assoc.send_c_find(request, model)]
+    ae = AE(ae_title=CALLING_AE)
+    ae.add_requested_context(model)
+    ae.maximum_pdu_size = max_pdu
+    assoc = guard_reactor(
+        ae.associate("127.0.0.1", qr.server.dicom_port, ae_title=qr.server.ae_title)
+    )
+    try:
+        assert assoc.is_established
+        received = [(int(s.Status), m) for s, m in assoc.send_c_find(request, model)]
+    finally:
+        if assoc.is_established:
+            assoc.release()
+        ae.shutdown()
+    assert [s for s, _ in received] == [PENDING] * MANY + [SUCCESS]
+    assert received == expected
+    assert len({m.SOPInstanceUID for _, m in received[:-1]}) == MANY
+
+
 class LateReactorCheckpoint(threading.Event):
     """pynetdicom's reactor pause point, made late: once woken, the reactor
     goes on only when a response has arrived (or after half a second), as
