@@ -12,6 +12,7 @@ import enum
 import functools
 import hashlib
 import logging
+import re
 import secrets
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -45,7 +46,7 @@ from pacs.errors import (
     UnsupportedTransferSyntaxError,
 )
 from pacs.index.base import Index, InstanceRecord, StoredInstance
-from pacs.index.query import Query
+from pacs.index.query import Condition, Query, SingleValue
 from pacs.index.schema import LEVELS, UNIQUE_KEYS, Level
 from pacs.pixels import (
     NATIVE_SYNTAXES,
@@ -866,8 +867,17 @@ class Archive:
         self, level: Level, keys: Mapping[str, str], *extra: tuple[Level, str]
     ) -> Query:
         unique = {UNIQUE_KEYS[above].keyword for above in LEVELS[: LEVELS.index(level) + 1]}
-        query = build_query(Level.IMAGE, {k: v for k, v in keys.items() if k in unique})
-        return Query(Level.IMAGE, query.conditions, _STORED_COLUMNS + extra)
+        wanted = {k: v for k, v in keys.items() if k in unique}
+        if all(k in _UID_COLUMNS and _PLAIN_UID.fullmatch(v) for k, v in wanted.items()):
+            # UIDs from a WADO path or a retrieve: plain equality, without the
+            # general query parser (a third of a frame request's archive time).
+            conditions = tuple(
+                Condition(_UID_COLUMNS[k][0], _UID_COLUMNS[k][1], SingleValue(v))
+                for k, v in wanted.items()
+            )
+        else:
+            conditions = build_query(Level.IMAGE, wanted).conditions
+        return Query(Level.IMAGE, conditions, _STORED_COLUMNS + extra)
 
     def entity(self, level: Level, uid: str) -> dict[str, object]:
         row = self.index.entity(level, uid)
@@ -893,6 +903,11 @@ _STORED_COLUMNS = (
 
 
 _STORED_NAMES = tuple(column for _, column in _STORED_COLUMNS)
+_UID_COLUMNS = {
+    UNIQUE_KEYS[level].keyword: (level, UNIQUE_KEYS[level].column)
+    for level in (Level.STUDY, Level.SERIES, Level.IMAGE)
+}
+_PLAIN_UID = re.compile(r"[0-9]+(?:\.[0-9]+)*")
 _FRAME_COLUMNS = tuple(
     (Level.IMAGE, column)
     for column in (
