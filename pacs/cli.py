@@ -123,6 +123,15 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="do not read each copy back to compare its SHA-256",
     )
+    remove = commands.add_parser(
+        "delete",
+        help="remove a study, a series or an instance from the archive (audited)",
+    )
+    _common(remove)
+    _storage(remove)
+    remove.add_argument("--study", dest="del_study", metavar="UID", required=True)
+    remove.add_argument("--series", dest="del_series", metavar="UID")
+    remove.add_argument("--instance", dest="del_instance", metavar="UID", help="needs --series")
     _deidentify_parser(commands)
     admin.add_parsers(commands, _common)
     return parser
@@ -217,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         key: value
         for key, value in vars(args).items()
         if key not in ("command", "config", "paths", "workers", "source", "target", "verify")
-        and not key.startswith(("deid_", "admin_"))
+        and not key.startswith(("deid_", "admin_", "del_"))
     }
     try:
         settings = load_settings(flags, args.config)
@@ -230,6 +239,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _deidentify(settings, args)
         if args.command in admin.COMMANDS:
             return admin.run(settings, args)
+        if args.command == "delete":
+            return _delete(settings, args.del_study, args.del_series, args.del_instance)
         if args.command == "migrate-storage":
             return _migrate(settings, args.source, args.target, args.workers, args.verify)
         return _import(settings, args.paths, args.workers)
@@ -251,6 +262,57 @@ def _audit_export(archive: Any, study: str, outcome: str, detail: str) -> None:
     archive.audit.record(
         AuditEvent("deidentify", outcome, operator, "system", "", "", study, detail)
     )
+
+
+def _delete(settings: Any, study: str, series: str | None, instance: str | None) -> int:
+    """What ``DELETE /dicom-web/studies/...`` does, for an administrator at the server."""
+    import getpass
+    import os
+
+    from pacs.app import build_archive
+    from pacs.errors import PacsError
+    from pacs.index.schema import Level
+    from pacs.types import AuditEvent
+
+    if instance and not series:
+        raise ConfigError("--instance needs --series")
+    keys = {"StudyInstanceUID": study}
+    level = Level.STUDY
+    if series:
+        keys["SeriesInstanceUID"], level = series, Level.SERIES
+    if instance:
+        keys["SOPInstanceUID"], level = instance, Level.IMAGE
+    operator = f"system:{os.environ.get('USER') or getpass.getuser()}"
+    detail = f"pacs delete {' '.join(f'{k}={v}' for k, v in keys.items())}"
+    archive = build_archive(settings)
+    try:
+        try:
+            deletion = archive.delete(level, keys)
+        except PacsError as exc:
+            archive.audit.record(
+                AuditEvent(
+                    "delete", "failure", operator, "system", "", "", study, f"{detail}: {exc}"
+                )
+            )
+            print(f"pacs: error: {exc}", file=sys.stderr)
+            return 1
+        archive.audit.record(
+            AuditEvent(
+                "delete",
+                "success",
+                operator,
+                "system",
+                "",
+                deletion.patient_id,
+                deletion.study_uid,
+                f"{detail}: {deletion.instances} instances",
+            )
+        )
+        what = list(keys.values())[-1]
+        print(f"deleted {deletion.instances} instances of {level.value.lower()} {what}")
+        return 0
+    finally:
+        archive.close()
 
 
 def _import(settings: Any, paths: list[str], workers: int) -> int:

@@ -46,6 +46,15 @@ class StoreResult:
 
 
 @dataclass(frozen=True, slots=True)
+class Deletion:
+    """What ``Archive.delete`` removed."""
+
+    study_uid: str
+    patient_id: str
+    instances: int
+
+
+@dataclass(frozen=True, slots=True)
 class ArchiveStatistics:
     patients: int
     studies: int

@@ -55,6 +55,8 @@ class Permission(enum.Enum):
     """Share a study with a hospital, make or revoke a share link."""
     MANAGE = "manage"
     """Users, tokens and the audit trail."""
+    DELETE = "delete"
+    """Remove stored studies, series and instances (admins only)."""
 
 
 ROLE_PERMISSIONS: Mapping[Role, frozenset[Permission]] = {

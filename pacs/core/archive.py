@@ -68,7 +68,7 @@ from pacs.pixels.render import (
     display_array,
     encode_picture,
 )
-from pacs.types import ArchiveStatistics, Caller, Scope, StoreOutcome, StoreResult
+from pacs.types import ArchiveStatistics, Caller, Deletion, Scope, StoreOutcome, StoreResult
 from storage import (
     BlobNotFoundError,
     BlobStore,
@@ -129,7 +129,9 @@ class Archive:
         self._metadata = MetadataWarmer(index, self._backfill_metadata)
         # Every front end records through the archive's trail, in every process.
         append = getattr(index, "append_audit", None)
-        self.audit = AuditTrail(append if append is not None else (lambda events: None))
+        self.audit = AuditTrail(
+            append if append is not None else (lambda events: None), self.patient_of
+        )
         # Decoded frames (a J2K frame costs tens of ms to decode) and pictures.
         self._decoded: SizeBoundedCache[tuple[Dataset | JsonHeader, Any]] = SizeBoundedCache(
             256 << 20
@@ -491,6 +493,34 @@ class Archive:
         self._metadata.touch()
         query = replace(self._unique_key_query(level, keys), scope=scope)
         return [StoredInstance(**row) for row in self.index.find(query)]
+
+    def delete(self, level: Level, keys: Mapping[str, str], scope: Scope | None = None) -> Deletion:
+        """Remove the study, series or instance that ``keys`` name (its UIDs).
+
+        Each instance's index row goes first, in its own transaction, so that
+        from then on no query or retrieval finds it; its blob after. A crash
+        between the two leaves a file no row points to (wasted space, never a
+        row without its file). Counts, ModalitiesInStudy and SOPClassesInStudy
+        of what remains are kept right by the index; empty series, studies and
+        patients go. Shares of a deleted study stay on record (the audit says
+        what they were) and grant nothing. Raises ``NotFoundError`` when
+        nothing matches (or nothing the caller may see).
+        """
+        instances = self.instances_to_retrieve(level, keys, scope)
+        if not instances:
+            raise NotFoundError(f"no {level.value.lower()} {dict(keys)}")
+        patient_id = self.patient_of(instances[0].study_instance_uid)
+        # Events waiting for the writer find their patient from the study:
+        # written now, while it is still there.
+        self.audit.flush()
+        removed = 0
+        for stored in instances:
+            old = self.index.remove_instance(stored.sop_instance_uid)
+            if old is not None:
+                removed += 1
+                self._delete_blob_quietly(old.blob_key)
+        log.info("deleted %d instances of %s %s", removed, level.value.lower(), dict(keys))
+        return Deletion(instances[0].study_instance_uid, patient_id, removed)
 
     def require_visible(self, scope: Scope | None, study_instance_uid: str) -> None:
         """Raise ``NotFoundError`` unless ``scope`` lets its caller see the study.

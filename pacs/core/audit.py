@@ -110,8 +110,16 @@ class AuditTrail:
     ``close`` writes what is left.
     """
 
-    def __init__(self, append: Callable[[Sequence[AuditEvent]], None]) -> None:
+    def __init__(
+        self,
+        append: Callable[[Sequence[AuditEvent]], None],
+        patient_of: Callable[[str], str] | None = None,
+    ) -> None:
         self._append = append
+        self._patient_of = patient_of
+        """Study UID -> Patient ID, for events that name only the study (HTTP
+        requests name a study in their path): filled in by the writer, off the
+        request path, so that ``pacs audit --patient`` finds them too."""
         self._pending: list[AuditEvent] = []
         self._retrievals: dict[tuple[str, ...], int] = {}
         """(action, actor, address, study, outcome) -> index in ``_pending``."""
@@ -151,6 +159,23 @@ class AuditTrail:
             batch, self._pending, self._retrievals = self._pending, [], {}
         return batch
 
+    def _with_patients(self, batch: list[AuditEvent]) -> list[AuditEvent]:
+        if self._patient_of is None:
+            return batch
+        known: dict[str, str] = {}
+        filled = []
+        for event in batch:
+            if event.study_uid and not event.patient_id:
+                if event.study_uid not in known:
+                    try:
+                        known[event.study_uid] = self._patient_of(event.study_uid)
+                    except Exception:  # an unknown study, or the index busy: left as it is
+                        log.debug("no patient for study %s", event.study_uid, exc_info=True)
+                        known[event.study_uid] = ""
+                event = replace(event, patient_id=known[event.study_uid])
+            filled.append(event)
+        return filled
+
     def _run(self) -> None:
         while True:
             with self._lock:
@@ -165,7 +190,7 @@ class AuditTrail:
         if not batch:
             return
         try:
-            self._append(batch)
+            self._append(self._with_patients(batch))
         except Exception:  # the outermost edge of the writer thread
             log.exception(
                 "could not write %d audit events; retrying with the next batch", len(batch)

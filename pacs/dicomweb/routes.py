@@ -96,12 +96,26 @@ def dicomweb_routes(archive: Archive, settings: Settings) -> list[BaseRoute]:
         if request.method == "POST":
             keys = await _authorized(request, archive, Permission.STORE)
             return await stow.store(request, archive, keys["StudyInstanceUID"])
+        if request.method == "DELETE":
+            return await delete(request)
         keys = await _authorized(request, archive)
         return await wado.retrieve(request, archive, Level.STUDY, keys)
 
     async def retrieve(request: Request) -> Response:
+        if request.method == "DELETE":
+            return await delete(request)
         keys = await _authorized(request, archive)
         return await wado.retrieve(request, archive, level_of(keys), keys)
+
+    async def delete(request: Request) -> Response:
+        """Not part of PS3.18: removes a study, series or instance, as
+        dcm4chee's and Orthanc's REST APIs do (admins only; 204 like
+        dcm4chee). Audited as a delete, with the patient, by the middleware."""
+        keys = await _authorized(request, archive, Permission.DELETE)
+        scope = principal_of(request).scope
+        deletion = await run_in_threadpool(archive.delete, level_of(keys), keys, scope)
+        request.state.audit_patient = deletion.patient_id
+        return Response(status_code=204)
 
     async def metadata(request: Request) -> Response:
         keys = await _authorized(request, archive)
@@ -145,25 +159,25 @@ def dicomweb_routes(archive: Archive, settings: Settings) -> list[BaseRoute]:
         Route("/studies", studies, methods=["GET", "POST"]),
         Route("/series", search_series),
         Route("/instances", search_instances),
-        Route("/studies/{study}", study, methods=["GET", "POST"]),
+        Route("/studies/{study}", study, methods=["GET", "POST", "DELETE"]),
         Route("/studies/{study}/metadata", metadata),
         Route("/studies/{study}/rendered", rendered_resource),
         Route("/studies/{study}/thumbnail", thumbnail),
         Route("/studies/{study}/series", search_series),
         Route("/studies/{study}/instances", search_instances),
-        Route(series_path, retrieve),
+        Route(series_path, retrieve, methods=["GET", "DELETE"]),
         Route(series_path + "/metadata", metadata),
         Route(series_path + "/rendered", rendered_resource),
         Route(series_path + "/thumbnail", thumbnail),
         Route(series_path + "/instances", search_instances),
-        Route(instance_path, retrieve),
+        Route(instance_path, retrieve, methods=["GET", "DELETE"]),
         Route(instance_path + "/metadata", metadata),
         Route(instance_path + "/rendered", rendered_resource),
         Route(instance_path + "/thumbnail", thumbnail),
         Route(instance_path + "/frames/{frames}/rendered", rendered_frames),
         Route(instance_path + "/frames/{frames}", frames),
         Route(instance_path + "/bulkdata/{path:path}", bulkdata),
-        Route("/{rest:path}", unknown_resource, methods=["GET", "POST"]),
+        Route("/{rest:path}", unknown_resource, methods=["GET", "POST", "DELETE"]),
     ]
 
     async def wado_uri_endpoint(request: Request) -> Response:

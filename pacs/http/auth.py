@@ -101,8 +101,13 @@ class AuthMiddleware:
             actor, kind = "", "unauthenticated"
         query = request.url.query
         detail = f"{request.method} {request.url.path}{'?' + query if query else ''} -> {status}"
+        # A handler names the patient when the writer could not look it up
+        # later (a deleted study); otherwise the writer finds it from the study.
+        patient = str(scope["state"].get("audit_patient") or "")
         self.audit.record(
-            AuditEvent(action, outcome, actor, kind, client_address(request), "", study, detail)
+            AuditEvent(
+                action, outcome, actor, kind, client_address(request), patient, study, detail
+            )
         )
 
     async def _authenticate(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -172,6 +177,8 @@ def audited_action(method: str, path: str) -> str | None:
         return None
     if method == "POST":
         return "store"
+    if method == "DELETE":
+        return "delete"
     return "query" if _SEARCHES.match(path) else "retrieve"
 
 

@@ -421,6 +421,38 @@ def test_viewer_sessions_need_the_csrf_token_to_change_anything(site: Site) -> N
         assert browser.get("/dicom-web/studies").status_code == 401
 
 
+def test_only_an_admin_deletes_and_each_deletion_is_audited_with_its_patient(
+    site: Site,
+) -> None:
+    doomed = study("doomed", LAO_CAI, "LC-0002")
+    store_all(site.server, [doomed], ae_title="MODALITY")
+    path = f"/dicom-web/studies/{doomed.StudyInstanceUID}"
+
+    def delete(who: str | None) -> int:
+        headers = {"Authorization": f"Bearer {site.tokens[who]}"} if who else {}
+        return httpx.delete(site.url + path, headers=headers, timeout=30).status_code
+
+    assert delete(None) == 401
+    assert [delete(who) for who in ("dr-an", "laocai", "ct1")] == [403] * 3
+    with httpx.Client(base_url=site.url, timeout=10) as browser:
+        logged = browser.post("/login", data={"username": "admin", "password": PASSWORDS["admin"]})
+        assert logged.status_code in (200, 303)
+        assert browser.delete(path).status_code == 403  # a session needs its CSRF token
+    assert site.get(path + "/metadata", "laocai").status_code == 200  # still there
+    assert delete("admin") == 204
+    assert site.get(path + "/metadata", "admin").status_code == 404
+    assert delete("admin") == 404
+
+    deletions = site.audit(action="delete", study_uid=str(doomed.StudyInstanceUID))
+    done = [e for e in deletions if e.outcome == "success"]
+    assert [(e.actor, e.patient_id) for e in done] == [("admin", "LC-0002")]
+    refused = {e.actor for e in deletions if e.outcome == "denied"}
+    assert {"dr-an", "laocai", "ct1"} <= refused
+    # Reads over HTTP name their patient too, found from the study by the writer.
+    reads = site.audit(patient_id="LC-0002", action="retrieve")
+    assert any(e.actor == "laocai" and e.actor_kind == "user" for e in reads)
+
+
 def test_failed_logins_are_throttled_and_audited(site: Site) -> None:
     statuses = [
         httpx.post(

@@ -588,8 +588,10 @@ def test_concurrent_associations_store_each_instance_once(
 
         def send(index: int) -> None:
             try:
-                # A rare ~30 s stall of one C-STORE under load is not understood yet
-                # (see the issue note); a longer wait tells a slow answer from none.
+                # A rare ~30 s stall of one C-STORE under load was this client's
+                # pynetdicom reactor taking the response (guard_reactor, in
+                # association(), now hands it back); a long wait still tells a
+                # slow answer from none, should anything like it come back.
                 with association(
                     server,
                     [(CTImageStorage, ExplicitVRLittleEndian)],

@@ -19,7 +19,10 @@ import datetime as dt
 import email.utils
 import functools
 import gzip
+import json
 import struct
+import subprocess
+import sys
 import threading
 import time
 import unicodedata
@@ -1548,3 +1551,94 @@ def test_corrupt_pixel_data_is_a_500_with_a_reason_and_nothing_breaks(
     assert frames.status_code == 200
     assert dw.get("/studies", params={"PatientID": "DW-A"}).status_code == 200
     assert httpx.get(dw.server.http_url + "/health").status_code == 200
+
+
+# -- DELETE (not PS3.18; as dcm4chee's and Orthanc's REST APIs) ---------------------------
+
+
+def delete(dw: DW, path: str) -> httpx.Response:
+    return httpx.delete(dw.url + path, timeout=30)
+
+
+def study_summary(dw: DW, study: str) -> dict[str, Any] | None:
+    found = dw.get(
+        "/studies",
+        params={"StudyInstanceUID": study, "includefield": "ModalitiesInStudy"},
+        headers={"Accept": DICOM_JSON},
+    ).json()
+    return found[0] if found else None
+
+
+def test_delete_an_instance_a_series_then_the_study(dw: DW) -> None:
+    # One patient, one study: a CT series of two images and an MR series of one.
+    datasets = [
+        make_ct("dw-delete", 1, 1, patient_id="DW-DEL"),
+        make_ct("dw-delete", 1, 2, patient_id="DW-DEL"),
+        make_ct("dw-delete", 2, 1, patient_id="DW-DEL", modality="MR"),
+    ]
+    study = str(datasets[0].StudyInstanceUID)
+    ct, mr = str(datasets[0].SeriesInstanceUID), str(datasets[2].SeriesInstanceUID)
+    assert stow(dw, [part10_of(ds) for ds in datasets]).status_code == 200
+    blobs_before = dw.stored_count()
+
+    first = dw.instance_path(study, ct, str(datasets[0].SOPInstanceUID))
+    response = delete(dw, first)
+    assert response.status_code == 204, response.text
+    assert dw.get(first, headers=dicom_accept("*")).status_code == 404
+    assert dw.get(first + "/frames/1", headers={"Accept": "*/*"}).status_code == 404
+    assert delete(dw, first).status_code == 404  # gone already
+    summary = study_summary(dw, study)
+    assert summary is not None
+    assert summary["00201206"]["Value"] == [2] and summary["00201208"]["Value"] == [2]
+    assert dw.stored_count() == blobs_before - 1
+    assert c_find_images(dw.server, study) == sop_uids(datasets[1:])
+
+    # The MR series: the study is CT only afterwards.
+    assert delete(dw, f"/studies/{study}/series/{mr}").status_code == 204
+    summary = study_summary(dw, study)
+    assert summary is not None
+    assert summary["00080061"]["Value"] == ["CT"]
+    assert summary["00201206"]["Value"] == [1] and summary["00201208"]["Value"] == [1]
+    assert dw.get(f"/studies/{study}/series/{mr}/metadata").status_code == 404
+
+    # The study: nothing of it or of its patient is left, in QIDO or C-FIND.
+    assert delete(dw, f"/studies/{study}").status_code == 204
+    assert study_summary(dw, study) is None
+    assert dw.get(f"/studies/{study}", headers=dicom_accept("*")).status_code == 404
+    assert c_find_images(dw.server, study) == []
+    assert dw.get("/studies", params={"PatientID": "DW-DEL"}).json() == []
+    assert dw.stored_count() == blobs_before - 3
+    # Stored again, it is a new study like any other.
+    assert stow(dw, [part10_of(datasets[0])]).status_code == 200
+    summary = study_summary(dw, study)
+    assert summary is not None and summary["00201208"]["Value"] == [1]
+    metadata = dw.get(f"/studies/{study}/metadata", headers={"Accept": DICOM_JSON}).json()
+    assert [m["00080018"]["Value"][0] for m in metadata] == [str(datasets[0].SOPInstanceUID)]
+
+
+def test_delete_of_what_is_not_there_or_malformed(dw: DW) -> None:
+    assert delete(dw, f"/studies/{uid('dw-nothing')}").status_code == 404
+    assert delete(dw, "/studies/1.2.x").status_code == 400
+    # The other patients' studies are untouched by all of the above.
+    assert dw.get("/studies", params={"PatientID": "DW-A"}).json()
+
+
+def test_pacs_delete_at_the_server_while_it_runs(dw: DW) -> None:
+    ds = make_ct("dw-delete-cli", patient_id="DW-DELCLI")
+    study = str(ds.StudyInstanceUID)
+    assert stow(dw, [part10_of(ds)]).status_code == 200
+    command = [sys.executable, "-m", "pacs", "delete", "--data-dir", str(dw.server.data_dir)]
+    done = subprocess.run([*command, "--study", study], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "deleted 1 instances" in done.stdout
+    assert study_summary(dw, study) is None
+    again = subprocess.run([*command, "--study", study], capture_output=True, text=True, timeout=60)
+    assert again.returncode == 1 and "no study" in again.stderr
+    trail = subprocess.run(
+        [sys.executable, "-m", "pacs", "audit", "--data-dir", str(dw.server.data_dir),
+         "--patient", "DW-DELCLI", "--json"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert trail.returncode == 0, trail.stderr
+    events = [json.loads(line) for line in trail.stdout.splitlines()]
+    assert any(e["EventID"]["code"] == "110105" for e in events), events
