@@ -18,7 +18,8 @@ install: $(BIN)/pacs
 serve: install
 	$(BIN)/pacs serve --data-dir ./pacs-data $(PACS_ARGS)
 
-# DCMTK gives the tests real third-party DICOM clients (storescu and friends);
+# DCMTK gives the tests real third-party DICOM clients (storescu and friends), and
+# Orthanc with its DICOMweb plugin another archive as a client (tests/e2e/test_orthanc.py);
 # Debian's Chromium is the real browser the viewer tests drive through Playwright.
 # PostgreSQL a real server for the index tests (each run starts a private cluster
 # of its own: tests/services.py); docker-compose checks docker/docker-compose.yml
@@ -35,6 +36,11 @@ system-deps:
 	@if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then \
 		echo "Installing Debian's postgresql for the PostgreSQL index tests"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	fi
+	@if ! command -v Orthanc >/dev/null 2>&1 || ! dpkg -s orthanc-dicomweb >/dev/null 2>&1; then \
+		echo "Installing Debian's orthanc and orthanc-dicomweb: another archive as a client of pacs"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			orthanc orthanc-dicomweb >/dev/null; \
 	fi
 	@if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null 2>&1; then \
 		echo "Installing Debian's docker-compose to check docker/docker-compose.yml"; \
