@@ -28,6 +28,8 @@ from tests.e2e.viewer_corpus import (
     PAGED,
     SAMPLE_FILES,
     SR_DESCRIPTION,
+    VOI_LUT_DESCRIPTION,
+    VOI_LUT_EXPLANATION,
     Corpus,
     load_corpus,
 )
@@ -328,7 +330,7 @@ def test_opening_a_study_shows_thumbnails_and_the_first_image(viewer: Viewer) ->
         ".filter(i => i.naturalWidth > 0).length >= 7"
     )
     cards = viewer.page.locator(".series").all_inner_texts()
-    assert len(cards) == len(SAMPLE_FILES) + 1
+    assert len(cards) == len(SAMPLE_FILES) + 2  # and the report and the VOI LUT DX
     assert any("US cine, 30 frames, JPEG" in c and "US" in c for c in cards)
     assert viewer.page.locator(".series .thumb.no-thumb").count() == 1  # the report
     overlay = viewer.text(0, ".overlay.tl")
@@ -501,6 +503,33 @@ def test_images_the_browser_cannot_show_and_series_without_images(viewer: Viewer
     viewer.wait_for_image(0)
     assert viewer.text(0, ".image-number") == "Im 1/15  Fr 1/15"
     assert viewer.signature()["lit"] > 100
+
+
+# Brightness of the image's left and right quarters (the picture is fit and centred).
+HALVES = """(n) => {
+  const canvas = document.querySelector(`[data-viewport="${n}"] canvas`);
+  const side = Math.min(canvas.width, canvas.height);
+  const ctx = canvas.getContext("2d");
+  const at = (dx) => ctx.getImageData(
+    Math.round(canvas.width / 2 + dx), Math.round(canvas.height / 2), 1, 1).data[0];
+  return [at(-side / 4), at(side / 4)];
+}"""
+
+
+def test_a_voi_lut_sequence_is_the_images_own_display(viewer: Viewer) -> None:
+    viewer.open_study(viewer.corpus.samples_study)
+    viewer.show_series(0, VOI_LUT_DESCRIPTION)
+    viewer.wait_for_text(0, ".overlay.br", "VOI LUT: " + VOI_LUT_EXPLANATION)
+    left, right = viewer.page.evaluate(HALVES, 0)
+    # 500 on the left, 1500 on the right; the LUT shows them white and black,
+    # where the image's range would have shown them black and white.
+    assert left > 240 and right < 15, (left, right)
+    assert "Rendered by the server" not in viewer.text(0, ".overlay.br")
+    # A drag leaves the LUT for a linear window, starting from its input range.
+    x, y = viewer.centre(0)
+    viewer.drag((x, y), (x + 40, y + 20))
+    viewer.wait_for_text(0, ".overlay.br", r"W \d+  L \d+")
+    assert not viewer.errors
 
 
 def test_help_overlay_lists_the_shortcuts(viewer: Viewer) -> None:

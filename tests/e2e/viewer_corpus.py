@@ -19,6 +19,7 @@ from io import BytesIO
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
@@ -47,6 +48,8 @@ SAMPLE_FILES = {
     "examples_rgb_color.dcm": "US RGB, no pixel spacing",
 }
 SR_DESCRIPTION = "Report (no images)"
+VOI_LUT_DESCRIPTION = "DX with a VOI LUT"
+VOI_LUT_EXPLANATION = "INVERTED STEP"
 
 
 @dataclass(frozen=True)
@@ -123,6 +126,40 @@ def _report() -> tuple[str, bytes]:
     return str(ds.SeriesInstanceUID), _saved(ds)
 
 
+def _voi_lut_image() -> tuple[str, bytes]:
+    """A DX with no window but a VOI LUT Sequence (as some CR/DX vendors send):
+    stored 500 on the left half, 1500 on the right, and a LUT that maps
+    everything below 1000 to white and the rest to black, the opposite of
+    what the image's range would show."""
+    ds = make_ct(
+        "viewer-voi-lut", patient_id=SAMPLES_PATIENT_ID, patient_name=SAMPLES_PATIENT, size=64
+    )
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+    ds.Modality = "DX"
+    ds.StudyInstanceUID = SAMPLES_STUDY
+    ds.StudyDate, ds.StudyTime = "20231105", "141500"
+    ds.StudyDescription, ds.AccessionNumber = "pydicom samples", "SAMPLES-1"
+    ds.SeriesInstanceUID = uid("viewer", "samples", "voi-lut")
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = uid("viewer", "voi-lut", "1")
+    ds.SeriesNumber = 50
+    ds.SeriesDescription = VOI_LUT_DESCRIPTION
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    for keyword in ("WindowCenter", "WindowWidth", "RescaleSlope", "RescaleIntercept"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    pixels = np.full((64, 64), 500, dtype="<u2")
+    pixels[:, 32:] = 1500
+    ds.PixelData = pixels.tobytes()
+    lut = Dataset()
+    lut.add_new(0x00283002, "US", [4096, 0, 12])  # LUT Descriptor: entries, first value, bits
+    lut.add_new(0x00283003, "LO", VOI_LUT_EXPLANATION)
+    words = np.where(np.arange(4096) < 1000, 4095, 0).astype("<u2")
+    lut.add_new(0x00283006, "OW", words.tobytes())  # LUT Data, 8 KB: a BulkDataURI
+    ds.VOILUTSequence = [lut]
+    return str(ds.SeriesInstanceUID), _saved(ds)
+
+
 def load_corpus(dicomweb: str, workdir: Path) -> Corpus:
     ct_files = []
     for path in generate_ct_series(workdir / "ct", slices=CT_SLICES, rows=CT_SIZE, columns=CT_SIZE):
@@ -141,6 +178,9 @@ def load_corpus(dicomweb: str, workdir: Path) -> Corpus:
         files.append(data)
     series_uid, data = _report()
     series[SR_DESCRIPTION] = series_uid
+    files.append(data)
+    series_uid, data = _voi_lut_image()
+    series[VOI_LUT_DESCRIPTION] = series_uid
     files.append(data)
     _stow(dicomweb, files)
 

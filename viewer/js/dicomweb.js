@@ -53,7 +53,11 @@ export class DicomWebClient {
 
   /** A successful Response, or an ArchiveError saying plainly what went wrong. */
   async request(path, { accept, params, signal } = {}) {
-    const url = this.url(path, params);
+    return this.fetchUrl(this.url(path, params), { accept, signal });
+  }
+
+  /** ``request`` for an absolute URL the archive gave (a BulkDataURI). */
+  async fetchUrl(url, { accept, signal } = {}) {
     let response;
     try {
       response = await fetch(url, {
@@ -145,6 +149,18 @@ export class DicomWebClient {
     const parts = parseMultipart(data, response.headers.get("Content-Type") || "");
     if (!parts.length) throw new ArchiveError("format", "The frame response held no part.");
     return parts[0];
+  }
+
+  /** The bytes behind a BulkDataURI of the metadata (PS3.18 10.4.1.1.5). */
+  async bulkData(uri, { signal } = {}) {
+    const response = await this.fetchUrl(new URL(uri, this.root + "/"), {
+      accept: 'multipart/related; type="application/octet-stream"',
+      signal,
+    });
+    const data = new Uint8Array(await response.arrayBuffer());
+    const parts = parseMultipart(data, response.headers.get("Content-Type") || "");
+    if (!parts.length) throw new ArchiveError("format", "The bulk data response held no part.");
+    return parts[0].bytes;
   }
 
   /** A server-rendered picture (PS3.18 10.4.1.1.4) of one frame, as a Blob. */

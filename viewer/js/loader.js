@@ -6,6 +6,13 @@ import { decodeFrame, frameAccept } from "./codecs.js";
 import { STATUS } from "./stack.js";
 import { UnsupportedImageError, toFrame } from "./pixels.js";
 
+function lutWords(bytes) {
+  const words = new Uint16Array(Math.floor(bytes.byteLength / 2));
+  const view = new DataView(bytes.buffer, bytes.byteOffset, words.length * 2);
+  for (let i = 0; i < words.length; i++) words[i] = view.getUint16(i * 2, true);
+  return words;
+}
+
 export class FrameLoader {
   constructor(client, { offeredMediaTypes, concurrency = 6 } = {}) {
     this.client = client;
@@ -16,6 +23,7 @@ export class FrameLoader {
     this.inFlight = new Map(); // stack -> count
     this.controller = new AbortController();
     this.running = 0;
+    this.luts = new Map(); // BulkDataURI -> Promise<Uint16Array>, one fetch per LUT
   }
 
   /** The stacks on screen; `active` gets the first free request. */
@@ -57,6 +65,22 @@ export class FrameLoader {
     return best;
   }
 
+  /** A VOI LUT's entries (16-bit words, PS3.3 C.11.2.1.1), inline or behind its BulkDataURI. */
+  async #loadLUT(lut) {
+    if (lut.inline && typeof lut.inline === "string") {
+      lut.data = lutWords(Uint8Array.from(atob(lut.inline), (c) => c.charCodeAt(0)));
+    } else if (Array.isArray(lut.inline)) {
+      lut.data = Uint16Array.from(lut.inline);
+    } else if (lut.uri) {
+      if (!this.luts.has(lut.uri)) {
+        const bytes = this.client.bulkData(lut.uri, { signal: this.controller.signal });
+        this.luts.set(lut.uri, bytes.then(lutWords));
+      }
+      lut.data = await this.luts.get(lut.uri);
+    }
+    // Without data the image keeps its window or its range, as before.
+  }
+
   async #start(stack, index) {
     const image = stack.images[index];
     stack.status[index] = STATUS.LOADING;
@@ -70,6 +94,7 @@ export class FrameLoader {
       const bytes = await decodeFrame(part, image.info);
       // A compressed part we decoded ourselves, or one the server decoded, is RGB.
       const rgbDecoded = image.info.serverDecodes || part.mediaType !== "application/octet-stream";
+      if (image.info.voiLUT && !image.info.voiLUT.data) await this.#loadLUT(image.info.voiLUT);
       stack.frames[index] = toFrame(bytes, image.info, rgbDecoded);
       stack.status[index] = STATUS.LOADED;
       stack.loaded++;

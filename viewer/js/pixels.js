@@ -206,10 +206,13 @@ export function makeGreyTransform(info, window, invert) {
   const { centre, width } = window;
   const slope = info.slope;
   const intercept = info.intercept;
-  const grey = (stored) => {
-    const g = Math.round(voi(stored * slope + intercept, centre, width, fn));
-    return flip ? 255 - g : g;
-  };
+  const lut = window.lut;
+  const grey = lut
+    ? lutGrey(lut, slope, intercept, flip)
+    : (stored) => {
+        const g = Math.round(voi(stored * slope + intercept, centre, width, fn));
+        return flip ? 255 - g : g;
+      };
   if (high - low + 1 <= LUT_MAX_ENTRIES) {
     const table = new Uint32Array(high - low + 1);
     for (let s = low; s <= high; s++) {
@@ -219,6 +222,24 @@ export function makeGreyTransform(info, window, invert) {
     return { table, offset: low, grey };
   }
   return { table: null, offset: 0, grey };
+}
+
+/**
+ * Stored value -> grey through a VOI LUT (PS3.3 C.11.2.1.1): the modality
+ * value selects an entry (values below the first mapped one take the first
+ * entry, above the last the last), scaled from the LUT's bits to 0..255.
+ */
+function lutGrey(lut, slope, intercept, flip) {
+  const data = lut.data;
+  const last = data.length - 1;
+  const scale = 255 / (2 ** Math.min(lut.bits, 16) - 1);
+  return (stored) => {
+    let k = Math.round(stored * slope + intercept) - lut.first;
+    if (k < 0) k = 0;
+    else if (k > last) k = last;
+    const g = Math.min(255, Math.round(data[k] * scale));
+    return flip ? 255 - g : g;
+  };
 }
 
 /** Grey frame -> RGBA pixels through the transform. */

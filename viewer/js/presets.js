@@ -18,6 +18,10 @@ export function presetsFor(info) {
     width: w.width,
     own: true,
   }));
-  if (!own.length) own.push({ id: "image-0", name: "Image (full range)", own: true });
+  if (!own.length) {
+    const lut = info?.voiLUT;
+    const name = lut ? `Image: VOI LUT${lut.explanation ? ` ${lut.explanation}` : ""}` : "Image (full range)";
+    own.push({ id: "image-0", name, own: true });
+  }
   return [...own, ...CT_PRESETS];
 }

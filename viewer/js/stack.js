@@ -33,6 +33,28 @@ function frameNumbers(instance, frameIndex, sequenceTag, tag) {
   return source ? numbers(source, tag) : [];
 }
 
+/**
+ * The frame's first VOI LUT (PS3.3 C.11.2): its descriptor, explanation and
+ * where its data is (inline, or a BulkDataURI the loader fetches once), or null.
+ */
+function voiLUT(instance, frameIndex) {
+  const source = functional(instance, frameIndex, TAG.FrameVOILUTSequence, TAG.VOILUTSequence);
+  const lut = source && items(source, TAG.VOILUTSequence)[0];
+  if (!lut) return null;
+  const [entries, first, bits] = numbers(lut, TAG.LUTDescriptor);
+  const data = lut[TAG.LUTData] || {};
+  if (!Number.isFinite(first) || !bits) return null;
+  return {
+    entries: entries || 65536, // 0 stands for 2^16 (PS3.3 C.11.1.1)
+    first,
+    bits,
+    explanation: text(lut, TAG.LUTExplanation),
+    uri: data.BulkDataURI || null,
+    inline: data.InlineBinary || (Array.isArray(data.Value) ? data.Value : null),
+    data: null, // Uint16Array once loaded
+  };
+}
+
 /** Everything about one frame that decoding, display and measuring need. */
 export function imageInfo(instance, frameIndex) {
   const syntax = text(instance, TAG.AvailableTransferSyntaxUID);
@@ -70,7 +92,7 @@ export function imageInfo(instance, frameIndex) {
       .filter((w) => Number.isFinite(w.width) && w.width > 0),
     voiFunction: (windowSource && text(windowSource, TAG.VOILUTFunction).trim()) || "LINEAR",
     hasModalityLUT: items(instance, TAG.ModalityLUTSequence).length > 0,
-    hasVOILUT: items(instance, TAG.VOILUTSequence).length > 0,
+    voiLUT: voiLUT(instance, frameIndex),
     floatPixels: Boolean(instance[TAG.FloatPixelData] || instance[TAG.DoubleFloatPixelData]),
     hasPixels: Boolean(
       instance[TAG.PixelData] || instance[TAG.FloatPixelData] || instance[TAG.DoubleFloatPixelData],

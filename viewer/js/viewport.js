@@ -216,8 +216,13 @@ export class Viewport {
     if (!image) return null;
     if (image.info.windows.length) return image.info.windows[0];
     const frame = this.stack.frames[this.position];
-    if (frame) return rangeWindow(frame, image.info);
-    return null;
+    if (!frame) return null;
+    const lut = image.info.voiLUT;
+    if (lut?.data && image.info.samplesPerPixel === 1) {
+      // Its VOI LUT (PS3.3 C.11.2); a drag starts from the window over the LUT's input range.
+      return { centre: lut.first + lut.entries / 2, width: lut.entries, lut };
+    }
+    return rangeWindow(frame, image.info);
   }
 
   setWindow(window) {
@@ -622,7 +627,7 @@ export class Viewport {
     const frame = this.stack.frames[this.position];
     if (!frame) return null;
     const window = this.effectiveWindow();
-    const key = `${this.position}|${window.centre}|${window.width}|${this.invert}`;
+    const key = `${this.position}|${window.centre}|${window.width}|${this.invert}|${window.lut ? "lut" : ""}`;
     if (key !== this.drawnKey) {
       const { columns, rows } = frame;
       if (this.offscreen.width !== columns || this.offscreen.height !== rows) {
@@ -652,6 +657,7 @@ export class Viewport {
       info.voiFunction,
       window.centre,
       window.width,
+      window.lut ? `lut:${window.lut.first}:${window.lut.entries}:${window.lut.uri}` : "",
       this.invert,
     ].join("|");
     if (this.transformKey !== key) {
@@ -828,8 +834,10 @@ export class Viewport {
     const server = this.stack.status[this.position] === STATUS.SERVER;
     setText(
       this.overlay.windowText,
-      window && !(server && !this.window)
-        ? `W ${Math.round(window.width)}  L ${Math.round(window.centre)}`
+      window?.lut
+        ? `VOI LUT${window.lut.explanation ? `: ${window.lut.explanation}` : ""}`
+        : window && !(server && !this.window)
+          ? `W ${Math.round(window.width)}  L ${Math.round(window.centre)}`
         : server
           ? "W/L: image's own"
           : "",
