@@ -2,11 +2,14 @@
 
 Generates the deterministic 300-slice 512x512 CT phantom (157 MB), imports it
 into a fresh ``pacs serve``, then opens the study in the viewer (Playwright
-driving ``/usr/bin/chromium``, a fresh browser context, so no cache) four
+driving ``/usr/bin/chromium``, a fresh browser context, so no cache) six
 times: on loopback and on an emulated thin link (Chrome's network emulation,
-``--link-mbit`` down, ``--link-latency-ms`` each way), each with the
-browser's usual ``Accept-Encoding: gzip`` and with ``identity`` (the
-baseline: bare 16-bit frames). For each it reports:
+``--link-mbit`` down, ``--link-latency-ms`` each way), each with frames as
+the viewer asks for them by default (HTJ2K lossless, ``image/jphc``, which
+the server converts each frame to and the browser decodes in WebAssembly),
+as uncompressed frames with the browser's usual ``Accept-Encoding: gzip``
+(config.json rewritten on the way to offer only ``application/octet-stream``),
+and as bare 16-bit frames (``identity``: the baseline). For each it reports:
 
 - time from opening the study to the first image drawn on the canvas;
 - time until every one of the 300 frames is in the browser;
@@ -61,10 +64,17 @@ CHROMIUM_ARGS = [
 ]
 
 
+FRAMES_AS = {
+    "htj2k": "HTJ2K lossless (default)",
+    "gzip": "uncompressed, gzip",
+    "identity": "raw 16-bit (identity)",
+}
+
+
 @dataclass
 class Run:
     link: str
-    encoding: str
+    encoding: str  # a key of FRAMES_AS
     first_image_ms: float
     series_ms: float
     wire_bytes: int
@@ -83,11 +93,20 @@ def open_study(
     study: str,
     *,
     link: tuple[float, float] | None,
-    identity: bool,
+    frames_as: str,
     timeout_s: float,
 ) -> tuple[Run, Any, Any]:
+    identity = frames_as == "identity"
     context = browser.new_context(viewport={"width": 1400, "height": 900}, device_scale_factor=1)
     page = context.new_page()
+    if frames_as != "htj2k":
+
+        def octet_stream_only(route: Any) -> None:
+            config = route.fetch().json()
+            config["capabilities"]["frameMediaTypes"] = ["application/octet-stream"]
+            route.fulfill(json=config)
+
+        page.route("**/viewer/config.json", octet_stream_only)
     cdp = context.new_cdp_session(page)
     cdp.send("Network.enable")
     cdp.send("Network.setCacheDisabled", {"cacheDisabled": True})
@@ -104,7 +123,7 @@ def open_study(
                 "uploadThroughput": mbit * 1e6 / 8,
             },
         )
-    received = {"bytes": 0, "requests": 0, "gzip": 0}
+    received = {"bytes": 0, "requests": 0, "gzip": 0, "htj2k": 0}
 
     def finished(event: dict[str, Any]) -> None:
         received["bytes"] += int(event.get("encodedDataLength", 0))
@@ -114,13 +133,15 @@ def open_study(
         headers = {k.lower(): v for k, v in event["response"].get("headers", {}).items()}
         if headers.get("content-encoding") == "gzip":
             received["gzip"] += 1
+        if 'type="image/jphc"' in headers.get("content-type", ""):
+            received["htj2k"] += 1
 
     cdp.on("Network.loadingFinished", finished)
     cdp.on("Network.responseReceived", response)
     base = f"http://127.0.0.1:{server.http_port}/viewer/"
     page.goto(base)  # the bundle and config.json, before the clock starts
     page.wait_for_function("() => window.pacsViewer !== undefined")
-    received["bytes"] = received["requests"] = received["gzip"] = 0
+    received["bytes"] = received["requests"] = received["gzip"] = received["htj2k"] = 0
     cpu_before = cpu_seconds(server.process.pid)
     page.evaluate(f"() => {{ location.hash = '#/study/{study}'; }}")
     page.wait_for_function(
@@ -133,11 +154,13 @@ def open_study(
     page.wait_for_timeout(300)  # let the last loadingFinished events in
     stack = snapshot["stacks"][0]
     assert stack["failed"] == 0 and stack["loaded"] == stack["images"], snapshot
-    if not identity:
+    if frames_as == "gzip":
         assert received["gzip"] >= stack["images"], "frames were not gzipped"
+    if frames_as == "htj2k":
+        assert received["htj2k"] >= stack["images"], "frames did not come as HTJ2K"
     run = Run(
         link="thin link" if link else "loopback",
-        encoding="identity" if identity else "gzip",
+        encoding=frames_as,
         first_image_ms=snapshot["firstImageMs"],
         series_ms=stack["loadedMs"],
         wire_bytes=received["bytes"],
@@ -226,7 +249,7 @@ def report(
             else "loopback"
         )
         lines.append(
-            f"| {link} | {'gzip' if run.encoding == 'gzip' else 'raw 16-bit (identity)'}"
+            f"| {link} | {FRAMES_AS[run.encoding]}"
             f" | {run.first_image_ms:.0f} | {run.series_ms / 1000:.2f} | {_mb(run.wire_bytes)}"
             f" | {run.requests} | {run.server_cpu_s:.2f} |"
         )
@@ -287,22 +310,23 @@ def main(argv: list[str] | None = None) -> int:
             _VERSION.append(browser.version)
             link = (args.link_mbit, args.link_latency_ms)
             scroll: dict[str, Any] = {}
-            for thin, identity in ((False, False), (False, True), (True, False), (True, True)):
-                timeout = 60 + (raw_bytes * 8 / (args.link_mbit * 1e6) * 2 if thin else 0)
-                run, context, page = open_study(
-                    browser,
-                    server,
-                    study,
-                    link=link if thin else None,
-                    identity=identity,
-                    timeout_s=timeout,
-                )
-                print(json.dumps(run.__dict__), flush=True)
-                runs.append(run)
-                if not thin and not identity:
-                    scroll = page.evaluate(SCROLL)
-                    print(json.dumps(scroll), flush=True)
-                context.close()
+            for thin in (False, True):
+                for frames_as in FRAMES_AS:
+                    timeout = 60 + (raw_bytes * 8 / (args.link_mbit * 1e6) * 2 if thin else 0)
+                    run, context, page = open_study(
+                        browser,
+                        server,
+                        study,
+                        link=link if thin else None,
+                        frames_as=frames_as,
+                        timeout_s=timeout,
+                    )
+                    print(json.dumps(run.__dict__), flush=True)
+                    runs.append(run)
+                    if not thin and frames_as == "htj2k":
+                        scroll = page.evaluate(SCROLL)
+                        print(json.dumps(scroll), flush=True)
+                    context.close()
             browser.close()
         rendered = {m: rendered_bytes(server, study, m) for m in ("image/jpeg", "image/png")}
         lines = report(runs, scroll, rendered, args, raw_bytes)

@@ -48,8 +48,11 @@ def viewer_config(settings: Settings, principal: Principal = ANONYMOUS) -> dict[
         "dicomweb": {"root": "../dicom-web"},
         "auth": auth,
         "capabilities": {
-            # Frame encodings the server sends; the viewer takes the first it can decode.
-            "frameMediaTypes": ["application/octet-stream"],
+            # Frame encodings the server sends, best first; the viewer asks for those
+            # it can decode. HTJ2K lossless (converted per frame from what is stored)
+            # is ~2.5-3x smaller than raw CT, gzip 2x; images HTJ2K cannot hold
+            # (32-bit dose grids, float) come uncompressed.
+            "frameMediaTypes": ["image/jphc", "application/octet-stream"],
             "frameContentEncoding": ["gzip"],
             "rendered": True,
             "thumbnails": True,

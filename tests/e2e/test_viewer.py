@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 
 from tests.conftest import ServerProcess, start_server, stop_server
@@ -215,7 +216,9 @@ def test_viewer_is_served_with_its_config(viewer_server: tuple[ServerProcess, Co
     assert httpx.get(server.http_url + "/viewer/js/viewport.js").status_code == 200
     config = httpx.get(server.http_url + "/viewer/config.json").json()
     assert config["dicomweb"]["root"] == "../dicom-web"
-    assert "application/octet-stream" in config["capabilities"]["frameMediaTypes"]
+    assert config["capabilities"]["frameMediaTypes"] == ["image/jphc", "application/octet-stream"]
+    wasm = httpx.get(server.http_url + "/viewer/vendor/openjph/openjphjs.wasm")
+    assert wasm.status_code == 200 and wasm.headers["content-type"] == "application/wasm"
 
 
 def test_uncompressed_frames_are_gzipped_for_clients_that_accept_it(
@@ -336,6 +339,56 @@ def test_opening_a_study_shows_thumbnails_and_the_first_image(viewer: Viewer) ->
     overlay = viewer.text(0, ".overlay.tl")
     assert "Trần Thị Bình" in overlay and "VN-0002" in overlay
     assert viewer.signature(0)["lit"] > 1000
+
+
+def test_frames_come_as_htj2k_and_decode_to_the_stored_values(viewer: Viewer) -> None:
+    """Lossless HTJ2K through OpenJPH in a worker: every value of every slice
+    is the stored one; an image HTJ2K cannot hold (32-bit dose) comes raw."""
+    frames: list[tuple[str, str]] = []  # (url, content type)
+    viewer.page.on(
+        "response",
+        lambda r: (
+            frames.append((r.url, r.headers.get("content-type", "")))
+            if "/frames/" in r.url
+            else None
+        ),
+    )
+    viewer.open_study(viewer.corpus.ct_study)
+    viewer.page.wait_for_selector('[data-viewport="0"] .progress', state="hidden")
+    kinds = {kind.split(";")[1].strip() for _, kind in frames}
+    assert kinds == {'type="image/jphc"'}, kinds
+    shown = viewer.page.evaluate(
+        """() => window.pacsViewer.view.viewports[0].stack.frames.map(f => Array.from(f.values))"""
+    )
+    root = viewer.server.http_url + "/dicom-web"
+    metadata = httpx.get(
+        f"{root}/studies/{viewer.corpus.ct_study}/series/{viewer.corpus.ct_series}/metadata"
+    ).json()
+    by_sop = {m["00080018"]["Value"][0]: m for m in metadata}
+    order = viewer.page.evaluate(
+        "() => window.pacsViewer.view.viewports[0].stack.images"
+        ".map(i => i.instance['00080018'].Value[0])"
+    )
+    assert len(order) == len(shown) == CT_SLICES
+    for sop, values in zip(order, shown, strict=True):
+        url = (
+            f"{root}/studies/{viewer.corpus.ct_study}/series/{viewer.corpus.ct_series}"
+            f"/instances/{sop}/frames/1"
+        )
+        raw = httpx.get(
+            url, headers={"Accept": 'multipart/related; type="application/octet-stream"'}
+        )
+        part = raw.content.split(b"\r\n\r\n", 1)[1].rsplit(b"\r\n--", 1)[0]
+        signed = by_sop[sop]["00280103"]["Value"][0] == 1
+        stored = np.frombuffer(part, dtype="<i2" if signed else "<u2")
+        assert np.array_equal(np.asarray(values), stored), sop
+    viewer.open_study(viewer.corpus.samples_study)
+    viewer.show_series(0, "RT dose, 15 frames, 32-bit")
+    viewer.wait_for_image(0)
+    dose = viewer.corpus.sample_series["RT dose, 15 frames, 32-bit"]
+    kinds = {kind.split(";")[1].strip() for url, kind in frames if dose in url}
+    assert kinds == {'type="application/octet-stream"'}, kinds
+    assert not viewer.errors
 
 
 def test_scrolling_changes_the_slice_number_and_the_pixels(viewer: Viewer) -> None:

@@ -1,12 +1,12 @@
 // Frame decoders, keyed by the media type a frame arrives in.
 //
 // A decoder turns the bytes of one frame into native little-endian samples,
-// laid out as uncompressed Pixel Data would be. Today the archive sends
-// frames uncompressed (`application/octet-stream`, gzipped on the wire, which
-// the browser undoes). A compressed encoding, say HTJ2K (`image/jphc`) through
-// a vendored WASM decoder, is one more `registerDecoder` call: the Accept
-// header asks for it first when the server's config.json lists it, and the
-// pixel pipeline does not change.
+// laid out as uncompressed Pixel Data would be (colour interleaved RGB). The
+// archive offers frames as HTJ2K (`image/jphc`, lossless, converted by the
+// server from whatever is stored) and uncompressed (`application/octet-stream`,
+// gzipped on the wire, which the browser undoes). HTJ2K is decoded by OpenJPH
+// in WebAssembly, in workers (htj2k-worker.js), so that scrolling never waits
+// for it. The Accept header asks for what config.json lists, in its order.
 
 const decoders = new Map();
 
@@ -21,6 +21,76 @@ export function registerDecoder(mediaType, decoder) {
 
 registerDecoder("application/octet-stream", {
   decode: (bytes) => bytes,
+});
+
+/** Workers that decode HTJ2K, started on first use; frames go to the least busy. */
+class HTJ2KWorkers {
+  constructor(size) {
+    this.size = size;
+    this.workers = [];
+    this.waiting = new Map(); // id -> {resolve, reject}
+    this.next = 1;
+  }
+
+  #worker() {
+    if (this.workers.length < this.size) {
+      const worker = new Worker(new URL("./htj2k-worker.js", import.meta.url));
+      const entry = { worker, busy: 0 };
+      worker.onmessage = (event) => this.#done(entry, event.data);
+      worker.onerror = (event) => {
+        // A worker that cannot start (no WebAssembly): every frame waiting on it fails.
+        for (const [id, waiter] of this.waiting) {
+          if (waiter.entry === entry) {
+            this.waiting.delete(id);
+            waiter.reject(new Error(`the HTJ2K decoder failed: ${event.message || "no WebAssembly"}`));
+          }
+        }
+      };
+      this.workers.push(entry);
+      return entry;
+    }
+    return this.workers.reduce((a, b) => (b.busy < a.busy ? b : a));
+  }
+
+  #done(entry, message) {
+    entry.busy--;
+    const waiter = this.waiting.get(message.id);
+    if (!waiter) return;
+    this.waiting.delete(message.id);
+    if (message.error) waiter.reject(new Error(`HTJ2K frame: ${message.error}`));
+    else waiter.resolve(message);
+  }
+
+  decode(bytes) {
+    const entry = this.#worker();
+    const id = this.next++;
+    entry.busy++;
+    // Our own copy travels to the worker; the response's buffer may hold other parts.
+    const copy = bytes.slice().buffer;
+    return new Promise((resolve, reject) => {
+      this.waiting.set(id, { resolve, reject, entry });
+      entry.worker.postMessage({ id, bytes: copy }, [copy]);
+    });
+  }
+}
+
+const htj2k = new HTJ2KWorkers(Math.max(1, Math.min(4, navigator.hardwareConcurrency || 2)));
+
+registerDecoder("image/jphc", {
+  decode: async (bytes, info) => {
+    const frame = await htj2k.decode(bytes);
+    if (frame.width !== info.columns || frame.height !== info.rows) {
+      throw new Error(
+        `the HTJ2K frame is ${frame.width}x${frame.height}, the image ${info.columns}x${info.rows}`,
+      );
+    }
+    const samples = new Uint8Array(frame.samples);
+    if (info.bitsAllocated === 16 && frame.bitsPerSample <= 8) {
+      // Eight bits stored in sixteen allocated: OpenJPH gives bytes, the pipeline words.
+      return new Uint8Array(Uint16Array.from(samples).buffer);
+    }
+    return samples;
+  },
 });
 
 /** The frame media types both the server offers and the viewer decodes, best first. */
