@@ -138,7 +138,7 @@ SERIES = {
     for key, (_, _, _, series_list) in STUDIES.items()
     for number, *_ in series_list
 }
-MANY = 300  # instances of one series, for C-CANCEL
+MANY = 600  # instances of one series: a C-FIND long enough to cancel under load
 MANY_STUDY = make_ct("qr-many").StudyInstanceUID
 
 # pydicom's own compressed files, one per codec family; distinct SOP Instance UIDs.
