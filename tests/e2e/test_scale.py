@@ -249,6 +249,33 @@ def test_a_study_stored_through_one_server_is_found_and_retrieved_through_the_ot
         assert isinstance(counts, dict) and counts["instances"] == len(sent) + len(posted)
 
 
+def test_a_study_deleted_through_one_server_is_gone_from_the_bucket_and_the_other(
+    servers: tuple[ServerProcess, ServerProcess], shared: Shared
+) -> None:
+    first, second = servers
+    kept, doomed = study("scale-kept", series=1), study("scale-doomed")
+    store_all(first, kept + doomed, ae_title=CALLING_AE)
+    wait_uploaded(first)
+    assert len(shared.objects()) == len(kept) + len(doomed)
+    doomed_uid = str(doomed[0].StudyInstanceUID)
+    url = f"{second.http_url}/dicom-web/studies/{doomed_uid}"
+    assert httpx.delete(url, timeout=30).status_code == 204
+    found = httpx.get(
+        f"{first.http_url}/dicom-web/studies", params={"StudyInstanceUID": doomed_uid}, timeout=30
+    )
+    assert found.status_code == 200 and found.json() == []
+    assert httpx.get(url, headers=dicom_accept("*"), timeout=30).status_code == 404
+    remaining = shared.objects()
+    assert len(remaining) == len(kept)
+    assert not any(doomed_uid in key for key in remaining)
+    assert int(
+        find_study(first, str(kept[0].StudyInstanceUID)).NumberOfStudyRelatedInstances
+    ) == len(kept)
+    for server in servers:
+        counts = server.system()["counts"]
+        assert isinstance(counts, dict) and counts["instances"] == len(kept)
+
+
 def test_both_servers_ingest_at_once_and_lose_no_counts(
     servers: tuple[ServerProcess, ServerProcess],
 ) -> None:
