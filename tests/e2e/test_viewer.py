@@ -391,6 +391,37 @@ def test_frames_come_as_htj2k_and_decode_to_the_stored_values(viewer: Viewer) ->
     assert not viewer.errors
 
 
+def test_an_htj2k_frame_that_does_not_decode_is_fetched_again_uncompressed(
+    viewer: Viewer,
+) -> None:
+    """Every HTJ2K frame spoiled on the way (cut to its first markers): the
+    viewer asks for each again as octet-stream and shows the whole series."""
+    warnings: list[str] = []
+    viewer.page.on("console", lambda m: warnings.append(m.text) if m.type == "warning" else None)
+
+    def spoil(route: Any) -> None:
+        response = route.fetch()
+        if 'type="image/jphc"' not in response.headers.get("content-type", ""):
+            route.fulfill(response=response)
+            return
+        body = response.body()
+        head, _, rest = body.partition(b"\r\n\r\n")
+        tail = rest[rest.rindex(b"\r\n--") :]
+        route.fulfill(response=response, body=head + b"\r\n\r\n\xff\x4f\xff\x51\x00" + tail)
+
+    viewer.page.route("**/frames/*", spoil)
+    viewer.open_study(viewer.corpus.ct_study)
+    viewer.page.wait_for_selector('[data-viewport="0"] .progress', state="hidden")
+    loaded = viewer.page.evaluate(
+        "() => { const s = window.pacsViewer.view.viewports[0].stack;"
+        " return [s.loaded, s.status.filter(x => x === 3).length]; }"
+    )
+    assert loaded == [CT_SLICES, 0]
+    assert sum("asking for it uncompressed" in w for w in warnings) >= CT_SLICES
+    assert viewer.signature()["lit"] > 1000
+    assert not viewer.errors
+
+
 def test_scrolling_changes_the_slice_number_and_the_pixels(viewer: Viewer) -> None:
     viewer.open_study(viewer.corpus.ct_study)
     page = viewer.page

@@ -87,11 +87,23 @@ export class FrameLoader {
     this.running++;
     this.inFlight.set(stack, (this.inFlight.get(stack) || 0) + 1);
     try {
-      const part = await this.client.frame(image.instance, image.frameNumber, {
+      let part = await this.client.frame(image.instance, image.frameNumber, {
         accept: this.accept,
         signal: this.controller.signal,
       });
-      const bytes = await decodeFrame(part, image.info);
+      let bytes;
+      try {
+        bytes = await decodeFrame(part, image.info);
+      } catch (error) {
+        if (part.mediaType === "application/octet-stream") throw error;
+        // A compressed frame we cannot decode: ask for it uncompressed, once.
+        console.warn(`frame ${image.key}: ${error.message}; asking for it uncompressed`);
+        part = await this.client.frame(image.instance, image.frameNumber, {
+          accept: 'multipart/related; type="application/octet-stream"',
+          signal: this.controller.signal,
+        });
+        bytes = await decodeFrame(part, image.info);
+      }
       // A compressed part we decoded ourselves, or one the server decoded, is RGB.
       const rgbDecoded = image.info.serverDecodes || part.mediaType !== "application/octet-stream";
       if (image.info.voiLUT && !image.info.voiLUT.data) await this.#loadLUT(image.info.voiLUT);
