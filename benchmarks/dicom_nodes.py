@@ -17,6 +17,7 @@ bytes of Part 10 file size; both rates count successfully stored instances only
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
@@ -162,6 +163,22 @@ def orthanc_config(workdir: Path, ae_title: str, dicom_port: int, http_port: int
         "SaveJobs": False,
         "DefaultEncoding": "Utf8",
     }
+
+
+DICOMWEB_PLUGIN_PATHS = (
+    "/usr/share/orthanc/plugins/libOrthancDicomWeb.so",
+    "/usr/lib/orthanc/libOrthancDicomWeb.so*",
+    "/usr/local/share/orthanc/plugins/libOrthancDicomWeb.so",
+)
+
+
+def dicomweb_plugin() -> str | None:
+    """Where Debian's orthanc-dicomweb put Orthanc's DICOMweb plugin, if it is installed."""
+    for pattern in DICOMWEB_PLUGIN_PATHS:
+        found = sorted(glob.glob(pattern))
+        if found:
+            return found[0]
+    return None
 
 
 def start_orthanc(

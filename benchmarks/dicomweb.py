@@ -30,7 +30,6 @@ Needs Debian's ``orthanc``, ``orthanc-dicomweb`` and ``dcmtk`` (storescu).
 from __future__ import annotations
 
 import argparse
-import glob
 import http.client
 import json
 import math
@@ -70,6 +69,7 @@ from benchmarks.dicom_nodes import (
     LOCALHOST,
     OrthancProcess,
     ScaleBackends,
+    dicomweb_plugin,
     free_port,
     orthanc_get,
     pacs_serve,
@@ -91,11 +91,6 @@ BEGIN, END = "<!-- dicomweb:begin -->", "<!-- dicomweb:end -->"
 ACCEPT_STUDY = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 ACCEPT_FRAME = 'multipart/related; type="application/octet-stream"'
 ACCEPT_JSON = "application/dicom+json"
-PLUGIN_PATHS = (
-    "/usr/share/orthanc/plugins/libOrthancDicomWeb.so",
-    "/usr/lib/orthanc/libOrthancDicomWeb.so*",
-    "/usr/local/share/orthanc/plugins/libOrthancDicomWeb.so",
-)
 
 # -- the QIDO data set ----------------------------------------------------------------
 
@@ -426,14 +421,6 @@ def start_pacs(
         stop_process(process)
         raise RuntimeError(f"pacs did not come up: {exc}\n{log_path.read_text()[-2000:]}") from exc
     return Server("pacs", http_port, process)
-
-
-def dicomweb_plugin() -> str | None:
-    for pattern in PLUGIN_PATHS:
-        found = sorted(glob.glob(pattern))
-        if found:
-            return found[0]
-    return None
 
 
 def start_orthanc_dicomweb(workdir: Path, plugin: str) -> tuple[OrthancProcess, str]:

@@ -38,6 +38,11 @@ from pacs.index.access import AccessStore, AuditQuery
 COMMANDS = ("user", "token", "share", "audit")
 
 
+def system_operator() -> str:
+    """Who ran a command at the server, for the audit trail."""
+    return f"system:{os.environ.get('USER') or getpass.getuser()}"
+
+
 def add_parsers(commands: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
     user = commands.add_parser("user", help="add, list, change or disable user accounts")
     common(user)
@@ -123,7 +128,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
 
     trail = AuditTrail(store.append_audit)
     security = Security(store, trail)
-    operator = f"system:{os.environ.get('USER') or getpass.getuser()}"
+    operator = system_operator()
     try:
         if args.command == "user":
             return _user(security, args, operator)

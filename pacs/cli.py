@@ -253,12 +253,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _audit_export(archive: Any, study: str, outcome: str, detail: str) -> None:
     """A study leaving de-identified is an export of patient data (PS3.15 A.5.3.5)."""
-    import getpass
-    import os
-
     from pacs.types import AuditEvent
 
-    operator = f"system:{os.environ.get('USER') or getpass.getuser()}"
+    operator = admin.system_operator()
     archive.audit.record(
         AuditEvent("deidentify", outcome, operator, "system", "", "", study, detail)
     )
@@ -266,9 +263,6 @@ def _audit_export(archive: Any, study: str, outcome: str, detail: str) -> None:
 
 def _delete(settings: Any, study: str, series: str | None, instance: str | None) -> int:
     """What ``DELETE /dicom-web/studies/...`` does, for an administrator at the server."""
-    import getpass
-    import os
-
     from pacs.app import build_archive
     from pacs.errors import PacsError
     from pacs.index.schema import Level
@@ -282,7 +276,7 @@ def _delete(settings: Any, study: str, series: str | None, instance: str | None)
         keys["SeriesInstanceUID"], level = series, Level.SERIES
     if instance:
         keys["SOPInstanceUID"], level = instance, Level.IMAGE
-    operator = f"system:{os.environ.get('USER') or getpass.getuser()}"
+    operator = admin.system_operator()
     detail = f"pacs delete {' '.join(f'{k}={v}' for k, v in keys.items())}"
     archive = build_archive(settings)
     try:

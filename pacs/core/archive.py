@@ -12,7 +12,6 @@ import enum
 import functools
 import hashlib
 import logging
-import re
 import secrets
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +28,7 @@ from pydicom.filewriter import write_dataset
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from pacs.core import dicomjson, encoding
-from pacs.core.attributes import check_request, index_values, required_uids
+from pacs.core.attributes import check_request, index_values, is_uid, required_uids
 from pacs.core.audit import AuditTrail
 from pacs.core.metadata import MetadataWarmer
 from pacs.core.query import build_query, row_reader
@@ -898,7 +897,7 @@ class Archive:
     ) -> Query:
         unique = {UNIQUE_KEYS[above].keyword for above in LEVELS[: LEVELS.index(level) + 1]}
         wanted = {k: v for k, v in keys.items() if k in unique}
-        if all(k in _UID_COLUMNS and _PLAIN_UID.fullmatch(v) for k, v in wanted.items()):
+        if all(k in _UID_COLUMNS and is_uid(v) for k, v in wanted.items()):
             # UIDs from a WADO path or a retrieve: plain equality, without the
             # general query parser (a third of a frame request's archive time).
             conditions = tuple(
@@ -937,7 +936,6 @@ _UID_COLUMNS = {
     UNIQUE_KEYS[level].keyword: (level, UNIQUE_KEYS[level].column)
     for level in (Level.STUDY, Level.SERIES, Level.IMAGE)
 }
-_PLAIN_UID = re.compile(r"[0-9]+(?:\.[0-9]+)*")
 _FRAME_COLUMNS = tuple(
     (Level.IMAGE, column)
     for column in (

@@ -35,13 +35,18 @@ _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 REQUIRED_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
 
 
+def is_uid(text: str) -> bool:
+    """Whether ``text`` is a well-formed UID (PS3.5 9.1, as ``check_uid`` takes it)."""
+    return len(text) <= 64 and _UID.fullmatch(text) is not None
+
+
 def check_uid(name: str, value: Any) -> str:
     if value is None or (isinstance(value, str) and not value.strip()):
         raise InvalidDatasetError(f"{name} is missing")
     if isinstance(value, MultiValue):
         raise InvalidDatasetError(f"{name} has several values")
     text = str(value).rstrip("\x00 ")
-    if len(text) > 64 or not _UID.fullmatch(text):
+    if not is_uid(text):
         raise InvalidDatasetError(f"{name} {text[:80]!r} is not a valid UID")
     return text
 

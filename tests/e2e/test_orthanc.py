@@ -9,7 +9,6 @@ Orthanc's REST API, as its users drive it.
 
 from __future__ import annotations
 
-import glob
 from collections.abc import Iterator
 from dataclasses import dataclass
 from io import BytesIO
@@ -20,16 +19,18 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
-from benchmarks.dicom_nodes import OrthancProcess, free_port, start_orthanc, stop_process
+from benchmarks.dicom_nodes import (
+    OrthancProcess,
+    dicomweb_plugin,
+    free_port,
+    start_orthanc,
+    stop_process,
+)
 from tests.conftest import ServerProcess, start_server, stop_server
 from tests.dicom_clients import store_all
 from tests.dicom_factory import make_ct
 from tests.e2e.test_dicomweb import part10_of
 
-PLUGINS = (
-    "/usr/share/orthanc/plugins/libOrthancDicomWeb.so",
-    "/usr/lib/orthanc/libOrthancDicomWeb.so*",
-)
 NAME = "Nguyễn^Văn An"
 
 
@@ -79,7 +80,8 @@ class Pair:
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
     root = tmp_path_factory.mktemp("orthanc")
-    plugin = next(path for pattern in PLUGINS for path in glob.glob(pattern))
+    plugin = dicomweb_plugin()
+    assert plugin, "Debian's orthanc-dicomweb is missing: `make test` installs it (system-deps)"
     orthanc_port = free_port()
     pacs = start_server(root / "pacs-data", "--node", f"ORTHANC@127.0.0.1:{orthanc_port}")
     try:
