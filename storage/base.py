@@ -80,6 +80,12 @@ class BlobStore(Protocol):
         """Return at most ``length`` bytes from ``offset`` (fewer at the end of the blob)."""
         ...
 
+    def get_range_now(self, key: str, offset: int, length: int) -> bytes | bytearray | None:
+        """``get_range`` if it can be answered without waiting on a disk or the
+        network (a blob in memory, a file's pages in the page cache), else
+        ``None``: the caller then reads with ``get_range`` off its event loop."""
+        ...
+
     def iter_chunks(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
         """Yield the blob in chunks, so that large blobs are never held whole in memory."""
         ...

@@ -30,6 +30,9 @@ class MemoryBlobStore:
             raise ValueError("offset and length must not be negative")
         return self.get(key)[offset : offset + length]
 
+    def get_range_now(self, key: str, offset: int, length: int) -> bytes:
+        return self.get_range(key, offset, length)
+
     def iter_chunks(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
         data = self.get(key)
         for start in range(0, len(data), chunk_size):

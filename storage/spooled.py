@@ -123,6 +123,12 @@ class SpooledBlobStore:
         except BlobNotFoundError:
             return self.remote.get_range(key, offset, length)
 
+    def get_range_now(self, key: str, offset: int, length: int) -> bytes | bytearray | None:
+        try:
+            return self.spool.get_range_now(key, offset, length)
+        except BlobNotFoundError:
+            return None  # uploaded: only the remote store has it
+
     def iter_chunks(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
         local = self.spool.iter_chunks(key, chunk_size)
         try:

@@ -136,6 +136,9 @@ class Archive:
             256 << 20
         )
         self._pictures: SizeBoundedCache[Picture] = SizeBoundedCache(64 << 20)
+        # Frames converted for a client (HTJ2K for the viewer), by content hash,
+        # frame and syntax: a 300-slice CT in HTJ2K is ~55 MB, so two studies.
+        self._converted: SizeBoundedCache[bytes] = SizeBoundedCache(128 << 20)
 
     def close(self) -> None:
         """Wait for writes in flight, then close the index and the blob store."""
@@ -659,12 +662,46 @@ class Archive:
         native pixel data are byte ranges of the blob, never decoded;
         compressed frames as stored are the fragments of the encapsulated
         value; anything else is decoded, and encoded again when a compressed
-        syntax is wanted. One index lookup in all. Raises ``NotFoundError``
-        (no such instance, or a frame number out of range) and
-        ``UnsupportedTransferSyntaxError``.
+        syntax is wanted (and then kept, bounded in bytes: a viewer that opens
+        the study again gets them without a conversion). One index lookup in
+        all. Raises ``NotFoundError`` (no such instance, or a frame number out
+        of range) and ``UnsupportedTransferSyntaxError``.
         """
         self._metadata.touch()
         row = self._instance_row(keys, *_FRAME_COLUMNS)
+        found = self._frames(row, keys, numbers, choose, at_once=False)
+        assert found is not None
+        return found
+
+    def frames_now(
+        self,
+        keys: Mapping[str, str],
+        numbers: Sequence[int],
+        choose: Callable[[str], Sequence[str | None]],
+    ) -> tuple[str, list[bytes | bytearray]] | None:
+        """``frames`` if they can be had without waiting (an in-process index,
+        uncompressed frames in the page cache, converted frames already kept),
+        else ``None``: the caller then calls ``frames`` off its event loop.
+        Worth it because the hop to a worker thread and back costs more than
+        such a request's own work (0.25-0.3 ms against ~0.15 ms here)."""
+        rows = self.index.find_now(self._unique_key_query(Level.IMAGE, keys, *_FRAME_COLUMNS))
+        if rows is None:
+            return None
+        if not rows:
+            raise NotFoundError(
+                f"no instance {keys.get('SOPInstanceUID')} in that study and series"
+            )
+        self._metadata.touch()
+        return self._frames(rows[0], keys, numbers, choose, at_once=True)
+
+    def _frames(
+        self,
+        row: Mapping[str, Any],
+        keys: Mapping[str, str],
+        numbers: Sequence[int],
+        choose: Callable[[str], Sequence[str | None]],
+        at_once: bool,
+    ) -> tuple[str, list[Any]] | None:
         sop_instance_uid = keys.get("SOPInstanceUID", "")
         stored = StoredInstance(**{name: row[name] for name in _STORED_NAMES})
         count = int(row.get("number_of_frames") or 1)
@@ -680,13 +717,20 @@ class Archive:
         for wanted in choose(stored.transfer_syntax_uid):
             target = wanted or stored.transfer_syntax_uid
             if native and target in NATIVE_SYNTAXES:
+                if at_once:
+                    ranges = self._native_frames_now(stored, row, numbers)
+                    return None if ranges is None else (ExplicitVRLittleEndian, ranges)
                 return ExplicitVRLittleEndian, self._native_frames(stored, row, numbers)
             if target == stored.transfer_syntax_uid and isinstance(offset, int):
+                if at_once:
+                    return None  # the whole encapsulated value is read and walked
                 frames = list(
                     generate_frames(self._read_blob(stored)[offset:], number_of_frames=count)
                 )
                 return target, [frames[n - 1] for n in numbers]
             if target == ExplicitVRLittleEndian:
+                if at_once:
+                    return None
                 return target, decode_frames(self._read_blob(stored), [n - 1 for n in numbers])
             reason = (
                 refusal(target, fmt)
@@ -694,6 +738,11 @@ class Archive:
                 else f"no codec converts {stored.transfer_syntax_uid} to it"
             )
             if reason is None:
+                kept = [self._converted.get((stored.content_hash, n, target)) for n in numbers]
+                if all(frame is not None for frame in kept):
+                    return target, kept
+                if at_once:
+                    return None
                 return target, self._encoded_frames(stored, row, numbers, target, fmt)
             reasons.append(f"{target}: {reason}")
         raise UnsupportedTransferSyntaxError(
@@ -716,6 +765,31 @@ class Archive:
             ]
         return decode_frames(self._read_blob(stored), [n - 1 for n in numbers])
 
+    def _native_frames_now(
+        self, stored: StoredInstance, row: Mapping[str, Any], numbers: Sequence[int]
+    ) -> list[bytes | bytearray] | None:
+        offset = row.get("pixel_data_offset")
+        frame_size = _native_frame_size(row)
+        if (
+            not isinstance(offset, int)
+            or not frame_size
+            or stored.transfer_syntax_uid == ExplicitVRBigEndian
+            or len(numbers) * frame_size > _AT_ONCE_BYTES
+        ):
+            return None
+        ranges = []
+        for n in numbers:
+            try:
+                data = self.blobs.get_range_now(
+                    stored.blob_key, offset + (n - 1) * frame_size, frame_size
+                )
+            except BlobStoreError:
+                return None  # the thread path says what is wrong
+            if data is None:
+                return None
+            ranges.append(data)
+        return ranges
+
     def _encoded_frames(
         self,
         stored: StoredInstance,
@@ -724,7 +798,8 @@ class Archive:
         target: str,
         fmt: FrameFormat,
     ) -> list[bytes]:
-        """Frames decoded (or read in place) and encoded as ``target``, one codestream each."""
+        """Frames decoded (or read in place) and encoded as ``target``, one
+        codestream each, and kept for the next request."""
         grey = fmt.samples_per_pixel == 1
         if grey and stored.transfer_syntax_uid in NATIVE_SYNTAXES and _native_frame_size(row):
             shape = (int(row["rows"]), int(row["columns"]))
@@ -734,7 +809,10 @@ class Archive:
         else:
             part10 = self._read_blob(stored)
             pixels = [decode_frame(part10, n - 1)[1] for n in numbers]
-        return [encode_frame(p, target, fmt, self.lossy_quality).codestream for p in pixels]
+        codestreams = [encode_frame(p, target, fmt, self.lossy_quality).codestream for p in pixels]
+        for n, codestream in zip(numbers, codestreams, strict=True):
+            self._converted.put((stored.content_hash, n, target), codestream, len(codestream))
+        return codestreams
 
     def rendered(self, keys: Mapping[str, str], frame: int, request: RenderRequest) -> Picture:
         """A frame (0-based) of the instance ``keys`` names, as a picture (PS3.18 10.4.1.1.4).
@@ -748,6 +826,19 @@ class Archive:
         row = self._instance_row(keys, *_FRAME_COLUMNS, (Level.IMAGE, "metadata"))
         stored = StoredInstance(**{name: row[name] for name in _STORED_NAMES})
         return self._picture(stored, row, frame, request)
+
+    def rendered_now(
+        self, keys: Mapping[str, str], frame: int, request: RenderRequest
+    ) -> Picture | None:
+        """``rendered`` if the picture is already made and the index answers at
+        once, else ``None`` (the caller then calls ``rendered`` off its event
+        loop): a viewer's re-render is then a dictionary look-up."""
+        rows = self.index.find_now(self._unique_key_query(Level.IMAGE, keys))
+        if not rows:
+            return None  # none: let ``rendered`` say what is missing
+        stored = StoredInstance(**{name: rows[0][name] for name in _STORED_NAMES})
+        self._metadata.touch()
+        return self._pictures.get(((stored.sop_instance_uid, stored.content_hash, frame), request))
 
     def rendered_instance(self, keys: Mapping[str, str], request: RenderRequest) -> Picture:
         """The instance as one picture: its first frame, or, as GIF, every frame in turn.
@@ -936,6 +1027,9 @@ _UID_COLUMNS = {
     UNIQUE_KEYS[level].keyword: (level, UNIQUE_KEYS[level].column)
     for level in (Level.STUDY, Level.SERIES, Level.IMAGE)
 }
+# Frames read on the event loop, at most: a page-cache copy of 8 MB is ~1 ms.
+_AT_ONCE_BYTES = 8 << 20
+
 _FRAME_COLUMNS = tuple(
     (Level.IMAGE, column)
     for column in (

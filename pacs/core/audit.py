@@ -129,7 +129,6 @@ class AuditTrail:
         self._thread.start()
 
     def record(self, event: AuditEvent) -> None:
-        event = replace(event, time=event.time or now_iso())
         with self._lock:
             if event.action in _COALESCED:
                 key = (event.action, event.actor, event.address, event.study_uid, event.outcome)
@@ -139,7 +138,7 @@ class AuditTrail:
                     self._pending[index] = replace(known, count=known.count + event.count)
                     return
                 self._retrievals[key] = len(self._pending)
-            self._pending.append(event)
+            self._pending.append(event if event.time else replace(event, time=now_iso()))
             if len(self._pending) >= _BATCH:
                 self._lock.notify()
 

@@ -4,7 +4,8 @@ Query parameters (PS3.18 8.3.5.1): ``window=centre,width[,function]`` with
 LINEAR, LINEAR_EXACT or SIGMOID; ``viewport=columns,rows`` (the picture fits
 inside, keeping its shape); ``quality=1..100`` for JPEG. The Accept header
 picks image/jpeg (the default), image/png or image/gif. Rendering runs in a
-worker thread, so a slow decode never stalls other requests.
+worker thread, so a slow decode never stalls other requests; a picture
+already made is sent from the event loop (``Archive.rendered_now``).
 """
 
 from __future__ import annotations
@@ -41,7 +42,10 @@ def render_request(
 async def instance(request: Request, archive: Archive, keys: dict[str, str]) -> Response:
     """The first frame of an instance, or as GIF every frame (see ``Archive.rendered_instance``)."""
     wanted = render_request(request)
-    rendered = await run_in_threadpool(archive.rendered_instance, keys, wanted)
+    # A GIF of a multi-frame instance is all its frames: not frame 0's picture.
+    rendered = None if wanted.media_type == "image/gif" else archive.rendered_now(keys, 0, wanted)
+    if rendered is None:
+        rendered = await run_in_threadpool(archive.rendered_instance, keys, wanted)
     return single_part(
         request,
         rendered.data,
@@ -61,7 +65,10 @@ async def frames(
     def work() -> list[Picture]:
         return [archive.rendered(keys, n - 1, wanted) for n in numbers]
 
-    pictures = await run_in_threadpool(work)
+    kept = [archive.rendered_now(keys, n - 1, wanted) for n in numbers]
+    pictures = [p for p in kept if p is not None]
+    if len(pictures) < len(numbers):
+        pictures = await run_in_threadpool(work)
     if len(pictures) == 1:
         return single_part(
             request,
@@ -107,7 +114,9 @@ async def thumbnail(
         chosen = keys if level is Level.IMAGE else archive.representative(level, keys)
         return archive.rendered(chosen, 0, wanted)
 
-    rendered = await run_in_threadpool(work)
+    rendered = archive.rendered_now(keys, 0, wanted) if level is Level.IMAGE else None
+    if rendered is None:
+        rendered = await run_in_threadpool(work)
     return single_part(
         request,
         rendered.data,

@@ -7,13 +7,15 @@ import datetime
 import email.utils
 import gzip
 import hashlib
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
-from pacs.dicomweb.media import DICOM_JSON
+from pacs.dicomweb.media import DICOM_JSON, Buffer
 
 _GZIP_MINIMUM = 1024
 
@@ -51,6 +53,32 @@ def json_response(
     return gzipped_response(request, data, DICOM_JSON, status=status, headers=headers)
 
 
+class PiecesResponse(Response):
+    """A body sent as its pieces, one ASGI message each, never joined: an
+    uncompressed frame goes from the page cache to the socket without another
+    copy of it."""
+
+    def __init__(
+        self, pieces: Sequence[Buffer], media_type: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(b"", media_type=media_type, headers=headers)
+        self.pieces = pieces
+        self.headers["content-length"] = str(sum(len(piece) for piece in pieces))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send(
+            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        )
+        last = len(self.pieces) - 1
+        for position, piece in enumerate(self.pieces):
+            await send({"type": "http.response.body", "body": piece, "more_body": position < last})
+
+
+def takes_gzip(request: Request, size: int) -> bool:
+    """Whether ``gzipped_response`` would compress ``size`` bytes for this client."""
+    return size >= _GZIP_MINIMUM and "gzip" in request.headers.get("accept-encoding", "")
+
+
 def gzipped_response(
     request: Request,
     data: bytes,
@@ -67,7 +95,7 @@ def gzipped_response(
     """
     headers = dict(headers or {})
     headers["Vary"] = "Accept-Encoding"
-    if len(data) >= _GZIP_MINIMUM and "gzip" in request.headers.get("accept-encoding", ""):
+    if takes_gzip(request, len(data)):
         data = gzip.compress(data, compresslevel=1)
         headers["Content-Encoding"] = "gzip"
     return Response(data, status_code=status, media_type=media_type, headers=headers)

@@ -156,6 +156,15 @@ def dicomweb_routes(archive: Archive, settings: Settings) -> list[BaseRoute]:
     series_path = "/studies/{study}/series/{series}"
     instance_path = series_path + "/instances/{instance}"
     service = [
+        # Per-instance resources first: a viewer asks for hundreds of frames per
+        # study, and Starlette tries each route's pattern in turn.
+        Route(instance_path + "/frames/{frames}", frames),
+        Route(instance_path + "/frames/{frames}/rendered", rendered_frames),
+        Route(instance_path + "/rendered", rendered_resource),
+        Route(instance_path + "/metadata", metadata),
+        Route(instance_path + "/thumbnail", thumbnail),
+        Route(instance_path + "/bulkdata/{path:path}", bulkdata),
+        Route(instance_path, retrieve, methods=["GET", "DELETE"]),
         Route("/studies", studies, methods=["GET", "POST"]),
         Route("/series", search_series),
         Route("/instances", search_instances),
@@ -170,13 +179,6 @@ def dicomweb_routes(archive: Archive, settings: Settings) -> list[BaseRoute]:
         Route(series_path + "/rendered", rendered_resource),
         Route(series_path + "/thumbnail", thumbnail),
         Route(series_path + "/instances", search_instances),
-        Route(instance_path, retrieve, methods=["GET", "DELETE"]),
-        Route(instance_path + "/metadata", metadata),
-        Route(instance_path + "/rendered", rendered_resource),
-        Route(instance_path + "/thumbnail", thumbnail),
-        Route(instance_path + "/frames/{frames}/rendered", rendered_frames),
-        Route(instance_path + "/frames/{frames}", frames),
-        Route(instance_path + "/bulkdata/{path:path}", bulkdata),
         Route("/{rest:path}", unknown_resource, methods=["GET", "POST", "DELETE"]),
     ]
 

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Iterator, Sequence
 
 from pydicom.uid import ExplicitVRLittleEndian
 from starlette.concurrency import run_in_threadpool
@@ -25,6 +24,7 @@ from pacs.dicomweb.media import (
     DICOM,
     FRAME_MEDIA_TYPES,
     OCTET_STREAM,
+    Buffer,
     MediaRange,
     Multipart,
     checked_transfer_syntax,
@@ -33,7 +33,13 @@ from pacs.dicomweb.media import (
     parse_accept,
     require_json,
 )
-from pacs.dicomweb.responses import base_url, gzipped_response, json_response
+from pacs.dicomweb.responses import (
+    PiecesResponse,
+    base_url,
+    gzipped_response,
+    json_response,
+    takes_gzip,
+)
 from pacs.errors import NotFoundError
 from pacs.index.base import StoredInstance
 from pacs.index.schema import Level
@@ -163,18 +169,31 @@ async def frames(
 
     Uncompressed frames are gzipped for clients that accept it (browsers do):
     half the bytes for CT on a thin link. Compressed ones are sent as they are.
+    Frames the archive has at once (see ``Archive.frames_now``) are answered
+    on the event loop; gzip, and everything else, runs in a worker thread.
     """
     numbers = frame_numbers(frame_list)
     accept = parse_accept(request.headers.get("accept"))
 
+    def choose(stored_syntax: str) -> list[str | None]:
+        return _frame_syntax(accept, stored_syntax)
+
+    found = archive.frames_now(keys, numbers, choose)
+    if found is not None:
+        syntax, data = found
+        media_type = _frame_media_type(syntax)
+        if media_type != OCTET_STREAM or not takes_gzip(request, sum(map(len, data))):
+            multipart = Multipart(media_type)
+            return PiecesResponse(
+                multipart.pieces(data, media_type, **_frame_params(media_type, syntax)),
+                multipart.content_type(),
+                _VARY,
+            )
+
     def work() -> Response:
         # One trip to a worker thread: lookup, read and body together.
-        syntax, data = archive.frames(keys, numbers, lambda stored: _frame_syntax(accept, stored))
-        media_type = (
-            OCTET_STREAM
-            if syntax == ExplicitVRLittleEndian
-            else FRAME_MEDIA_TYPES.get(syntax, OCTET_STREAM)
-        )
+        syntax, data = found or archive.frames(keys, numbers, choose)
+        media_type = _frame_media_type(syntax)
         body, content_type = _multipart_body(data, media_type, syntax)
         if media_type != OCTET_STREAM:
             return Response(body, media_type=content_type)
@@ -183,7 +202,20 @@ async def frames(
     return await run_in_threadpool(work)
 
 
-def _frame_syntax(accept: list[MediaRange], stored_syntax: str) -> list[str | None]:
+_VARY = {"Vary": "Accept-Encoding"}
+
+
+def _frame_media_type(syntax: str) -> str:
+    if syntax == ExplicitVRLittleEndian:
+        return OCTET_STREAM
+    return FRAME_MEDIA_TYPES.get(syntax, OCTET_STREAM)
+
+
+def _frame_params(media_type: str, syntax: str | None) -> dict[str, str]:
+    return {"transfer_syntax": syntax} if syntax and media_type != OCTET_STREAM else {}
+
+
+def _frame_syntax(accept: Sequence[MediaRange], stored_syntax: str) -> list[str | None]:
     """The syntaxes the client takes frames in, best first (``None``: as stored).
 
     ``*/*`` or the stored media type means as stored; ``application/octet-stream``
@@ -244,12 +276,12 @@ def _multipart_values(values: list[bytes], media_type: str, syntax: str | None) 
     return Response(body, media_type=content_type)
 
 
-def _multipart_body(values: list[bytes], media_type: str, syntax: str | None) -> tuple[bytes, str]:
+def _multipart_body(
+    values: Sequence[Buffer], media_type: str, syntax: str | None
+) -> tuple[bytes, str]:
     multipart = Multipart(media_type)
-    params: dict[str, Any] = (
-        {"transfer_syntax": syntax} if syntax and media_type != OCTET_STREAM else {}
-    )
-    return multipart.body(values, media_type, **params), multipart.content_type()
+    body = multipart.body(values, media_type, **_frame_params(media_type, syntax))
+    return body, multipart.content_type()
 
 
 def _check_parents(stored: StoredInstance, keys: dict[str, str]) -> None:

@@ -33,14 +33,14 @@ async def wado_uri(request: Request, archive: Archive, scope: Scope | None = Non
         await run_in_threadpool(archive.require_visible, scope, uids["studyUID"])
     # PS3.18 9.1.2.1.5: several types may be listed; the default is image/jpeg.
     wanted = [t.split(";")[0].strip() for t in params.get("contentType", "image/jpeg").split(",")]
-    stored = await run_in_threadpool(archive.instance, uids["objectUID"])
-    if (stored.study_instance_uid, stored.series_instance_uid) != (
-        uids["studyUID"],
-        uids["seriesUID"],
-    ):
-        raise NotFoundError(f"instance {uids['objectUID']} is not in that study/series")
     for media_type in wanted:
         if media_type in (DICOM, "*/*", "application/*"):
+            stored = await run_in_threadpool(archive.instance, uids["objectUID"])
+            if (stored.study_instance_uid, stored.series_instance_uid) != (
+                uids["studyUID"],
+                uids["seriesUID"],
+            ):
+                raise NotFoundError(f"instance {uids['objectUID']} is not in that study/series")
             syntax = checked_transfer_syntax(params.get("transferSyntax", "*"))
             data = await run_in_threadpool(_part10, archive, stored, syntax)
             return single_part(request, data, DICOM, last_modified=stored.stored_at)
@@ -57,7 +57,10 @@ async def wado_uri(request: Request, archive: Archive, scope: Scope | None = Non
                 "SOPInstanceUID": uids["objectUID"],
             }
             frame = _number(params.get("frameNumber"), "frameNumber", 1) - 1
-            picture = await run_in_threadpool(archive.rendered, keys, frame, render_as)
+            # The look-up by all three UIDs is also the check that they belong together.
+            picture = archive.rendered_now(keys, frame, render_as)
+            if picture is None:
+                picture = await run_in_threadpool(archive.rendered, keys, frame, render_as)
             return single_part(
                 request,
                 picture.data,

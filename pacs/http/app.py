@@ -117,11 +117,12 @@ def create_http_app(
     )
     return Starlette(
         routes=[
+            # DICOMweb first: its requests are the many (routes are tried in turn).
+            *dicomweb_routes(archive, settings),
             Route("/health", health),
             Route("/system", system),
             *auth_routes(security, secure_cookies),
             *share_routes(archive, security),
-            *dicomweb_routes(archive, settings),
             *viewer_routes(settings),
         ],
         lifespan=lifespan,

@@ -93,14 +93,16 @@ class AuthMiddleware:
         outcome = scope["state"].get("audit_outcome") or (
             "success" if status < 400 else "denied" if status in (401, 403) else "failure"
         )
-        study = _study_of(request)
+        # The path and query from the scope: ``request.url`` builds a URL object.
+        path = scope.get("root_path", "") + scope["path"]
+        query = scope.get("query_string", b"").decode("latin-1")
+        study = _study_of(path, request)
         if isinstance(principal, Principal):
             actor = principal.name or "anonymous"
             kind = {"share-link": "share-link", "anonymous": "anonymous"}.get(principal.via, "user")
         else:
             actor, kind = "", "unauthenticated"
-        query = request.url.query
-        detail = f"{request.method} {request.url.path}{'?' + query if query else ''} -> {status}"
+        detail = f"{scope['method']} {path}{'?' + query if query else ''} -> {status}"
         # A handler names the patient when the writer could not look it up
         # later (a deleted study); otherwise the writer finds it from the study.
         patient = str(scope["state"].get("audit_patient") or "")
@@ -182,8 +184,8 @@ def audited_action(method: str, path: str) -> str | None:
     return "query" if _SEARCHES.match(path) else "retrieve"
 
 
-def _study_of(request: Request) -> str:
-    found = _STUDY_IN_PATH.search(request.url.path)
+def _study_of(path: str, request: Request) -> str:
+    found = _STUDY_IN_PATH.search(path)
     if found:
         return found.group(1)
     params = request.query_params

@@ -91,6 +91,12 @@ class Index(Protocol):
         """Column name -> value for each matching entity, lazily (see ``pacs.index.query``)."""
         ...
 
+    def find_now(self, query: Query) -> list[dict[str, Any]] | None:
+        """The rows of a small ``query`` (unique keys) if the index can answer
+        without waiting on the network or a lock, else ``None``: the caller
+        then uses ``find`` off its event loop."""
+        ...
+
     def set_metadata(self, items: Sequence[tuple[str, bytes]]) -> None:
         """Record the DICOM JSON of instances, as (SOP Instance UID, JSON), in one transaction.
 

@@ -974,6 +974,48 @@ def test_frames_uncompressed_equal_pydicom_pixels(dw: DW, name: str, numbers: li
 
 
 @pytest.mark.parametrize(
+    ("name", "numbers"), [("CT_small.dcm", [1]), ("rtdose.dcm", [4, 2, 9]), ("JPEG2000.dcm", [1])]
+)
+def test_frames_the_same_whether_sent_at_once_or_from_a_worker(
+    dw: DW, name: str, numbers: list[int]
+) -> None:
+    """A client that takes no gzip gets uncompressed frames read on the event loop
+    when they are in the page cache (``Archive.frames_now``); one that takes gzip
+    gets them compressed from a worker thread; a decoded one always comes from
+    a worker. The bytes and the headers are the same."""
+    bundled = dw.bundled[name]
+    path = f"{dw.instance_path(FILES_STUDY, bundled.series, bundled.sop)}/frames/"
+    path += ",".join(map(str, numbers))
+    accept = 'multipart/related; type="application/octet-stream"'
+    expected = [bundled.frame_pixels(n) for n in numbers]
+    for encoding in ("identity", "identity", "gzip"):  # the first call reads the pages in
+        response = dw.get(path, headers={"Accept": accept, "Accept-Encoding": encoding})
+        assert response.status_code == 200
+        assert response.headers.get("content-encoding", "identity") == encoding
+        assert "Accept-Encoding" in response.headers["vary"]
+        if encoding == "identity":
+            assert int(response.headers["content-length"]) == len(response.content)
+        parts = multipart(response)
+        assert [h["content-type"] for h, _ in parts] == ["application/octet-stream"] * len(numbers)
+        assert [payload for _, payload in parts] == expected
+
+
+def test_converted_frames_asked_again_are_the_same(dw: DW) -> None:
+    """A viewer opening a study again gets the HTJ2K frames kept from the first time."""
+    bundled = dw.bundled["SC_rgb_rle_2frame.dcm"]
+    path = f"{dw.instance_path(FILES_STUDY, bundled.series, bundled.sop)}/frames/2,1"
+    accept = {"Accept": 'multipart/related; type="image/jphc"'}
+    first, again = dw.get(path, headers=accept), dw.get(path, headers=accept)
+    assert first.status_code == again.status_code == 200
+    assert [p for _, p in multipart(first)] == [p for _, p in multipart(again)]
+    assert [h for h, _ in multipart(first)] == [h for h, _ in multipart(again)]
+    assert media_params(multipart(again)[0][0]["content-type"]) == (
+        "image/jphc",
+        {"transfer-syntax": HTJ2KLossless},
+    )
+
+
+@pytest.mark.parametrize(
     ("name", "media_type", "numbers"),
     [
         ("rtdose_rle.dcm", "image/dicom-rle", [1, 3, 15]),

@@ -96,6 +96,57 @@ def test_empty_blob(store: BlobStore) -> None:
     assert list(store.iter_chunks("empty")) == []
 
 
+def _cached_range(store: BlobStore, key: str, offset: int, length: int) -> Any:
+    """``get_range_now`` once a normal read has just brought the pages in (the
+    kernel may reclaim them between the two calls, so a few tries)."""
+    for _ in range(5):
+        store.get_range(key, offset, length)
+        found = store.get_range_now(key, offset, length)
+        if found is not None:
+            return found
+    return None
+
+
+def test_get_range_now_answers_what_needs_no_wait(store: BlobStore, tmp_path: Path) -> None:
+    data = bytes(range(256)) * 4
+    store.put(KEY, [data])
+    if isinstance(store, S3BlobStore):
+        assert store.get_range_now(KEY, 0, 10) is None  # always a round trip
+        return
+    if isinstance(store, SpooledBlobStore):
+        store.drain()  # uploaded and gone from the spool: only S3 has it
+        assert store.get_range_now(KEY, 0, 10) is None
+        return
+    assert _cached_range(store, KEY, 500, 24) == data[500:524]
+    assert _cached_range(store, KEY, 0, len(data)) == data
+    with pytest.raises(BlobNotFoundError):
+        store.get_range_now(KEY + ".other", 0, 10)
+    with pytest.raises(ValueError):
+        store.get_range_now(KEY, -1, 10)
+
+
+def test_get_range_now_leaves_a_read_from_the_disk_to_a_thread(tmp_path: Path) -> None:
+    store = FilesystemBlobStore(tmp_path / "blobs")
+    data = os.urandom(1 << 20)
+    store.put(KEY, [data])  # fsynced: clean pages the kernel can drop
+    fd = os.open(tmp_path / "blobs" / KEY, os.O_RDONLY)
+    try:
+        # Dropped from the page cache (the kernel may skip pages another CPU
+        # has just touched: a few tries).
+        for _ in range(20):
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            found = store.get_range_now(KEY, 4096, 65536)
+            if found is None:
+                break
+            time.sleep(0.05)
+    finally:
+        os.close(fd)
+    assert found is None
+    assert store.get_range(KEY, 4096, 65536) == data[4096 : 4096 + 65536]
+    # past the end of the blob: short, so not "at once" (``get_range`` says how short)
+    assert store.get_range_now(KEY, len(data) - 10, 20) is None
+
+
 def test_get_range(store: BlobStore) -> None:
     data = bytes(range(256)) * 4
     store.put(KEY, [data])

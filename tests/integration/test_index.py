@@ -18,7 +18,7 @@ from pacs.errors import StorageError
 from pacs.index import PostgresIndex, SqliteIndex
 from pacs.index.base import Index, InstanceRecord
 from pacs.index.postgres import POSTGRES
-from pacs.index.query import Query
+from pacs.index.query import Condition, Query, SingleValue
 from pacs.index.schema import Level
 from pacs.index.sql import SCHEMA_VERSION, migrations
 from pacs.index.sqlite import SQLITE
@@ -411,3 +411,60 @@ def test_postgres_down_is_a_storage_error_and_the_index_recovers_by_itself() -> 
         index.close()
     finally:
         cluster.stop()
+
+
+def _one_instance_query(sop: str) -> Query:
+    return Query(
+        Level.IMAGE,
+        (Condition(Level.IMAGE, "sop_instance_uid", SingleValue(sop)),),
+        ((Level.IMAGE, "sop_instance_uid"), (Level.IMAGE, "blob_key")),
+    )
+
+
+def test_find_now_answers_from_sqlite_and_leaves_postgres_to_a_thread(index: Index) -> None:
+    index.add_instance(record("1.1.1.1"))
+    query = _one_instance_query("1.1.1.1")
+    found = index.find_now(query)
+    if isinstance(index, PostgresIndex):
+        assert found is None  # a round trip to the server: never on an event loop
+        return
+    assert found == list(index.find(query))
+    assert found == [{"sop_instance_uid": "1.1.1.1", "blob_key": "1.1/1.1.1/1.1.1.1.a.dcm"}]
+    assert index.find_now(_one_instance_query("9.9")) == []
+
+
+def test_find_now_never_waits_for_a_lock(tmp_path: Path) -> None:
+    index = SqliteIndex(tmp_path / "x.sqlite")
+    try:
+        index.add_instance(record("1.1.1.1"))
+        assert index.find_now(_one_instance_query("1.1.1.1"))
+        # Its connection gives up at once when busy (the others wait 30 s). A WAL
+        # reader is busy only in moments a test cannot make (the WAL being reset).
+        connection = index._local.at_once
+        assert connection.execute("PRAGMA busy_timeout").fetchone()[0] == 0
+        assert connection.execute("PRAGMA query_only").fetchone()[0] == 1
+    finally:
+        index.close()
+
+    memory = SqliteIndex(":memory:")
+    try:
+        memory.add_instance(record("1.1.1.1"))
+        taken = threading.Event()
+        release = threading.Event()
+
+        def hold_the_writer() -> None:
+            with memory._write_lock:  # one connection only: a write in progress
+                taken.set()
+                release.wait(10)
+
+        holder_thread = threading.Thread(target=hold_the_writer)
+        holder_thread.start()
+        taken.wait(10)
+        try:
+            assert memory.find_now(_one_instance_query("1.1.1.1")) is None
+        finally:
+            release.set()
+            holder_thread.join()
+        assert memory.find_now(_one_instance_query("1.1.1.1")) is not None
+    finally:
+        memory.close()

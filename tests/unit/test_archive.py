@@ -14,6 +14,7 @@ from pydicom.uid import (
     CTImageStorage,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
+    HTJ2KLossless,
     ImplicitVRLittleEndian,
     MRImageStorage,
 )
@@ -22,6 +23,7 @@ from pynetdicom.dsutils import split_dataset
 from pacs.core import Archive
 from pacs.core.archive import DuplicatePolicy
 from pacs.core.encoding import file_meta_bytes, split_part10
+from pacs.core.rendering import RenderRequest
 from pacs.errors import (
     ConflictError,
     DatasetMismatchError,
@@ -34,7 +36,7 @@ from pacs.index import SqliteIndex
 from pacs.index.base import InstanceRecord, StoredInstance
 from pacs.index.schema import Level
 from pacs.types import Caller, StoreOutcome
-from storage import BlobStoreError, BlobStoreFullError, MemoryBlobStore
+from storage import BlobStoreError, BlobStoreFullError, FilesystemBlobStore, MemoryBlobStore
 from tests.conftest import PYDICOM_TEST_FILES, bundled_dicom_files
 from tests.dicom_factory import encode, make_ct, well_formed
 
@@ -437,3 +439,78 @@ def test_concurrent_different_copy_under_reject_is_a_conflict() -> None:
         archive.ingest(second, ExplicitVRLittleEndian, CALLER)
     assert len(blob_keys(archive)) == 1
     assert stored_data_set(archive, make_ct("race", 1, 1).SOPInstanceUID) == first
+
+
+# -- answers given on the event loop (frames_now, rendered_now) ------------------------
+
+
+@pytest.fixture
+def file_archive(tmp_path: Path) -> Iterable[Archive]:
+    """As ``pacs serve`` runs by default: SQLite in a file, blobs in a folder."""
+    archive = Archive(SqliteIndex(tmp_path / "index.sqlite"), FilesystemBlobStore(tmp_path / "b"))
+    yield archive
+    archive.close()
+
+
+def _stored_keys(archive: Archive, name: str) -> dict[str, str]:
+    ds = pydicom.dcmread(PYDICOM_TEST_FILES / name)
+    archive.ingest_part10((PYDICOM_TEST_FILES / name).read_bytes(), CALLER)
+    return {
+        "StudyInstanceUID": ds.StudyInstanceUID,
+        "SeriesInstanceUID": ds.SeriesInstanceUID,
+        "SOPInstanceUID": ds.SOPInstanceUID,
+    }
+
+
+def _as(*syntaxes: str | None) -> Any:
+    return lambda stored_syntax: list(syntaxes)
+
+
+@pytest.mark.parametrize(("name", "numbers"), [("CT_small.dcm", [1]), ("rtdose.dcm", [3, 1])])
+def test_uncompressed_frames_at_once_are_the_frames(
+    file_archive: Archive, name: str, numbers: list[int]
+) -> None:
+    keys = _stored_keys(file_archive, name)
+    expected = file_archive.frames(keys, numbers, _as(ExplicitVRLittleEndian))
+    for _ in range(5):  # the kernel may drop the pages between two calls: a few tries
+        found = file_archive.frames_now(keys, numbers, _as(ExplicitVRLittleEndian))
+        if found is not None:
+            break
+        file_archive.frames(keys, numbers, _as(ExplicitVRLittleEndian))
+    assert found is not None
+    assert (found[0], [bytes(f) for f in found[1]]) == expected
+    with pytest.raises(NotFoundError):
+        file_archive.frames_now(keys, [99], _as(ExplicitVRLittleEndian))
+    with pytest.raises(NotFoundError):
+        file_archive.frames_now({**keys, "SeriesInstanceUID": "1.2.3"}, [1], _as(None))
+
+
+def test_what_needs_decoding_or_a_whole_file_is_not_done_at_once(file_archive: Archive) -> None:
+    keys = _stored_keys(file_archive, "JPEG2000.dcm")
+    assert file_archive.frames_now(keys, [1], _as(None)) is None  # fragments: the whole value
+    assert file_archive.frames_now(keys, [1], _as(ExplicitVRLittleEndian)) is None  # a decode
+    assert file_archive.frames(keys, [1], _as(ExplicitVRLittleEndian))[1]
+
+
+def test_converted_frames_are_kept_and_then_given_at_once(file_archive: Archive) -> None:
+    keys = _stored_keys(file_archive, "CT_small.dcm")
+    assert file_archive.frames_now(keys, [1], _as(HTJ2KLossless)) is None  # not converted yet
+    converted = file_archive.frames(keys, [1], _as(HTJ2KLossless))
+    assert converted[0] == HTJ2KLossless
+    again = file_archive.frames_now(keys, [1], _as(HTJ2KLossless))
+    assert again == converted
+    assert again[1][0] is converted[1][0]  # the same bytes, not a new conversion
+    assert file_archive.frames(keys, [1], _as(HTJ2KLossless))[1][0] is converted[1][0]
+
+
+def test_a_rendered_picture_is_given_at_once_once_made(file_archive: Archive) -> None:
+    keys = _stored_keys(file_archive, "CT_small.dcm")
+    wanted = RenderRequest(media_type="image/png", window=None, viewport=None, quality=90)
+    assert file_archive.rendered_now(keys, 0, wanted) is None
+    picture = file_archive.rendered(keys, 0, wanted)
+    assert file_archive.rendered_now(keys, 0, wanted) is picture
+    # another window is another picture, not yet made
+    other = RenderRequest(media_type="image/png", window=None, viewport=(64, 64), quality=90)
+    assert file_archive.rendered_now(keys, 0, other) is None
+    # an instance that is not there is for ``rendered`` to report
+    assert file_archive.rendered_now({**keys, "SOPInstanceUID": "1.2.3.4"}, 0, wanted) is None
