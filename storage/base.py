@@ -86,6 +86,13 @@ class BlobStore(Protocol):
         ``None``: the caller then reads with ``get_range`` off its event loop."""
         ...
 
+    def prefetch(self, keys: Iterable[str]) -> None:
+        """Hint that these blobs are about to be read (a viewer that asked for a
+        series' metadata asks for every frame next): a local store starts
+        reading them into the page cache; a remote one ignores it. Never
+        raises; may take a while (call it off the request path)."""
+        ...
+
     def iter_chunks(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
         """Yield the blob in chunks, so that large blobs are never held whole in memory."""
         ...

@@ -137,6 +137,20 @@ class FilesystemBlobStore:
         # Short: either the end of the blob, or only part of the range is cached.
         return None
 
+    def prefetch(self, keys: Iterable[str]) -> None:
+        """``POSIX_FADV_WILLNEED`` on each file: the kernel reads it ahead."""
+        for key in keys:
+            try:
+                fd = os.open(f"{self.root}/{validate_key(key)}", os.O_RDONLY | os.O_CLOEXEC)
+            except (OSError, BlobStoreError):
+                continue  # gone, or never there: a read will say so
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+
     def iter_chunks(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
         try:
             f = open(self._path(key), "rb")

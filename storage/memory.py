@@ -33,6 +33,9 @@ class MemoryBlobStore:
     def get_range_now(self, key: str, offset: int, length: int) -> bytes:
         return self.get_range(key, offset, length)
 
+    def prefetch(self, keys: Iterable[str]) -> None:
+        pass  # in memory already
+
     def iter_chunks(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
         data = self.get(key)
         for start in range(0, len(data), chunk_size):

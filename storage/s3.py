@@ -183,6 +183,9 @@ class S3BlobStore:
     def get_range_now(self, key: str, offset: int, length: int) -> None:
         return None  # a round trip to the store, always
 
+    def prefetch(self, keys: Iterable[str]) -> None:
+        pass  # nothing local to warm
+
     def iter_chunks(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
         name = self._name(key)
         response = self._call(

@@ -129,6 +129,9 @@ class SpooledBlobStore:
         except BlobNotFoundError:
             return None  # uploaded: only the remote store has it
 
+    def prefetch(self, keys: Iterable[str]) -> None:
+        self.spool.prefetch(keys)  # those not uploaded yet; the others are remote
+
     def iter_chunks(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
         local = self.spool.iter_chunks(key, chunk_size)
         try:

@@ -126,6 +126,7 @@ class Archive:
             max_workers=blob_writers, thread_name_prefix="blob-writer"
         )
         self._metadata = MetadataWarmer(index, self._backfill_metadata)
+        self._prefetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")
         # Every front end records through the archive's trail, in every process.
         append = getattr(index, "append_audit", None)
         self.audit = AuditTrail(
@@ -143,6 +144,7 @@ class Archive:
     def close(self) -> None:
         """Wait for writes in flight, then close the index and the blob store."""
         self._blob_writer.shutdown(wait=True)
+        self._prefetcher.shutdown(wait=True, cancel_futures=True)
         self._metadata.close()
         self.audit.close()
         self.index.close()
@@ -555,13 +557,19 @@ class Archive:
         self._metadata.touch()
         query = self._unique_key_query(level, keys, (Level.IMAGE, "metadata"))
         found = []
+        blobs, size = [], 0
         for row in self.index.find(query):
             metadata = row.pop("metadata")
             if metadata is None:
                 metadata = self._compute_metadata(StoredInstance(**row))
             found.append(bytes(metadata))
+            if size < _PREFETCH_BYTES:
+                blobs.append(row["blob_key"])
+                size += int(row["size"] or 0)
         if not found:
             raise NotFoundError(f"no {level.value.lower()} matches {dict(keys)}")
+        # A viewer asks for the metadata, then for every frame: start reading them.
+        self._prefetcher.submit(self.blobs.prefetch, blobs)
         return found
 
     def _backfill_metadata(self, after: int, limit: int) -> tuple[int, int, int]:
@@ -1027,6 +1035,9 @@ _UID_COLUMNS = {
     UNIQUE_KEYS[level].keyword: (level, UNIQUE_KEYS[level].column)
     for level in (Level.STUDY, Level.SERIES, Level.IMAGE)
 }
+# Blobs read ahead for one metadata request, at most: a large CT series, not a
+# whole 2 GB study (a viewer may look at one series of it).
+_PREFETCH_BYTES = 512 << 20
 # Frames read on the event loop, at most: a page-cache copy of 8 MB is ~1 ms.
 _AT_ONCE_BYTES = 8 << 20
 

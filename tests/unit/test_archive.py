@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import mmap
 import sqlite3
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,7 @@ from pacs.types import Caller, StoreOutcome
 from storage import BlobStoreError, BlobStoreFullError, FilesystemBlobStore, MemoryBlobStore
 from tests.conftest import PYDICOM_TEST_FILES, bundled_dicom_files
 from tests.dicom_factory import encode, make_ct, well_formed
+from tests.page_cache import cached_pages, drop_from_page_cache
 
 CALLER = Caller(ae_title="MODALITY", address="10.0.0.9")
 REQUIRED = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
@@ -514,3 +517,18 @@ def test_a_rendered_picture_is_given_at_once_once_made(file_archive: Archive) ->
     assert file_archive.rendered_now(keys, 0, other) is None
     # an instance that is not there is for ``rendered`` to report
     assert file_archive.rendered_now({**keys, "SOPInstanceUID": "1.2.3.4"}, 0, wanted) is None
+
+
+def test_asking_for_the_metadata_reads_the_frames_ahead(file_archive: Archive) -> None:
+    keys = _stored_keys(file_archive, "CT_small.dcm")
+    assert isinstance(file_archive.blobs, FilesystemBlobStore)
+    path = file_archive.blobs.root / file_archive.instance(keys["SOPInstanceUID"]).blob_key
+    drop_from_page_cache(path)
+    time.sleep(0.2)
+    assert cached_pages(path) == 0  # nothing reads it by itself
+    file_archive.metadata(Level.SERIES, keys)
+    deadline = time.monotonic() + 10
+    while cached_pages(path) < -(-path.stat().st_size // mmap.PAGESIZE):
+        assert time.monotonic() < deadline, "the instance was not read ahead"
+        time.sleep(0.01)
+    assert file_archive.frames_now(keys, [1], _as(ExplicitVRLittleEndian)) is not None
