@@ -11,6 +11,7 @@ import contextlib
 import enum
 import functools
 import hashlib
+import itertools
 import logging
 import secrets
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -19,6 +20,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 import orjson
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
@@ -58,7 +60,7 @@ from pacs.pixels import (
     refusal,
     transcode,
 )
-from pacs.pixels.codecs import FrameFormat, encode_frame
+from pacs.pixels.codecs import FrameFormat, can_decode, decode_codestream, encode_frame
 from pacs.pixels.frames import grey_frame
 from pacs.pixels.render import (
     JsonHeader,
@@ -901,13 +903,18 @@ class Archive:
     def _frame_in_place(
         self, stored: StoredInstance, row: Mapping[str, Any], frame: int
     ) -> tuple[JsonHeader, Any] | None:
-        """(header, frame) of a native grey frame read as a byte range, or ``None``
-        when the instance needs the general path (compressed, colour, LUT
-        sequences, no metadata yet)."""
+        """(header, frame) of a grey frame read as a byte range (and, when
+        compressed, decoded straight from its codestream), its attributes from
+        the precomputed metadata; or ``None`` when the instance needs the
+        general path (colour, LUT sequences, no metadata yet, a codec called
+        through pydicom only). No file is parsed: for an HTJ2K slice that is
+        half the decode (1.3 of 2.6 ms)."""
+        syntax = stored.transfer_syntax_uid
+        native = syntax in (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
         offset, metadata = row.get("pixel_data_offset"), row.get("metadata")
         frame_size = _native_frame_size(row)
         if (
-            stored.transfer_syntax_uid not in (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+            not (native or can_decode(syntax))
             or not isinstance(offset, int)
             or metadata is None
             or not frame_size
@@ -925,11 +932,41 @@ class Archive:
         count = int(row.get("number_of_frames") or 1)
         if not 0 <= frame < count:
             raise NotFoundError(f"frame {frame + 1} is out of range (1-{count})")
-        data = self._read_range(stored, offset + frame * frame_size, frame_size)
-        if len(data) != frame_size:
-            return None  # a short Pixel Data value: let pydicom say what is wrong
         shape = (int(row["rows"]), int(row["columns"]))
-        return header, grey_frame(data, shape, _frame_format(row))
+        fmt = _frame_format(row)
+        if native:
+            data: bytes | memoryview | None = self._read_range(
+                stored, offset + frame * frame_size, frame_size
+            )
+            if data is not None and len(data) != frame_size:
+                return None  # a short Pixel Data value: let pydicom say what is wrong
+        else:
+            data = self._decoded_in_place(stored, offset, count, frame, shape, fmt)
+        return None if data is None else (header, grey_frame(data, shape, fmt))
+
+    def _decoded_in_place(
+        self,
+        stored: StoredInstance,
+        offset: int,
+        count: int,
+        frame: int,
+        shape: tuple[int, int],
+        fmt: FrameFormat,
+    ) -> memoryview | None:
+        """A compressed grey frame's samples, from its fragments, or ``None``
+        for anything unexpected (pydicom's path then decides, and explains)."""
+        value = self._read_range(stored, offset, max(0, stored.size - offset))
+        try:
+            codestream = next(
+                itertools.islice(generate_frames(value, number_of_frames=count), frame, None)
+            )
+            samples = decode_codestream(codestream, stored.transfer_syntax_uid)
+        except Exception as exc:  # a corrupt codestream, an odd container
+            log.debug("%s: frame %d left to pydicom: %s", stored.sop_instance_uid, frame + 1, exc)
+            return None
+        if samples.shape != shape or samples.dtype.itemsize * 8 != fmt.bits_allocated:
+            return None  # an 8-bit codestream in a 16-bit container: pydicom's call
+        return np.ascontiguousarray(samples).data.cast("B")
 
     def representative(self, level: Level, keys: Mapping[str, str]) -> dict[str, str]:
         """The UIDs of the instance that stands for a study or series in a thumbnail:

@@ -77,26 +77,39 @@ def is_available(syntax: str) -> bool:
     return False
 
 
+def can_decode(syntax: str) -> bool:
+    """Whether ``decode_codestream`` reads ``syntax`` here (its library is installed)."""
+    return is_available(syntax)
+
+
+def decode_codestream(src: bytes, syntax: str) -> np.ndarray:
+    """One frame's codestream to its samples as the library gives them: no
+    DICOM corrections (sign, colour space), which are the caller's. Raises
+    what the library raises on a corrupt codestream."""
+    codecs = load_imagecodecs()
+    assert codecs is not None and is_available(syntax)
+    if syntax in _JPEG:
+        return codecs.jpeg8_decode(src)  # type: ignore[no-any-return]
+    if syntax in _JPEG_LS:
+        return codecs.jpegls_decode(src)  # type: ignore[no-any-return]
+    if syntax in _HTJ2K and codecs.HTJ2K.available:
+        try:
+            return codecs.htj2k_decode(src)  # type: ignore[no-any-return]
+        except codecs.Htj2kError:
+            pass  # OpenJPH reads only pure HT codestreams; OpenJPEG reads mixed ones too
+    return codecs.jpeg2k_decode(src, numthreads=_THREADS)  # type: ignore[no-any-return]
+
+
 def _decode_frame(src: bytes, runner: Any) -> bytes | bytearray:
     """pydicom's plugin hook: one codestream to raw samples, as pylibjpeg gives them."""
     codecs = load_imagecodecs()
     assert codecs is not None  # pydicom calls us only when is_available
     syntax = runner.transfer_syntax
-    if syntax in _JPEG:
-        if runner.samples_per_pixel != 1:
-            raise NotImplementedError("colour JPEG is left to pylibjpeg")
-        array = codecs.jpeg8_decode(src)
-    elif syntax in _JPEG_LS:
-        array = codecs.jpegls_decode(src)
+    if syntax in _JPEG and runner.samples_per_pixel != 1:
+        raise NotImplementedError("colour JPEG is left to pylibjpeg")
+    array = decode_codestream(src, syntax)
+    if syntax in _JPEG_LS:
         runner.set_option("planar_configuration", 0)  # CharLS interleaves samples
-    elif syntax in _HTJ2K and codecs.HTJ2K.available:
-        try:
-            array = codecs.htj2k_decode(src)
-        except codecs.Htj2kError:
-            # OpenJPH reads only pure HT codestreams; OpenJPEG reads mixed ones too.
-            array = codecs.jpeg2k_decode(src, numthreads=_THREADS)
-    else:
-        array = codecs.jpeg2k_decode(src, numthreads=_THREADS)
     # Both JPEG 2000 libraries undo the multiple-component transform.
     if syntax not in _JPEG + _JPEG_LS and runner.photometric_interpretation in (
         PI.YBR_ICT,

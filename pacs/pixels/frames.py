@@ -90,7 +90,9 @@ def _last_reason(exc: Exception) -> str:
     return lines[-1] if lines else type(exc).__name__
 
 
-def grey_frame(data: bytes, shape: tuple[int, int], fmt: FrameFormat) -> np.ndarray:
+def grey_frame(
+    data: bytes | bytearray | memoryview, shape: tuple[int, int], fmt: FrameFormat
+) -> np.ndarray:
     """A native little endian grey frame (its bytes, read in place) as values.
 
     Signed values are sign-extended from Bits Stored, as pydicom does.

@@ -10,8 +10,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pydicom
 import pytest
+from pydicom import uid
 from pydicom.uid import (
     CTImageStorage,
     DeflatedExplicitVRLittleEndian,
@@ -37,6 +39,8 @@ from pacs.errors import (
 from pacs.index import SqliteIndex
 from pacs.index.base import InstanceRecord, StoredInstance
 from pacs.index.schema import Level
+from pacs.pixels.render import decode_frame, picture
+from pacs.pixels.transcode import transcode
 from pacs.types import Caller, StoreOutcome
 from storage import BlobStoreError, BlobStoreFullError, FilesystemBlobStore, MemoryBlobStore
 from tests.conftest import PYDICOM_TEST_FILES, bundled_dicom_files
@@ -532,3 +536,47 @@ def test_asking_for_the_metadata_reads_the_frames_ahead(file_archive: Archive) -
         assert time.monotonic() < deadline, "the instance was not read ahead"
         time.sleep(0.01)
     assert file_archive.frames_now(keys, [1], _as(ExplicitVRLittleEndian)) is not None
+
+
+_GREY_SYNTAXES = [
+    uid.JPEGLossless,
+    uid.JPEGLosslessSV1,
+    uid.JPEGLSLossless,
+    uid.JPEGLSNearLossless,
+    uid.JPEG2000Lossless,
+    uid.JPEG2000,
+    uid.HTJ2KLossless,
+    uid.HTJ2KLosslessRPCL,
+    uid.HTJ2K,
+]
+
+
+@pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small.dcm"])
+@pytest.mark.parametrize("syntax", _GREY_SYNTAXES)
+def test_a_compressed_grey_frame_decoded_in_place_is_what_pydicom_decodes(
+    file_archive: Archive, name: str, syntax: str
+) -> None:
+    """The render path decodes a grey codestream itself, with the attributes of
+    the precomputed metadata (no file parsed): the same values as pydicom's
+    ``pixel_array``, so the same picture."""
+    original = (PYDICOM_TEST_FILES / name).read_bytes()
+    source = pydicom.dcmread(PYDICOM_TEST_FILES / name, stop_before_pixels=True)
+    _, offset = split_part10(original)
+    converted = transcode(original[offset:], source.file_meta.TransferSyntaxUID, syntax)
+    meta = file_meta_bytes(source.SOPClassUID, source.SOPInstanceUID, syntax, "")
+    file_archive.ingest_part10(meta + converted, CALLER)
+    assert file_archive.wait_for_metadata(30)
+    keys = {
+        "StudyInstanceUID": source.StudyInstanceUID,
+        "SeriesInstanceUID": source.SeriesInstanceUID,
+        "SOPInstanceUID": source.SOPInstanceUID,
+    }
+    wanted = RenderRequest(media_type="image/png")
+    rendered = file_archive.rendered(keys, 0, wanted)
+    header, pixels = decode_frame(meta + converted, 0)
+    assert rendered.data == picture(header, pixels, "image/png")
+    # and it was the in-place path: the frame kept with the metadata's header
+    stored = file_archive.instance(source.SOPInstanceUID)
+    kept = file_archive._decoded.get((stored.sop_instance_uid, stored.content_hash, 0))
+    assert kept is not None and not isinstance(kept[0], pydicom.Dataset)
+    assert kept[1].dtype == pixels.dtype and np.array_equal(kept[1], pixels)
