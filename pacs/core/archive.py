@@ -11,7 +11,6 @@ import contextlib
 import enum
 import functools
 import hashlib
-import itertools
 import logging
 import secrets
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -741,6 +740,9 @@ class Archive:
             if target == ExplicitVRLittleEndian:
                 if at_once:
                     return None
+                grey = self._grey_codestream_frames(stored, row, numbers, fmt)
+                if grey is not None:
+                    return target, [frame.tobytes() for frame in grey]
                 return target, decode_frames(self._read_blob(stored), [n - 1 for n in numbers])
             reason = (
                 refusal(target, fmt)
@@ -817,8 +819,12 @@ class Archive:
                 grey_frame(data, shape, fmt) for data in self._native_frames(stored, row, numbers)
             ]
         else:
-            part10 = self._read_blob(stored)
-            pixels = [decode_frame(part10, n - 1)[1] for n in numbers]
+            grey_frames = self._grey_codestream_frames(stored, row, numbers, fmt)
+            if grey_frames is not None:
+                pixels = grey_frames
+            else:
+                part10 = self._read_blob(stored)
+                pixels = [decode_frame(part10, n - 1)[1] for n in numbers]
         codestreams = [encode_frame(p, target, fmt, self.lossy_quality).codestream for p in pixels]
         for n, codestream in zip(numbers, codestreams, strict=True):
             self._converted.put((stored.content_hash, n, target), codestream, len(codestream))
@@ -941,32 +947,56 @@ class Archive:
             if data is not None and len(data) != frame_size:
                 return None  # a short Pixel Data value: let pydicom say what is wrong
         else:
-            data = self._decoded_in_place(stored, offset, count, frame, shape, fmt)
+            found = self._decoded_in_place(stored, offset, count, [frame], shape, fmt)
+            data = None if found is None else found[0]
         return None if data is None else (header, grey_frame(data, shape, fmt))
+
+    def _grey_codestream_frames(
+        self,
+        stored: StoredInstance,
+        row: Mapping[str, Any],
+        numbers: Sequence[int],
+        fmt: FrameFormat,
+    ) -> list[Any] | None:
+        """Frames (1-based) of a compressed grey image decoded from their
+        codestreams (see ``_decoded_in_place``), or ``None``: pydicom's path."""
+        offset, count = row.get("pixel_data_offset"), int(row.get("number_of_frames") or 1)
+        if (
+            fmt.samples_per_pixel != 1
+            or not isinstance(offset, int)
+            or not can_decode(stored.transfer_syntax_uid)
+            or row.get("rows") is None
+        ):
+            return None
+        shape = (int(row["rows"]), int(row["columns"]))
+        found = self._decoded_in_place(stored, offset, count, [n - 1 for n in numbers], shape, fmt)
+        return None if found is None else [grey_frame(data, shape, fmt) for data in found]
 
     def _decoded_in_place(
         self,
         stored: StoredInstance,
         offset: int,
         count: int,
-        frame: int,
+        frames: Sequence[int],
         shape: tuple[int, int],
         fmt: FrameFormat,
-    ) -> memoryview | None:
-        """A compressed grey frame's samples, from its fragments, or ``None``
-        for anything unexpected (pydicom's path then decides, and explains)."""
+    ) -> list[memoryview] | None:
+        """Compressed grey frames' (0-based) samples from their fragments (the
+        Pixel Data value read once), or ``None`` for anything unexpected:
+        pydicom's path then decides, and explains."""
         value = self._read_range(stored, offset, max(0, stored.size - offset))
+        samples = []
         try:
-            codestream = next(
-                itertools.islice(generate_frames(value, number_of_frames=count), frame, None)
-            )
-            samples = decode_codestream(codestream, stored.transfer_syntax_uid)
+            codestreams = list(generate_frames(value, number_of_frames=count))
+            for frame in frames:
+                decoded = decode_codestream(codestreams[frame], stored.transfer_syntax_uid)
+                if decoded.shape != shape or decoded.dtype.itemsize * 8 != fmt.bits_allocated:
+                    return None  # an 8-bit codestream in a 16-bit container: pydicom's call
+                samples.append(np.ascontiguousarray(decoded).data.cast("B"))
         except Exception as exc:  # a corrupt codestream, an odd container
-            log.debug("%s: frame %d left to pydicom: %s", stored.sop_instance_uid, frame + 1, exc)
+            log.debug("%s: frames left to pydicom: %s", stored.sop_instance_uid, exc)
             return None
-        if samples.shape != shape or samples.dtype.itemsize * 8 != fmt.bits_allocated:
-            return None  # an 8-bit codestream in a 16-bit container: pydicom's call
-        return np.ascontiguousarray(samples).data.cast("B")
+        return samples
 
     def representative(self, level: Level, keys: Mapping[str, str]) -> dict[str, str]:
         """The UIDs of the instance that stands for a study or series in a thumbnail:

@@ -39,6 +39,8 @@ from pacs.errors import (
 from pacs.index import SqliteIndex
 from pacs.index.base import InstanceRecord, StoredInstance
 from pacs.index.schema import Level
+from pacs.pixels.codecs import decode_codestream
+from pacs.pixels.frames import decode_frames
 from pacs.pixels.render import decode_frame, picture
 from pacs.pixels.transcode import transcode
 from pacs.types import Caller, StoreOutcome
@@ -46,6 +48,7 @@ from storage import BlobStoreError, BlobStoreFullError, FilesystemBlobStore, Mem
 from tests.conftest import PYDICOM_TEST_FILES, bundled_dicom_files
 from tests.dicom_factory import encode, make_ct, well_formed
 from tests.page_cache import cached_pages, drop_from_page_cache
+from tests.unit.test_transcode import source as transcode_source
 
 CALLER = Caller(ae_title="MODALITY", address="10.0.0.9")
 REQUIRED = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
@@ -580,3 +583,30 @@ def test_a_compressed_grey_frame_decoded_in_place_is_what_pydicom_decodes(
     kept = file_archive._decoded.get((stored.sop_instance_uid, stored.content_hash, 0))
     assert kept is not None and not isinstance(kept[0], pydicom.Dataset)
     assert kept[1].dtype == pixels.dtype and np.array_equal(kept[1], pixels)
+
+
+@pytest.mark.parametrize("syntax", [uid.JPEGLSLossless, uid.JPEG2000Lossless, uid.HTJ2KLossless])
+def test_frames_of_a_compressed_grey_multiframe_decoded_in_place(
+    file_archive: Archive, syntax: str
+) -> None:
+    """Frames asked uncompressed, or in another syntax, of a compressed grey
+    multi-frame image: decoded from their codestreams as pydicom decodes them."""
+    data, stored_as = transcode_source("10-bit grey 3 frames")
+    ds = pydicom.dcmread(pydicom.filebase.DicomBytesIO(data), force=True)
+    converted = transcode(data, stored_as, syntax)
+    part10 = file_meta_bytes(ds.SOPClassUID, ds.SOPInstanceUID, syntax, "") + converted
+    file_archive.ingest_part10(part10, CALLER)
+    keys = {
+        "StudyInstanceUID": ds.StudyInstanceUID,
+        "SeriesInstanceUID": ds.SeriesInstanceUID,
+        "SOPInstanceUID": ds.SOPInstanceUID,
+    }
+    expected = decode_frames(part10, [2, 0])
+    assert file_archive.frames(keys, [3, 1], _as(ExplicitVRLittleEndian)) == (
+        ExplicitVRLittleEndian,
+        expected,
+    )
+    _, htj2k = file_archive.frames(keys, [3, 1], _as(uid.HTJ2KLosslessRPCL))
+    for codestream, frame in zip(htj2k, expected, strict=True):
+        decoded = decode_codestream(codestream, uid.HTJ2KLosslessRPCL)
+        assert decoded.tobytes() == frame
