@@ -190,11 +190,15 @@ class Multipart:
         return b"\r\n"
 
     def pieces(self, values: Sequence[Buffer], media_type: str, **params: str) -> list[Buffer]:
-        """A whole body of ``values`` as its pieces, in order (nothing copied)."""
+        """A whole body of ``values`` as its pieces, in order: each value as it
+        is (not copied), the delimiters between two values joined into one
+        piece (each piece is one write to the socket, and a packet)."""
         pieces: list[Buffer] = []
+        between = b""
         for value in values:
-            pieces += (self.head(media_type, **params), value, self.part_end())
-        pieces.append(self.tail())
+            pieces += (between + self.head(media_type, **params), value)
+            between = self.part_end()
+        pieces.append(between + self.tail())
         return pieces
 
     def body(self, values: Sequence[Buffer], media_type: str, **params: str) -> bytes:
