@@ -1,7 +1,9 @@
 """The Starlette application: system endpoints, DICOMweb and the web viewer.
 
 Endpoints are ``async``; the synchronous archive is reached through a thread
-pool so that a slow disk never stalls the event loop.
+pool so that a slow disk never stalls the event loop, except for answers it
+has without waiting (``Archive.frames_now``, ``Archive.rendered_now``): the
+trip to a worker thread would cost more than they do.
 """
 
 from __future__ import annotations
