@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
 from pydicom.filebase import DicomBytesIO
@@ -478,6 +479,41 @@ class Archive:
     ) -> int:
         query = build_query(level, keys, case_insensitive_names=case_insensitive_names)
         return self.index.count(replace(query, scope=scope))
+
+    def sequences(
+        self, level: Level, uid: str, keywords: Sequence[str]
+    ) -> dict[str, list[dict[str, Any]]]:
+        """Items (DICOM JSON objects) of sequence attributes of a study, series
+        or instance, for C-FIND and QIDO-RS return keys; keywords it does not
+        hold are absent.
+
+        The index keeps no sequences: they come from the precomputed metadata
+        of the entity's first instance, as Orthanc answers them from a stored
+        file. A study's or series' sequences (Procedure Code, Referenced
+        Study, Request Attributes) are those of each of its instances.
+        """
+        if level is Level.PATIENT or not keywords:
+            return {}
+        query = replace(
+            self._unique_key_query(
+                Level.IMAGE, {UNIQUE_KEYS[level].keyword: uid}, (Level.IMAGE, "metadata")
+            ),
+            limit=1,
+        )
+        rows = list(self.index.find(query))
+        if not rows:
+            return {}
+        metadata = rows[0].pop("metadata")
+        if metadata is None:
+            metadata = self._compute_metadata(StoredInstance(**rows[0]))
+        stored = orjson.loads(metadata)
+        found = {}
+        for keyword in keywords:
+            tag = tag_for_keyword(keyword)
+            element = stored.get(f"{tag:08X}") if tag is not None else None
+            if element is not None and element.get("vr") == "SQ":
+                found[keyword] = list(element.get("Value") or [])
+        return found
 
     def instances_to_retrieve(
         self, level: Level, keys: Mapping[str, str], scope: Scope | None = None

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -15,13 +16,13 @@ from starlette.responses import Response
 
 from pacs.config import Settings
 from pacs.core import Archive
-from pacs.core.dicomjson import json_attribute
+from pacs.core.dicomjson import BASE_PLACEHOLDER_JSON, json_attribute
 from pacs.core.query import search_key
 from pacs.dicomweb.errors import DicomWebError
 from pacs.dicomweb.media import require_json
 from pacs.dicomweb.responses import base_url, json_response
 from pacs.http.auth import principal_of
-from pacs.index.schema import LEVELS, SEARCHABLE, Level
+from pacs.index.schema import LEVELS, SEARCHABLE, UNIQUE_KEYS, Level
 
 # PS3.18 Tables 10.6.3-3 to 10.6.3-5: returned when no includefield asks for more.
 _DEFAULT_KEYS = {
@@ -96,19 +97,26 @@ async def search(
         wanted = list(_DEFAULT_KEYS[level]) + [k for k in included if k not in _DEFAULT_KEYS[level]]
     wanted += [keyword for keyword in keys if keyword not in wanted]
     cap = MAX_RESULTS if limit is None else min(limit, MAX_RESULTS)
+    sequences = [k for k in wanted if dictionary_VR(k) == "SQ"]
+    own_key = UNIQUE_KEYS[level].keyword
 
     def run() -> list[dict[str, Any]]:
-        return list(
+        rows = list(
             archive.search(
                 level,
                 keys,
-                wanted,
+                [k for k in wanted if k not in sequences],
                 case_insensitive_names=settings.case_insensitive_names or fuzzy,
                 limit=cap + 1,
                 offset=offset,
                 scope=principal_of(request).scope,
             )
         )
+        # Sequences asked for by includefield: the stored items (the index keeps none).
+        for row in rows[:cap] if sequences else ():
+            found = archive.sequences(level, str(row.get(own_key) or ""), sequences)
+            row.update({keyword: found.get(keyword) for keyword in sequences})
+        return rows
 
     rows = await run_in_threadpool(run)
     headers = {}
@@ -180,7 +188,11 @@ def _json_plan(wanted: list[str]) -> list[tuple[str, str, str]]:
 def _model(
     row: Mapping[str, Any], level: Level, plan: list[tuple[str, str, str]], root: str
 ) -> dict[str, Any]:
-    model = {tag: json_attribute(vr, row[keyword]) for keyword, tag, vr in plan if keyword in row}
+    model = {
+        tag: _items(row[keyword], root) if vr == "SQ" else json_attribute(vr, row[keyword])
+        for keyword, tag, vr in plan
+        if keyword in row
+    }
     study = row.get("StudyInstanceUID")
     url = f"{root}/studies/{study}"
     if level is not Level.STUDY:
@@ -190,3 +202,11 @@ def _model(
     model["00080056"] = {"vr": "CS", "Value": ["ONLINE"]}
     model["00081190"] = {"vr": "UR", "Value": [url]}
     return dict(sorted(model.items()))
+
+
+def _items(items: Any, root: str) -> dict[str, Any]:
+    """A sequence's stored items, their bulk data URIs made absolute."""
+    if not items:
+        return {"vr": "SQ"}
+    text = orjson.dumps(items).replace(BASE_PLACEHOLDER_JSON, root.encode())
+    return {"vr": "SQ", "Value": orjson.loads(text)}

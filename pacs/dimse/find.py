@@ -18,8 +18,12 @@ from collections.abc import Callable
 from io import BytesIO
 from typing import Any
 
+from pydicom.charset import convert_encodings
 from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_data_element
 from pydicom.sequence import Sequence
 from pydicom.uid import UID
 from pynetdicom.association import Association
@@ -57,6 +61,7 @@ _LONG_VRS = frozenset(
 )
 _BINARY_NUMBERS = {"US": "<H", "SS": "<h", "UL": "<L", "SL": "<l", "FL": "<f", "FD": "<d"}
 _SPECIFIC_CHARACTER_SET = 0x00080005
+_UTF8 = convert_encodings(["ISO_IR 192"])
 # Matches between two yields of the GIL to the DUL thread (which sends what is
 # queued and sees a C-CANCEL). Yielding after every match made the two threads
 # trade the GIL per response: a week of studies (~190 matches) took 44 ms of
@@ -101,8 +106,10 @@ class Finder:
         if model == STUDY_ROOT:
             levels = levels[1:]
         unique_keys = [UNIQUE_KEYS[level].keyword for level in levels]
-        requested = [e.keyword for e in query.elements if e.keyword]
+        requested = [e.keyword for e in query.elements if e.keyword and e.VR != "SQ"]
+        sequences = _requested_sequences(query.elements)
         encode_match = _plan(query.level, query.elements, unique_keys, self.settings, syntax)
+        own_key = UNIQUE_KEYS[query.level].keyword
         count = 0
         try:
             matches = self.archive.search(
@@ -121,6 +128,13 @@ class Finder:
                     send.status(CANCEL)
                     return
                 count += 1
+                if sequences:
+                    values.update(
+                        _sequence_items(
+                            self.archive.sequences(query.level, values[own_key], list(sequences)),
+                            sequences,
+                        )
+                    )
                 send.pending(encode_match(values))
                 if count == 1 or count % _YIELD_EVERY == 0:
                     send.flush()
@@ -195,8 +209,10 @@ def _plan(
     for element in elements:
         vr = element.VR.split(" or ")[0]
         keyword = element.keyword
-        if vr == "SQ" or not keyword:
+        if not keyword:
             planned[int(element.tag)] = (int(element.tag), vr, lambda _: None)
+        elif vr == "SQ":
+            planned[int(element.tag)] = (int(element.tag), vr, _sequence_getter(keyword))
         else:
             planned[int(element.tag)] = (int(element.tag), vr, _getter(keyword))
     for keyword in unique_keys:
@@ -211,16 +227,82 @@ def _plan(
 
     def encode_match(values: dict[str, Any]) -> bytes:
         texts = [(tag, vr, getter(values)) for tag, vr, getter in ordered]
-        non_ascii = any(isinstance(v, str) and not v.isascii() for _, _, v in texts)
+        encoded = {
+            tag: _sequence_element(tag, items, implicit)
+            for tag, vr, items in texts
+            if vr == "SQ" and items
+        }
+        non_ascii = any(isinstance(v, str) and not v.isascii() for _, _, v in texts) or any(
+            not sequence.isascii() for sequence in encoded.values()
+        )
         parts = []
         if non_ascii:
             # PS3.4 C.4.1.1.3.1: the response says how its text is encoded.
             parts.append(_element(_SPECIFIC_CHARACTER_SET, "CS", b"ISO_IR 192", implicit))
         for tag, vr, value in texts:
-            parts.append(_element(tag, vr, _value_bytes(vr, value), implicit))
+            if tag in encoded:
+                parts.append(encoded[tag])
+            else:
+                parts.append(_element(tag, vr, _value_bytes(vr, value), implicit))
         return b"".join(parts)
 
     return encode_match
+
+
+def _requested_sequences(elements: tuple[Any, ...]) -> dict[str, frozenset[str] | None]:
+    """Sequence keyword -> the keywords its request item asks for (``None``:
+    an empty sequence or item, every attribute of every item).
+
+    Values inside the item would be sequence matching (PS3.4 C.2.2.2.6),
+    which is not supported: like Orthanc, the constraint is ignored and the
+    sequence returned as stored, with a warning in the log.
+    """
+    sequences: dict[str, frozenset[str] | None] = {}
+    for element in elements:
+        if element.VR != "SQ" or not element.keyword:
+            continue
+        item = element.value[0] if element.value else None
+        keywords = frozenset(e.keyword for e in item if e.keyword) if item is not None else None
+        if item is not None and any(e.VR != "SQ" and e.value not in (None, "") for e in item):
+            log.warning(
+                "C-FIND: matching inside %s is not supported; the sequence is returned as stored",
+                element.keyword,
+            )
+        sequences[element.keyword] = keywords or None
+    return sequences
+
+
+def _sequence_items(
+    found: dict[str, list[dict[str, Any]]], wanted: dict[str, frozenset[str] | None]
+) -> dict[str, list[Dataset]]:
+    """The stored items (DICOM JSON) as data sets, with only the attributes asked for."""
+    items = {}
+    for keyword, keywords in wanted.items():
+        datasets = []
+        for item in found.get(keyword, []):
+            dataset = Dataset.from_json(item, bulk_data_uri_handler=lambda *_: b"")
+            if keywords is not None:
+                for element in list(dataset):
+                    if element.keyword not in keywords:
+                        del dataset[element.tag]
+            datasets.append(dataset)
+        items[keyword] = datasets
+    return items
+
+
+def _sequence_getter(keyword: str) -> Callable[[dict[str, Any]], Any]:
+    def get(values: dict[str, Any]) -> Any:
+        return values.get(keyword) or None
+
+    return get
+
+
+def _sequence_element(tag: int, items: list[Dataset], implicit: bool) -> bytes:
+    """One sequence element, its items' text in UTF-8 (the response then says ISO_IR 192)."""
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, implicit
+    write_data_element(buffer, DataElement(tag, "SQ", Sequence(items)), _UTF8)
+    return buffer.getvalue()
 
 
 def _getter(keyword: str) -> Callable[[dict[str, Any]], Any]:
@@ -257,10 +339,15 @@ def _element(tag: int, vr: str, value: bytes, implicit: bool) -> bytes:
 def _with_pydicom(ordered: list[Element], values: dict[str, Any], syntax: UID) -> bytes:
     """Big endian or deflated identifiers: rare enough for pydicom's encoder."""
     dataset = Dataset()
+    non_ascii = False
     for tag, vr, getter in ordered:
         value = getter(values)
-        dataset.add_new(tag, vr, Sequence() if vr == "SQ" else value)
-    if any(isinstance(v, str) and not v.isascii() for v in (e.value for e in dataset)):
+        if vr == "SQ":
+            dataset.add_new(tag, vr, Sequence(value or []))
+            non_ascii = non_ascii or not _sequence_element(tag, value or [], False).isascii()
+        else:
+            dataset.add_new(tag, vr, value)
+    if non_ascii or any(isinstance(e.value, str) and not e.value.isascii() for e in dataset):
         dataset.SpecificCharacterSet = "ISO_IR 192"
     data = encode(dataset, syntax.is_implicit_VR, syntax.is_little_endian, syntax.is_deflated)
     return bytes(data or b"")

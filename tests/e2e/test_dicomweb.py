@@ -41,6 +41,7 @@ from dicomweb_client.api import DICOMwebClient
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate, generate_frames
+from pydicom.sequence import Sequence as DicomSequence
 from pydicom.tag import Tag
 from pydicom.uid import (
     HTJ2K,
@@ -499,6 +500,35 @@ def test_search_results_are_dicom_json(dw: DW) -> None:
         assert instance["00080016"] == {"vr": "UI", "Value": [MRImageStorage]}
         sop = instance["00080018"]["Value"][0]
         assert instance["00081190"]["Value"] == [dw.url + dw.instance_path(A1, A1_MR, sop)]
+
+
+def test_includefield_of_a_sequence_returns_its_stored_items(dw: DW) -> None:
+    ds = make_ct("dw-seq", 1, 1, patient_id="DW-SEQ")
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    code = Dataset()
+    code.CodeValue, code.CodingSchemeDesignator = "CTCHEST", "99PACS"
+    code.CodeMeaning = "Chụp cắt lớp ngực"
+    ds.ProcedureCodeSequence = DicomSequence([code])
+    result = dw.client.store_instances([with_file_meta(ds)])
+    assert "FailedSOPSequence" not in result
+    (study,) = dw.get(
+        "/studies", params={"PatientID": "DW-SEQ", "includefield": "ProcedureCodeSequence"}
+    ).json()
+    assert study["00081032"] == {
+        "vr": "SQ",
+        "Value": [
+            {
+                "00080100": {"vr": "SH", "Value": ["CTCHEST"]},
+                "00080102": {"vr": "SH", "Value": ["99PACS"]},
+                "00080104": {"vr": "LO", "Value": ["Chụp cắt lớp ngực"]},
+            }
+        ],
+    }
+    # a sequence the study does not hold: present, without a value (PS3.18 F.2.5)
+    (study,) = dw.get(
+        "/studies", params={"PatientID": "DW-SEQ", "includefield": "ReferencedStudySequence"}
+    ).json()
+    assert study["00081110"] == {"vr": "SQ"}
 
 
 def test_includefield_as_a_list_and_all(dw: DW) -> None:

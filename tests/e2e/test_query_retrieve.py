@@ -39,6 +39,8 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import (
     UID,
     CTImageStorage,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEGLosslessSV1,
@@ -699,7 +701,7 @@ def test_find_returns_keys_it_does_not_hold_empty(qr: QR, tmp_path: Path, client
         "InstitutionName": "",  # indexed, not in the data set
         "ReferringPhysicianName": "",
         "Modality": "",  # a series attribute, in a study-level query
-        "ReferencedStudySequence": "",  # sequences are returned empty
+        "ReferencedStudySequence": "",  # a sequence the study lacks: returned empty
     }
     matches, status = find(client, qr.server, tmp_path, "study", "STUDY", keys)
     assert status == SUCCESS
@@ -710,6 +712,89 @@ def test_find_returns_keys_it_does_not_hold_empty(qr: QR, tmp_path: Path, client
         **dict.fromkeys(keys, ""),
         "StudyInstanceUID": A2,
     }
+
+
+def _coded(value: str, meaning: str) -> Dataset:
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, "99PACS", meaning
+    return item
+
+
+def _with_sequences() -> list[Dataset]:
+    """A study with a procedure code (its meaning in Vietnamese) and series
+    with request attributes, as a RIS-driven modality writes them."""
+    datasets = []
+    for series in (1, 2):
+        ds = make_ct("qr-seq", series, 1, patient_id="SEQ-1", patient_name="Seq^Sam")
+        ds.SpecificCharacterSet = "ISO_IR 192"
+        ds.ProcedureCodeSequence = DicomSequence([_coded("CTCHEST", "Chụp cắt lớp ngực")])
+        request = Dataset()
+        request.RequestedProcedureID = f"RP-{series}"
+        request.ScheduledProcedureStepID = f"SPS-{series}"
+        request.ScheduledProcedureStepDescription = "Ngực có cản quang"
+        ds.RequestAttributesSequence = DicomSequence([request])
+        datasets.append(ds)
+    return datasets
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_find_returns_stored_sequences(qr: QR, tmp_path: Path, client: str) -> None:
+    """Sequences asked for come back with their stored items (PS3.4 C.2.2.2.6,
+    universal sequence matching), the text of their items in UTF-8."""
+    stored = _with_sequences()
+    store_all(qr.server, stored)
+    keys = {"PatientID": "SEQ-1", "ProcedureCodeSequence": "", "StudyInstanceUID": ""}
+    matches, status = find(client, qr.server, tmp_path, "study", "STUDY", keys)
+    assert status == SUCCESS and len(matches) == 1
+    assert matches[0].SpecificCharacterSet == "ISO_IR 192"
+    (item,) = matches[0].ProcedureCodeSequence
+    assert (item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning) == (
+        "CTCHEST",
+        "99PACS",
+        "Chụp cắt lớp ngực",
+    )
+    keys = {"StudyInstanceUID": stored[0].StudyInstanceUID, "RequestAttributesSequence": ""}
+    matches, status = find(client, qr.server, tmp_path, "study", "SERIES", keys)
+    assert status == SUCCESS
+    found = {
+        m.SeriesInstanceUID: [
+            (i.RequestedProcedureID, i.ScheduledProcedureStepID)
+            for i in m.RequestAttributesSequence
+        ]
+        for m in matches
+    }
+    assert found == {
+        ds.SeriesInstanceUID: [(f"RP-{n}", f"SPS-{n}")] for n, ds in enumerate(stored, 1)
+    }
+    assert all(
+        m.RequestAttributesSequence[0].ScheduledProcedureStepDescription == "Ngực có cản quang"
+        for m in matches
+    )
+
+
+@pytest.mark.parametrize(
+    "syntax", [None, ExplicitVRBigEndian, DeflatedExplicitVRLittleEndian], ids=str
+)
+def test_find_returns_only_the_attributes_asked_for_in_a_sequence_item(
+    qr: QR, syntax: str | None
+) -> None:
+    """In every transfer syntax of the request's context (big endian and
+    deflate are encoded by pydicom, the little endian ones by pacs)."""
+    stored = _with_sequences()
+    store_all(qr.server, stored)
+    query = identifier("SERIES", {"StudyInstanceUID": stored[0].StudyInstanceUID})
+    asked = Dataset()
+    asked.ScheduledProcedureStepID = ""
+    query.RequestAttributesSequence = DicomSequence([asked])
+    contexts = [(FIND["study"], [syntax] if syntax else None)]
+    with association(qr.server, contexts) as assoc:
+        responses = list(assoc.send_c_find(query, FIND["study"]))
+    matches = [match for status, match in responses if status.Status == PENDING]
+    assert int(responses[-1][0].Status) == SUCCESS and len(matches) == 2
+    for match in matches:
+        (item,) = match.RequestAttributesSequence
+        assert [e.keyword for e in item] == ["ScheduledProcedureStepID"]
+        assert item.ScheduledProcedureStepID.startswith("SPS-")
 
 
 MATCHING_CASES = {
