@@ -26,6 +26,7 @@ from tests.conftest import ServerProcess, start_server, stop_server
 from tests.e2e.viewer_corpus import (
     CT_PATIENT_ID,
     CT_SLICES,
+    LINKED_SLICES,
     PAGED,
     SAMPLE_FILES,
     SR_DESCRIPTION,
@@ -288,7 +289,7 @@ def test_empty_search_and_unreachable_archive_are_said_plainly(viewer: Viewer) -
 def test_columns_sort_and_results_page(viewer: Viewer) -> None:
     viewer.open_list()
     viewer.search_name("")
-    total = PAGED + 2
+    total = PAGED + 3
     assert f"of {total}" in viewer.page.inner_text(".page-info")
     assert len(viewer.rows()) == 25
     # Newest first by default.
@@ -573,6 +574,41 @@ def test_layouts_drag_a_series_and_the_active_viewport(viewer: Viewer) -> None:
     assert viewer.page.locator(".viewport").count() == 1
     viewer.page.click("[data-layout='1x2']")
     assert viewer.page.locator(".viewport").count() == 2
+
+
+def test_scrolling_one_series_moves_the_others_of_its_frame_of_reference(viewer: Viewer) -> None:
+    """A thin and a thick series of one frame of reference side by side: the
+    other viewport goes to the slice nearest in the patient, until unlinked."""
+    thin, thick = viewer.corpus.linked_series
+    viewer.open_study(viewer.corpus.linked_study)
+    viewer.page.click("[data-layout='1x2']")
+    for n in range(2):
+        viewer.wait_for_image(n)
+    assert [viewer.viewport(n).get_attribute("data-series") for n in range(2)] == [thin, thick]
+    link = viewer.page.locator("[data-action=link]")
+    assert link.get_attribute("aria-pressed") == "true"
+    thick_slices = LINKED_SLICES // 2
+    viewer.viewport(0).locator("canvas").click()
+    for _ in range(4):
+        viewer.page.keyboard.press("ArrowDown")
+    viewer.wait_for_text(0, ".image-number", f"^Im 5/{LINKED_SLICES}$")
+    viewer.wait_for_text(1, ".image-number", f"^Im 3/{thick_slices}$")  # the same place
+    viewer.page.keyboard.press("End")  # half a thick slice below its last: still its last
+    viewer.wait_for_text(1, ".image-number", f"^Im {thick_slices}/{thick_slices}$")
+    # the thick series leads when it is the active one
+    viewer.viewport(1).locator("canvas").click()
+    viewer.page.keyboard.press("Home")
+    viewer.wait_for_text(0, ".image-number", f"^Im 1/{LINKED_SLICES}$")
+    viewer.page.keyboard.press("ArrowDown")
+    viewer.wait_for_text(0, ".image-number", f"^Im 3/{LINKED_SLICES}$")
+    viewer.page.keyboard.press("s")  # unlinked
+    assert link.get_attribute("aria-pressed") == "false"
+    viewer.page.keyboard.press("End")
+    viewer.wait_for_text(1, ".image-number", f"^Im {thick_slices}/{thick_slices}$")
+    viewer.settle()
+    assert viewer.text(0, ".image-number") == f"Im 3/{LINKED_SLICES}"
+    link.click()  # linked again: the other follows the active one at once
+    viewer.wait_for_text(0, ".image-number", f"^Im {LINKED_SLICES - 1}/{LINKED_SLICES}$")
 
 
 def test_images_the_browser_cannot_show_and_series_without_images(viewer: Viewer) -> None:

@@ -8,6 +8,8 @@
   server's rendering), RGB without Pixel Spacing, and a structured report
   with no image at all.
 - ``PAGED`` one-image studies of ``Page^Patient`` so that the list has pages.
+- Two series of one frame of reference for ``Võ^Thị Liên``: a thin CT and a
+  thick one made of every other slice, for linked scrolling.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ SAMPLES_PATIENT = "Trần^Thị Bình"
 SAMPLES_PATIENT_ID = "VN-0002"
 SAMPLES_STUDY = uid("viewer", "samples")
 PAGED = 30
+LINKED_PATIENT_ID = "VN-0003"
+LINKED_SLICES = 12  # the thick series has every other one
 
 # file name -> series description shown in the viewer
 SAMPLE_FILES = {
@@ -59,6 +63,8 @@ class Corpus:
     pixel_spacing_mm: float
     samples_study: str
     sample_series: dict[str, str]  # description -> series UID
+    linked_study: str
+    linked_series: tuple[str, str]  # thin, thick
 
 
 def _stow(dicomweb: str, files: list[bytes]) -> None:
@@ -160,6 +166,26 @@ def _voi_lut_image() -> tuple[str, bytes]:
     return str(ds.SeriesInstanceUID), _saved(ds)
 
 
+def _linked_series(folder: Path) -> tuple[list[Dataset], list[Dataset]]:
+    thin = []
+    for path in generate_ct_series(folder, slices=LINKED_SLICES, rows=64, columns=64, seed=1):
+        ds = pydicom.dcmread(path)
+        ds.PatientName, ds.PatientID = "Võ^Thị Liên", LINKED_PATIENT_ID
+        ds.SpecificCharacterSet = "ISO_IR 192"
+        thin.append(ds)
+    thick = []
+    for n, source in enumerate(thin[::2], start=1):
+        ds = pydicom.dcmread(BytesIO(_saved(source)))
+        ds.SeriesInstanceUID = uid("viewer", "thick")
+        ds.SOPInstanceUID = uid("viewer", "thick", n)
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.SeriesNumber, ds.InstanceNumber = 3, n
+        ds.SeriesDescription = "THICK"
+        ds.SliceThickness = f"{2 * float(source.SliceThickness):g}"
+        thick.append(ds)
+    return thin, thick
+
+
 def load_corpus(dicomweb: str, workdir: Path) -> Corpus:
     ct_files = []
     for path in generate_ct_series(workdir / "ct", slices=CT_SLICES, rows=CT_SIZE, columns=CT_SIZE):
@@ -194,7 +220,11 @@ def load_corpus(dicomweb: str, workdir: Path) -> Corpus:
         ds.AccessionNumber = f"ACC{page:04d}"
         paged.append(_saved(ds))
     _stow(dicomweb, paged)
+    thin, thick = _linked_series(workdir / "linked")
+    _stow(dicomweb, [_saved(ds) for ds in thin + thick])
     return Corpus(
+        linked_study=str(thin[0].StudyInstanceUID),
+        linked_series=(str(thin[0].SeriesInstanceUID), str(thick[0].SeriesInstanceUID)),
         ct_study=str(first.StudyInstanceUID),
         ct_series=str(first.SeriesInstanceUID),
         pixel_spacing_mm=float(first.PixelSpacing[1]),

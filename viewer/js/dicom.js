@@ -31,6 +31,7 @@ export const TAG = {
   SeriesNumber: "00200011",
   InstanceNumber: "00200013",
   ImagePositionPatient: "00200032",
+  FrameOfReferenceUID: "00200052",
   ImageOrientationPatient: "00200037",
   SliceLocation: "00201041",
   NumberOfStudyRelatedSeries: "00201206",

@@ -21,6 +21,7 @@ export const SHORTCUTS = [
   { keys: ["[", "]"], action: "fps", label: "Cine slower / faster" },
   { keys: ["M"], action: "layout", label: "Next layout (1×1, 1×2, 2×2)" },
   { keys: ["V"], action: "next-viewport", label: "Next viewport" },
+  { keys: ["S"], action: "link", label: "Link scrolling of series in the same frame of reference (on / off)" },
   { keys: ["Delete"], action: "undo-measurement", label: "Remove the last measurement on this image" },
   { keys: ["Esc"], action: "escape", label: "Cancel a measurement, close this help" },
   { keys: ["B"], action: "back", label: "Back to the study list" },

@@ -24,6 +24,9 @@ export class StudyView {
     this.stacks = new Map(); // series UID -> Promise<Stack>
     this.seriesRows = [];
     this.layout = "1x1";
+    // Scrolling one series moves the others of the same frame of reference to
+    // the same place: on by default, as in Weasis (S or the Link button).
+    this.linked = true;
     this.thumbnailURLs = [];
     this.keyHandler = (event) => this.#key(event);
   }
@@ -110,6 +113,7 @@ export class StudyView {
           </select>
         </div>
         <div class="group" aria-label="Layout">
+          <button data-action="link" title="Link scrolling of series in the same frame of reference (S)">Link</button>
           ${Object.keys(LAYOUTS)
             .map((l) => `<button data-layout="${l}" title="Layout ${l.replace("x", "×")} (M)">${l.replace("x", "×")}</button>`)
             .join("")}
@@ -358,6 +362,10 @@ export class StudyView {
 
   #viewportChanged(change) {
     if (change.type === "drop") this.showSeries(change.uid, change.viewport);
+    // Only the viewport the user works in leads, so followers do not echo.
+    if (change.type === "position" && this.linked && change.viewport === this.active) {
+      this.#follow(change.viewport);
+    }
     if (change.viewport === this.active) this.#syncToolbar();
   }
 
@@ -394,6 +402,7 @@ export class StudyView {
     }
     this.fpsEl.value = String(v.cine.fps);
     this.root.querySelector("[data-action=invert]").setAttribute("aria-pressed", String(v.invert));
+    this.root.querySelector("[data-action=link]").setAttribute("aria-pressed", String(this.linked));
   }
 
   #action(action) {
@@ -420,10 +429,48 @@ export class StudyView {
       case "cine":
         v?.toggleCine();
         break;
+      case "link":
+        this.linked = !this.linked;
+        if (this.linked && v) this.#follow(v);
+        break;
       default:
         return;
     }
     this.#syncToolbar();
+  }
+
+  /** Every other viewport to its slice nearest the one ``source`` shows, when
+   * both series share a frame of reference and a slice orientation and the
+   * place is within the other series (with half a slice gap to spare). */
+  #follow(source) {
+    const here = source.image;
+    const frame = here && text(here.instance, TAG.FrameOfReferenceUID);
+    if (!frame || !here.position || !here.orientation) return;
+    const normal = unitNormal(here.orientation);
+    const depth = dot(here.position, normal);
+    for (const viewport of this.viewports) {
+      const images = viewport.stack?.images;
+      if (viewport === source || !images?.length) continue;
+      let best = -1;
+      let bestDistance = Infinity;
+      const depths = [];
+      images.forEach((image, i) => {
+        if (!image.position || !image.orientation) return;
+        if (text(image.instance, TAG.FrameOfReferenceUID) !== frame) return;
+        if (Math.abs(Math.abs(dot(unitNormal(image.orientation), normal)) - 1) > 1e-3) return;
+        const d = dot(image.position, normal);
+        depths.push(d);
+        if (Math.abs(d - depth) < bestDistance) {
+          bestDistance = Math.abs(d - depth);
+          best = i;
+        }
+      });
+      if (best < 0) continue;
+      depths.sort((a, b) => a - b);
+      const gap = depths.length > 1 ? (depths[depths.length - 1] - depths[0]) / (depths.length - 1) : 0;
+      if (depth < depths[0] - gap / 2 - 1e-3 || depth > depths[depths.length - 1] + gap / 2 + 1e-3) continue;
+      viewport.go(best);
+    }
   }
 
   #key(event) {
@@ -506,6 +553,9 @@ export class StudyView {
         this.setLayout(names[(names.indexOf(this.layout) + 1) % names.length]);
         break;
       }
+      case "s":
+        this.#action("link");
+        break;
       case "v": {
         const at = this.viewports.indexOf(v);
         this.activate(this.viewports[(at + 1) % this.viewports.length]);
@@ -549,4 +599,16 @@ export class StudyView {
     const own = presets.filter((p) => p.own).length;
     return digit === 1 ? 0 : own + digit - 2;
   }
+}
+
+function dot(a, b) {
+  return a[0] * b[0] + a[1] * b[1] + a[2] * b[2];
+}
+
+/** The slice normal of an Image Orientation (Patient), of length 1. */
+function unitNormal(orientation) {
+  const [a, b] = [orientation.slice(0, 3), orientation.slice(3, 6)];
+  const n = [a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]];
+  const length = Math.hypot(...n) || 1;
+  return n.map((v) => v / length);
 }
