@@ -24,8 +24,10 @@ import pytest
 
 from tests.conftest import ServerProcess, start_server, stop_server
 from tests.e2e.viewer_corpus import (
+    CORONAL_ROWS,
     CT_PATIENT_ID,
     CT_SLICES,
+    LINKED_SIZE,
     LINKED_SLICES,
     PAGED,
     SAMPLE_FILES,
@@ -579,7 +581,7 @@ def test_layouts_drag_a_series_and_the_active_viewport(viewer: Viewer) -> None:
 def test_scrolling_one_series_moves_the_others_of_its_frame_of_reference(viewer: Viewer) -> None:
     """A thin and a thick series of one frame of reference side by side: the
     other viewport goes to the slice nearest in the patient, until unlinked."""
-    thin, thick = viewer.corpus.linked_series
+    thin, thick, _ = viewer.corpus.linked_series
     viewer.open_study(viewer.corpus.linked_study)
     viewer.page.click("[data-layout='1x2']")
     for n in range(2):
@@ -609,6 +611,43 @@ def test_scrolling_one_series_moves_the_others_of_its_frame_of_reference(viewer:
     assert viewer.text(0, ".image-number") == f"Im 3/{LINKED_SLICES}"
     link.click()  # linked again: the other follows the active one at once
     viewer.wait_for_text(0, ".image-number", f"^Im {LINKED_SLICES - 1}/{LINKED_SLICES}$")
+
+
+def test_the_active_slice_is_a_reference_line_on_the_other_planes(viewer: Viewer) -> None:
+    """An axial slice cuts the coronal images along one of their rows, and a
+    coronal one the axial images along one of theirs; parallel slices draw none."""
+    thin, thick, coronal = viewer.corpus.linked_series
+    viewer.open_study(viewer.corpus.linked_study)
+    viewer.page.click("[data-layout='2x2']")
+    for n in range(3):
+        viewer.wait_for_image(n)
+    assert [viewer.viewport(n).get_attribute("data-series") for n in range(3)] == [
+        thin,
+        thick,
+        coronal,
+    ]
+
+    def reference(n: int) -> str:
+        viewer.settle()
+        return str(viewer.viewport(n).get_attribute("data-reference") or "")
+
+    right = LINKED_SIZE - 1
+    viewer.viewport(0).locator("canvas").click()  # axial slice 1, the top one: row 0
+    assert reference(2) == f"0.0,0.0 {right}.0,0.0"
+    assert reference(1) == ""  # the thick axial series: parallel
+    before = viewer.signature(2)
+    for _ in range(5):
+        viewer.page.keyboard.press("ArrowDown")
+    viewer.wait_for_text(0, ".image-number", f"^Im 6/{LINKED_SLICES}$")
+    assert reference(2) == f"0.0,5.0 {right}.0,5.0"
+    assert viewer.signature(2)["hash"] != before["hash"]  # the line moved on the picture
+    viewer.viewport(2).locator("canvas").click()  # coronal 1: the axial row it was cut at
+    assert reference(0) == f"0.0,{CORONAL_ROWS[0]}.0 {right}.0,{CORONAL_ROWS[0]}.0"
+    assert reference(2) == ""  # the active viewport shows none
+    viewer.page.keyboard.press("ArrowDown")
+    viewer.wait_for_text(2, ".image-number", f"^Im 2/{len(CORONAL_ROWS)}$")
+    assert reference(0) == f"0.0,{CORONAL_ROWS[1]}.0 {right}.0,{CORONAL_ROWS[1]}.0"
+    assert reference(1) == reference(0)  # the thick series is cut at the same row
 
 
 def test_images_the_browser_cannot_show_and_series_without_images(viewer: Viewer) -> None:

@@ -8,8 +8,9 @@
   server's rendering), RGB without Pixel Spacing, and a structured report
   with no image at all.
 - ``PAGED`` one-image studies of ``Page^Patient`` so that the list has pages.
-- Two series of one frame of reference for ``Võ^Thị Liên``: a thin CT and a
-  thick one made of every other slice, for linked scrolling.
+- Three series of one frame of reference for ``Võ^Thị Liên``: a thin CT, a
+  thick one made of every other slice (linked scrolling) and a coronal
+  reformat of it (reference lines).
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ SAMPLES_STUDY = uid("viewer", "samples")
 PAGED = 30
 LINKED_PATIENT_ID = "VN-0003"
 LINKED_SLICES = 12  # the thick series has every other one
+LINKED_SIZE = 64
+# The axial rows the coronal slices cut through the body, the first one shown first.
+CORONAL_ROWS = tuple(range(44, 12, -4))
 
 # file name -> series description shown in the viewer
 SAMPLE_FILES = {
@@ -64,7 +68,7 @@ class Corpus:
     samples_study: str
     sample_series: dict[str, str]  # description -> series UID
     linked_study: str
-    linked_series: tuple[str, str]  # thin, thick
+    linked_series: tuple[str, str, str]  # thin, thick, coronal
 
 
 def _stow(dicomweb: str, files: list[bytes]) -> None:
@@ -166,9 +170,10 @@ def _voi_lut_image() -> tuple[str, bytes]:
     return str(ds.SeriesInstanceUID), _saved(ds)
 
 
-def _linked_series(folder: Path) -> tuple[list[Dataset], list[Dataset]]:
+def _linked_series(folder: Path) -> tuple[list[Dataset], list[Dataset], list[Dataset]]:
     thin = []
-    for path in generate_ct_series(folder, slices=LINKED_SLICES, rows=64, columns=64, seed=1):
+    size = LINKED_SIZE
+    for path in generate_ct_series(folder, slices=LINKED_SLICES, rows=size, columns=size, seed=1):
         ds = pydicom.dcmread(path)
         ds.PatientName, ds.PatientID = "Võ^Thị Liên", LINKED_PATIENT_ID
         ds.SpecificCharacterSet = "ISO_IR 192"
@@ -183,7 +188,30 @@ def _linked_series(folder: Path) -> tuple[list[Dataset], list[Dataset]]:
         ds.SeriesDescription = "THICK"
         ds.SliceThickness = f"{2 * float(source.SliceThickness):g}"
         thick.append(ds)
-    return thin, thick
+    # Coronal: rows are the axial slices, top first; columns left to right.
+    volume = np.stack([ds.pixel_array for ds in thin])
+    top = [float(v) for v in thin[0].ImagePositionPatient]
+    row_mm = float(thin[0].PixelSpacing[0])
+    slice_mm = abs(float(thin[1].ImagePositionPatient[2]) - top[2])
+    coronal = []
+    for n, row in enumerate(CORONAL_ROWS, start=1):
+        ds = pydicom.dcmread(BytesIO(_saved(thin[0])))
+        ds.SeriesInstanceUID = uid("viewer", "coronal")
+        ds.SOPInstanceUID = uid("viewer", "coronal", n)
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.SeriesNumber, ds.InstanceNumber = 4, n
+        ds.SeriesDescription = "CORONAL"
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]
+        ds.ImagePositionPatient = [top[0], top[1] + row * row_mm, top[2]]
+        ds.PixelSpacing = [f"{slice_mm:g}", thin[0].PixelSpacing[1]]
+        ds.Rows, ds.Columns = LINKED_SLICES, size
+        ds.SliceThickness = f"{row_mm:g}"
+        ds.PixelData = np.ascontiguousarray(volume[:, row, :]).tobytes()
+        for keyword in ("SliceLocation", "SpacingBetweenSlices"):
+            if keyword in ds:
+                delattr(ds, keyword)
+        coronal.append(ds)
+    return thin, thick, coronal
 
 
 def load_corpus(dicomweb: str, workdir: Path) -> Corpus:
@@ -220,11 +248,11 @@ def load_corpus(dicomweb: str, workdir: Path) -> Corpus:
         ds.AccessionNumber = f"ACC{page:04d}"
         paged.append(_saved(ds))
     _stow(dicomweb, paged)
-    thin, thick = _linked_series(workdir / "linked")
-    _stow(dicomweb, [_saved(ds) for ds in thin + thick])
+    thin, thick, coronal = _linked_series(workdir / "linked")
+    _stow(dicomweb, [_saved(ds) for ds in thin + thick + coronal])
     return Corpus(
         linked_study=str(thin[0].StudyInstanceUID),
-        linked_series=(str(thin[0].SeriesInstanceUID), str(thick[0].SeriesInstanceUID)),
+        linked_series=tuple(str(s[0].SeriesInstanceUID) for s in (thin, thick, coronal)),
         ct_study=str(first.StudyInstanceUID),
         ct_series=str(first.SeriesInstanceUID),
         pixel_spacing_mm=float(first.PixelSpacing[1]),

@@ -358,6 +358,7 @@ export class StudyView {
     this.loader.show(this.viewports.map((v) => v.stack), viewport?.stack);
     this.#markSeries();
     this.#syncToolbar();
+    this.#showReferences();
   }
 
   #viewportChanged(change) {
@@ -367,6 +368,30 @@ export class StudyView {
       this.#follow(change.viewport);
     }
     if (change.viewport === this.active) this.#syncToolbar();
+    // A new series anywhere, or another slice in the active viewport: lines again.
+    if (change.type === "stack" || (change.type === "position" && change.viewport === this.active)) {
+      this.#showReferences();
+    }
+  }
+
+  /** The active viewport's slice, as a reference line on the others (each draws
+   * where that plane cuts its own image, when they share a frame of reference). */
+  #showReferences() {
+    const image = this.active?.image;
+    const plane =
+      image?.position && image.orientation && image.info.pixelSpacing
+        ? {
+            frame: text(image.instance, TAG.FrameOfReferenceUID),
+            position: image.position,
+            orientation: image.orientation,
+            rows: image.info.rows,
+            columns: image.info.columns,
+            spacing: image.info.pixelSpacing,
+          }
+        : null;
+    for (const viewport of this.viewports) {
+      viewport.setReference(viewport === this.active || !plane?.frame ? null : plane);
+    }
   }
 
   setTool(tool) {

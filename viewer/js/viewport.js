@@ -72,6 +72,7 @@ export class Viewport {
     this.drawnKey = "";
     this.renderTimes = [];
     this.movingUntil = 0;
+    this.reference = null; // another viewport's slice plane, drawn as a line
     this.#build(host);
   }
 
@@ -176,6 +177,12 @@ export class Viewport {
       }
     });
     this.loader.focus(stack, 0);
+    this.requestRender();
+    this.onChange({ type: "stack", viewport: this });
+  }
+
+  setReference(plane) {
+    this.reference = plane;
     this.requestRender();
   }
 
@@ -610,6 +617,7 @@ export class Viewport {
       }
       ctx.drawImage(source, 0, 0, image.info.columns, image.info.rows);
       ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+      this.#drawReference(ctx, image);
       this.#drawMeasurements(ctx);
       this.onDrawn?.();
     } else {
@@ -709,6 +717,24 @@ export class Viewport {
     ctx.filter = "invert(1)";
     ctx.drawImage(bitmap, 0, 0);
     return canvas;
+  }
+
+  #drawReference(ctx, image) {
+    const segment = this.reference && referenceSegment(this.reference, image);
+    // The line's ends in image pixels, for tests and for anyone inspecting the page.
+    this.root.dataset.reference = segment
+      ? segment.map((p) => `${p.x.toFixed(1)},${p.y.toFixed(1)}`).join(" ")
+      : "";
+    if (!segment) return;
+    const [a, b] = segment.map((p) => this.toScreen(p));
+    ctx.strokeStyle = "#facc15";
+    ctx.lineWidth = 1;
+    ctx.setLineDash([6, 4]);
+    ctx.beginPath();
+    ctx.moveTo(a.x, a.y);
+    ctx.lineTo(b.x, b.y);
+    ctx.stroke();
+    ctx.setLineDash([]);
   }
 
   #drawMeasurements(ctx) {
@@ -867,4 +893,66 @@ export class Viewport {
     if (this.unsubscribe) this.unsubscribe();
     this.root.remove();
   }
+}
+
+/** Where the plane of another slice cuts ``image``: its two ends in image
+ * pixels (x: column, y: row), limited to both images, or ``null`` when the
+ * slices do not share a frame of reference or are parallel. */
+export function referenceSegment(plane, image) {
+  if (!image?.position || !image.orientation || !image.info.pixelSpacing) return null;
+  if (text(image.instance, TAG.FrameOfReferenceUID) !== plane.frame) return null;
+  const sub = (a, b) => a.map((v, i) => v - b[i]);
+  const dot = (a, b) => a[0] * b[0] + a[1] * b[1] + a[2] * b[2];
+  const cross = (a, b) => [a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]];
+  const [r, c] = [image.orientation.slice(0, 3), image.orientation.slice(3, 6)];
+  const [pr, pc] = [plane.orientation.slice(0, 3), plane.orientation.slice(3, 6)];
+  const n = cross(pr, pc);
+  // Own pixel (x, y) is at position + x * dx * r + y * dy * c (PS3.3 C.7.6.2.1.1).
+  const dx = image.info.pixelSpacing.column;
+  const dy = image.info.pixelSpacing.row;
+  const a = dot(r, n) * dx;
+  const b = dot(c, n) * dy;
+  const d = dot(sub(image.position, plane.position), n);
+  if (Math.abs(a) < 1e-6 && Math.abs(b) < 1e-6) return null; // parallel slices
+  // The line a x + b y + d = 0 across the image's pixel extent.
+  const [w, h] = [image.info.columns - 1, image.info.rows - 1];
+  const ends = [];
+  if (Math.abs(b) > 1e-9) {
+    for (const x of [0, w]) {
+      const y = -(a * x + d) / b;
+      if (y >= -1e-6 && y <= h + 1e-6) ends.push({ x, y });
+    }
+  }
+  if (Math.abs(a) > 1e-9) {
+    for (const y of [0, h]) {
+      const x = -(b * y + d) / a;
+      if (x >= -1e-6 && x <= w + 1e-6) ends.push({ x, y });
+    }
+  }
+  const unique = ends.filter((p, i) => ends.findIndex((q) => Math.hypot(p.x - q.x, p.y - q.y) < 1e-3) === i);
+  if (unique.length < 2) return null;
+  // Then only the part inside the other slice.
+  const toPatient = (p) => image.position.map((v, i) => v + p.x * dx * r[i] + p.y * dy * c[i]);
+  const inPlane = (p) => {
+    const offset = sub(toPatient(p), plane.position);
+    return [dot(offset, pr) / plane.spacing.column, dot(offset, pc) / plane.spacing.row];
+  };
+  const [p0, p1] = [unique[0], unique[1]];
+  const [u0, u1] = [inPlane(p0), inPlane(p1)];
+  let [t0, t1] = [0, 1];
+  const limits = [plane.columns - 1, plane.rows - 1];
+  for (let k = 0; k < 2; k++) {
+    const [start, delta] = [u0[k], u1[k] - u0[k]];
+    if (Math.abs(delta) < 1e-9) {
+      if (start < -1e-6 || start > limits[k] + 1e-6) return null;
+      continue;
+    }
+    let [enter, leave] = [(0 - start) / delta, (limits[k] - start) / delta];
+    if (enter > leave) [enter, leave] = [leave, enter];
+    t0 = Math.max(t0, enter);
+    t1 = Math.min(t1, leave);
+  }
+  if (t1 - t0 < 1e-6) return null;
+  const at = (t) => ({ x: p0.x + t * (p1.x - p0.x), y: p0.y + t * (p1.y - p0.y) });
+  return [at(t0), at(t1)];
 }
