@@ -47,7 +47,7 @@ from pacs.types import Caller, StoreOutcome
 from storage import BlobStoreError, BlobStoreFullError, FilesystemBlobStore, MemoryBlobStore
 from tests.conftest import PYDICOM_TEST_FILES, bundled_dicom_files
 from tests.dicom_factory import encode, make_ct, well_formed
-from tests.page_cache import cached_pages, drop_from_page_cache
+from tests.page_cache import cached_pages, drop_from_page_cache, nowait_reads
 from tests.unit.test_transcode import source as transcode_source
 
 CALLER = Caller(ae_title="MODALITY", address="10.0.0.9")
@@ -482,6 +482,10 @@ def test_uncompressed_frames_at_once_are_the_frames(
 ) -> None:
     keys = _stored_keys(file_archive, name)
     expected = file_archive.frames(keys, numbers, _as(ExplicitVRLittleEndian))
+    assert isinstance(file_archive.blobs, FilesystemBlobStore)
+    if not nowait_reads(file_archive.blobs.root.parent / "index.sqlite"):
+        assert file_archive.frames_now(keys, numbers, _as(ExplicitVRLittleEndian)) is None
+        pytest.skip("this filesystem takes no RWF_NOWAIT reads (tmpfs?): frames come from a thread")
     for _ in range(5):  # the kernel may drop the pages between two calls: a few tries
         found = file_archive.frames_now(keys, numbers, _as(ExplicitVRLittleEndian))
         if found is not None:
