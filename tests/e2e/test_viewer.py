@@ -648,6 +648,15 @@ def test_the_active_slice_is_a_reference_line_on_the_other_planes(viewer: Viewer
     viewer.wait_for_text(2, ".image-number", f"^Im 2/{len(CORONAL_ROWS)}$")
     assert reference(0) == f"0.0,{CORONAL_ROWS[1]}.0 {right}.0,{CORONAL_ROWS[1]}.0"
     assert reference(1) == reference(0)  # the thick series is cut at the same row
+    # Unlinked, scrolling an axial series leaves the parallel one untouched, not repainted.
+    viewer.viewport(0).locator("canvas").click()
+    viewer.page.keyboard.press("s")
+    assert reference(1) == ""
+    rendered = viewer.viewport(1).get_attribute("data-rendered")
+    viewer.page.keyboard.press("ArrowDown")
+    viewer.wait_for_text(0, ".image-number", f"^Im 7/{LINKED_SLICES}$")
+    assert reference(2) == f"0.0,6.0 {right}.0,6.0"
+    assert viewer.viewport(1).get_attribute("data-rendered") == rendered
 
 
 def test_images_the_browser_cannot_show_and_series_without_images(viewer: Viewer) -> None:

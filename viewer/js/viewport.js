@@ -183,7 +183,10 @@ export class Viewport {
 
   setReference(plane) {
     this.reference = plane;
-    this.requestRender();
+    // Redrawn only when its line changes: scrolling one of four viewports must
+    // not repaint the three others when they show no line (parallel slices).
+    const segment = plane && !this.stack?.noImages ? referenceSegment(plane, this.image) : null;
+    if (segmentText(segment) !== (this.root.dataset.reference || "")) this.requestRender();
   }
 
   #recommendedRate() {
@@ -722,9 +725,7 @@ export class Viewport {
   #drawReference(ctx, image) {
     const segment = this.reference && referenceSegment(this.reference, image);
     // The line's ends in image pixels, for tests and for anyone inspecting the page.
-    this.root.dataset.reference = segment
-      ? segment.map((p) => `${p.x.toFixed(1)},${p.y.toFixed(1)}`).join(" ")
-      : "";
+    this.root.dataset.reference = segmentText(segment);
     if (!segment) return;
     const [a, b] = segment.map((p) => this.toScreen(p));
     ctx.strokeStyle = "#facc15";
@@ -893,6 +894,10 @@ export class Viewport {
     if (this.unsubscribe) this.unsubscribe();
     this.root.remove();
   }
+}
+
+function segmentText(segment) {
+  return segment ? segment.map((p) => `${p.x.toFixed(1)},${p.y.toFixed(1)}`).join(" ") : "";
 }
 
 /** Where the plane of another slice cuts ``image``: its two ends in image
