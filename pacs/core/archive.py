@@ -13,6 +13,7 @@ import functools
 import hashlib
 import logging
 import secrets
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -142,6 +143,9 @@ class Archive:
         # Frames converted for a client (HTJ2K for the viewer), by content hash,
         # frame and syntax: a 300-slice CT in HTJ2K is ~55 MB, so two studies.
         self._converted: SizeBoundedCache[bytes] = SizeBoundedCache(128 << 20)
+        self.at_once_budget = _AT_ONCE_BUDGET
+        """Seconds an answer given on an event loop may take (see ``_at_once``)."""
+        self._at_once_paused_until = 0.0
 
     def close(self) -> None:
         """Wait for writes in flight, then close the index and the blob store."""
@@ -729,15 +733,39 @@ class Archive:
         else ``None``: the caller then calls ``frames`` off its event loop.
         Worth it because the hop to a worker thread and back costs more than
         such a request's own work (0.25-0.3 ms against ~0.15 ms here)."""
-        rows = self.index.find_now(self._unique_key_query(Level.IMAGE, keys, *_FRAME_COLUMNS))
-        if rows is None:
-            return None
-        if not rows:
-            raise NotFoundError(
-                f"no instance {keys.get('SOPInstanceUID')} in that study and series"
-            )
-        self._metadata.touch()
-        return self._frames(rows[0], keys, numbers, choose, at_once=True)
+        with self._at_once() as allowed:
+            if not allowed:
+                return None
+            query = self._unique_key_query(Level.IMAGE, keys, *_FRAME_COLUMNS)
+            rows = self.index.find_now(query)
+            if rows is None:
+                return None
+            if not rows:
+                raise NotFoundError(
+                    f"no instance {keys.get('SOPInstanceUID')} in that study and series"
+                )
+            self._metadata.touch()
+            return self._frames(rows[0], keys, numbers, choose, at_once=True)
+
+    @contextlib.contextmanager
+    def _at_once(self) -> Iterator[bool]:
+        """Whether to answer on the caller's event loop now; an answer that took
+        longer than ``at_once_budget`` (an index or folder cold on a slow disk:
+        the index read and the file's open can still wait) sends the next
+        ones to worker threads for ``_AT_ONCE_PAUSE`` seconds."""
+        started = time.monotonic()
+        if started < self._at_once_paused_until:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            took = time.monotonic() - started
+            if took > self.at_once_budget:
+                self._at_once_paused_until = time.monotonic() + _AT_ONCE_PAUSE
+                log.info(
+                    "an answer on the event loop took %.1f ms: threads for a while", took * 1e3
+                )
 
     def _frames(
         self,
@@ -885,12 +913,16 @@ class Archive:
         """``rendered`` if the picture is already made and the index answers at
         once, else ``None`` (the caller then calls ``rendered`` off its event
         loop): a viewer's re-render is then a dictionary look-up."""
-        rows = self.index.find_now(self._unique_key_query(Level.IMAGE, keys))
-        if not rows:
-            return None  # none: let ``rendered`` say what is missing
-        stored = StoredInstance(**{name: rows[0][name] for name in _STORED_NAMES})
-        self._metadata.touch()
-        return self._pictures.get(((stored.sop_instance_uid, stored.content_hash, frame), request))
+        with self._at_once() as allowed:
+            rows = (
+                self.index.find_now(self._unique_key_query(Level.IMAGE, keys)) if allowed else None
+            )
+            if not rows:
+                return None  # none: let ``rendered`` say what is missing
+            stored = StoredInstance(**{name: rows[0][name] for name in _STORED_NAMES})
+            self._metadata.touch()
+            key = ((stored.sop_instance_uid, stored.content_hash, frame), request)
+            return self._pictures.get(key)
 
     def rendered_instance(self, keys: Mapping[str, str], request: RenderRequest) -> Picture:
         """The instance as one picture: its first frame, or, as GIF, every frame in turn.
@@ -1141,6 +1173,10 @@ _UID_COLUMNS = {
 # Blobs read ahead for one metadata request, at most: a large CT series, not a
 # whole 2 GB study (a viewer may look at one series of it).
 _PREFETCH_BYTES = 512 << 20
+# An answer on the event loop takes ~0.2 ms from memory; one over 2 ms waited
+# for a disk, and the next ones go to threads for 10 s.
+_AT_ONCE_BUDGET = 0.002
+_AT_ONCE_PAUSE = 10.0
 # Frames read on the event loop, at most: a page-cache copy of 8 MB is ~1 ms.
 _AT_ONCE_BYTES = 8 << 20
 

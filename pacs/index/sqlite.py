@@ -83,11 +83,16 @@ class SqliteIndex(SqlAccessStore):
         self._idle_readers: list[sqlite3.Connection] = []
         self._lock_file = None if self._in_memory else open(self._path + ".writer-lock", "ab")
         self._writer = self._connect(writer=True)
+        self._at_once_lock = threading.Lock()
         try:
             self._migrate()
         except BaseException:
             self.close()
             raise
+        self._at_once = self._writer
+        if not self._in_memory:
+            self._at_once = self._connect()
+            self._at_once.execute("PRAGMA busy_timeout=0")
 
     def _connect(self, writer: bool = False) -> sqlite3.Connection:
         connection = sqlite3.connect(
@@ -233,8 +238,8 @@ class SqliteIndex(SqlAccessStore):
             self._return_reader(connection)
 
     def find_now(self, query: Query) -> list[dict[str, Any]] | None:
-        """An in-process read, on a connection of this thread that never waits
-        for a lock (busy timeout 0): a point lookup of the B-tree takes tens of
+        """An in-process read, on a connection that never waits for a lock
+        (busy timeout 0): a point lookup of the B-tree takes tens of
         microseconds, less than the hop to a worker thread it saves. In WAL
         mode a reader is not blocked by writers; in the rare moments it would
         be (the WAL being reset), this gives up and the caller reads in a thread."""
@@ -246,17 +251,18 @@ class SqliteIndex(SqlAccessStore):
                 return [dict(row) for row in self._writer.execute(sql, params).fetchall()]
             finally:
                 self._write_lock.release()
-        connection: sqlite3.Connection | None = getattr(self._local, "at_once", None)
-        if connection is None:
-            connection = self._connect()
-            connection.execute("PRAGMA busy_timeout=0")
-            self._local.at_once = connection
+        # One connection, opened with the index (so its set-up is not on the
+        # loop), for one caller at a time: another gives up and uses a thread.
+        if not self._at_once_lock.acquire(blocking=False):
+            return None
         try:
-            return [dict(row) for row in connection.execute(sql, params).fetchall()]
+            return [dict(row) for row in self._at_once.execute(sql, params).fetchall()]
         except sqlite3.OperationalError as exc:
             if "locked" in str(exc) or "busy" in str(exc):
                 return None
             raise
+        finally:
+            self._at_once_lock.release()
 
     def _find_in_memory(self, sql: str, params: list[Any]) -> Iterator[dict[str, Any]]:
         # One connection only: hold the lock per batch, never across a yield.
@@ -576,6 +582,10 @@ class SqliteIndex(SqlAccessStore):
             for connection in self._idle_readers:
                 connection.close()
             self._idle_readers.clear()
+        with self._at_once_lock:
+            at_once = getattr(self, "_at_once", None)
+            if at_once is not None and at_once is not self._writer:
+                at_once.close()
         with self._write_lock:
             self._writer.close()
             if self._lock_file is not None:

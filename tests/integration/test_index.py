@@ -440,7 +440,7 @@ def test_find_now_never_waits_for_a_lock(tmp_path: Path) -> None:
         assert index.find_now(_one_instance_query("1.1.1.1"))
         # Its connection gives up at once when busy (the others wait 30 s). A WAL
         # reader is busy only in moments a test cannot make (the WAL being reset).
-        connection = index._local.at_once
+        connection = index._at_once
         assert connection.execute("PRAGMA busy_timeout").fetchone()[0] == 0
         assert connection.execute("PRAGMA query_only").fetchone()[0] == 1
     finally:

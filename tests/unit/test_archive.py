@@ -458,6 +458,9 @@ def test_concurrent_different_copy_under_reject_is_a_conflict() -> None:
 def file_archive(tmp_path: Path) -> Iterable[Archive]:
     """As ``pacs serve`` runs by default: SQLite in a file, blobs in a folder."""
     archive = Archive(SqliteIndex(tmp_path / "index.sqlite"), FilesystemBlobStore(tmp_path / "b"))
+    # A pause of a test machine (a garbage collection) must not send the
+    # answers of the tests below to threads; one test checks the budget.
+    archive.at_once_budget = 10.0
     yield archive
     archive.close()
 
@@ -614,3 +617,24 @@ def test_frames_of_a_compressed_grey_multiframe_decoded_in_place(
     for codestream, frame in zip(htj2k, expected, strict=True):
         decoded = decode_codestream(codestream, uid.HTJ2KLosslessRPCL)
         assert decoded.tobytes() == frame
+
+
+def test_an_answer_on_the_event_loop_that_took_too_long_sends_the_next_ones_to_threads(
+    file_archive: Archive,
+) -> None:
+    """A read that waited (an index or a folder cold on a slow disk) must not
+    stall the loop again and again: with a budget of nothing, the first answer
+    is given but the next ones are left to ``frames``/``rendered`` for a while."""
+    keys = _stored_keys(file_archive, "CT_small.dcm")
+    wanted = RenderRequest(media_type="image/png")
+    file_archive.rendered(keys, 0, wanted)
+    file_archive.frames(keys, [1], _as(uid.HTJ2KLossless))  # kept: an answer from memory
+    assert file_archive.frames_now(keys, [1], _as(uid.HTJ2KLossless)) is not None
+    file_archive.at_once_budget = -1.0  # any answer waited too long
+    assert file_archive.frames_now(keys, [1], _as(uid.HTJ2KLossless)) is not None  # over budget
+    assert file_archive.frames_now(keys, [1], _as(uid.HTJ2KLossless)) is None
+    assert file_archive.rendered_now(keys, 0, wanted) is None
+    assert file_archive.frames(keys, [1], _as(uid.HTJ2KLossless))[1]  # the thread path works
+    file_archive._at_once_paused_until = 0.0  # the pause is over
+    file_archive.at_once_budget = 1.0
+    assert file_archive.rendered_now(keys, 0, wanted) is not None
