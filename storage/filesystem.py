@@ -49,6 +49,11 @@ class FilesystemBlobStore:
     def _path(self, key: str) -> Path:
         return self.root.joinpath(*validate_key(key).split("/"))
 
+    def _file(self, key: str) -> str:
+        """``_path`` as text, for reads on an event loop: pathlib's joining
+        costs as much as the read's system calls."""
+        return f"{self.root}/{validate_key(key)}"
+
     def _ensure_dir(self, directory: Path) -> None:
         if directory in self._known_dirs:
             return
@@ -121,8 +126,7 @@ class FilesystemBlobStore:
         if _RWF_NOWAIT is None:
             return None
         try:
-            # A string path: pathlib's joining costs as much as the read's system calls.
-            fd = os.open(f"{self.root}/{validate_key(key)}", os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(self._file(key), os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             raise BlobNotFoundError(key) from None
         try:
@@ -141,7 +145,7 @@ class FilesystemBlobStore:
         """``POSIX_FADV_WILLNEED`` on each file: the kernel reads it ahead."""
         for key in keys:
             try:
-                fd = os.open(f"{self.root}/{validate_key(key)}", os.O_RDONLY | os.O_CLOEXEC)
+                fd = os.open(self._file(key), os.O_RDONLY | os.O_CLOEXEC)
             except (OSError, BlobStoreError):
                 continue  # gone, or never there: a read will say so
             try:

@@ -1006,18 +1006,14 @@ class Archive:
         count = int(row.get("number_of_frames") or 1)
         if not 0 <= frame < count:
             raise NotFoundError(f"frame {frame + 1} is out of range (1-{count})")
-        shape = (int(row["rows"]), int(row["columns"]))
         fmt = _frame_format(row)
-        if native:
-            data: bytes | memoryview | None = self._read_range(
-                stored, offset + frame * frame_size, frame_size
-            )
-            if data is not None and len(data) != frame_size:
-                return None  # a short Pixel Data value: let pydicom say what is wrong
-        else:
-            found = self._decoded_in_place(stored, offset, count, [frame], shape, fmt)
-            data = None if found is None else found[0]
-        return None if data is None else (header, grey_frame(data, shape, fmt))
+        if not native:
+            decoded = self._grey_codestream_frames(stored, row, [frame + 1], fmt)
+            return None if decoded is None else (header, decoded[0])
+        data = self._read_range(stored, offset + frame * frame_size, frame_size)
+        if len(data) != frame_size:
+            return None  # a short Pixel Data value: let pydicom say what is wrong
+        return header, grey_frame(data, (int(row["rows"]), int(row["columns"])), fmt)
 
     def _grey_codestream_frames(
         self,

@@ -125,8 +125,10 @@ async def search(
         headers["Warning"] = '299 pacs "There are additional results that can be requested"'
     root = base_url(request)
     plan = _json_plan(wanted)
-    body = [_model(row, level, plan, root) for row in rows]
-    return json_response(request, body, headers=headers)
+    body = orjson.dumps([_model(row, level, plan, root) for row in rows])
+    if sequences:  # stored items name their bulk data from the root, as metadata does
+        body = body.replace(BASE_PLACEHOLDER_JSON, root.encode())
+    return json_response(request, body=body, headers=headers)
 
 
 def _keys(items: list[tuple[str, str]]) -> tuple[dict[str, str], bool, list[str]]:
@@ -189,7 +191,7 @@ def _model(
     row: Mapping[str, Any], level: Level, plan: list[tuple[str, str, str]], root: str
 ) -> dict[str, Any]:
     model = {
-        tag: _items(row[keyword], root) if vr == "SQ" else json_attribute(vr, row[keyword])
+        tag: _items(row[keyword]) if vr == "SQ" else json_attribute(vr, row[keyword])
         for keyword, tag, vr in plan
         if keyword in row
     }
@@ -204,9 +206,6 @@ def _model(
     return dict(sorted(model.items()))
 
 
-def _items(items: Any, root: str) -> dict[str, Any]:
-    """A sequence's stored items, their bulk data URIs made absolute."""
-    if not items:
-        return {"vr": "SQ"}
-    text = orjson.dumps(items).replace(BASE_PLACEHOLDER_JSON, root.encode())
-    return {"vr": "SQ", "Value": orjson.loads(text)}
+def _items(items: Any) -> dict[str, Any]:
+    """A sequence's stored items (DICOM JSON)."""
+    return {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}

@@ -89,7 +89,7 @@ class SqliteIndex(SqlAccessStore):
         except BaseException:
             self.close()
             raise
-        self._at_once = self._writer
+        self._at_once: sqlite3.Connection | None = None
         if not self._in_memory:
             self._at_once = self._connect()
             self._at_once.execute("PRAGMA busy_timeout=0")
@@ -253,6 +253,7 @@ class SqliteIndex(SqlAccessStore):
                 self._write_lock.release()
         # One connection, opened with the index (so its set-up is not on the
         # loop), for one caller at a time: another gives up and uses a thread.
+        assert self._at_once is not None
         if not self._at_once_lock.acquire(blocking=False):
             return None
         try:
@@ -583,8 +584,8 @@ class SqliteIndex(SqlAccessStore):
                 connection.close()
             self._idle_readers.clear()
         with self._at_once_lock:
-            at_once = getattr(self, "_at_once", None)
-            if at_once is not None and at_once is not self._writer:
+            at_once = getattr(self, "_at_once", None)  # absent when opening failed
+            if at_once is not None:
                 at_once.close()
         with self._write_lock:
             self._writer.close()

@@ -126,8 +126,24 @@ function orientation(instance, frameIndex) {
   return o.length === 6 ? o : null;
 }
 
-function cross(a, b) {
+// Vectors in patient space (mm), for slice geometry here and across viewports.
+export function cross(a, b) {
   return [a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]];
+}
+
+export function dot(a, b) {
+  return a[0] * b[0] + a[1] * b[1] + a[2] * b[2];
+}
+
+export function subtract(a, b) {
+  return [a[0] - b[0], a[1] - b[1], a[2] - b[2]];
+}
+
+/** The slice normal of an Image Orientation (Patient), of length 1. */
+export function unitNormal(orientation) {
+  const n = cross(orientation.slice(0, 3), orientation.slice(3, 6));
+  const length = Math.hypot(...n) || 1;
+  return n.map((v) => v / length);
 }
 
 /** The images of a series, one per frame, in anatomical order when the geometry allows. */

@@ -2,7 +2,7 @@
 
 import { TAG, formatDate, number, personName, text } from "./dicom.js";
 import { FrameLoader } from "./loader.js";
-import { buildStack } from "./stack.js";
+import { buildStack, dot, unitNormal } from "./stack.js";
 import { Viewport } from "./viewport.js";
 
 const LAYOUTS = { "1x1": 1, "1x2": 2, "2x2": 4 };
@@ -624,16 +624,4 @@ export class StudyView {
     const own = presets.filter((p) => p.own).length;
     return digit === 1 ? 0 : own + digit - 2;
   }
-}
-
-function dot(a, b) {
-  return a[0] * b[0] + a[1] * b[1] + a[2] * b[2];
-}
-
-/** The slice normal of an Image Orientation (Patient), of length 1. */
-function unitNormal(orientation) {
-  const [a, b] = [orientation.slice(0, 3), orientation.slice(3, 6)];
-  const n = [a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]];
-  const length = Math.hypot(...n) || 1;
-  return n.map((v) => v / length);
 }

@@ -16,7 +16,7 @@ import {
   valueAt,
 } from "./pixels.js";
 import { presetsFor } from "./presets.js";
-import { STATUS } from "./stack.js";
+import { STATUS, cross, dot, subtract } from "./stack.js";
 
 const MIN_SCALE = 0.05;
 const MAX_SCALE = 40;
@@ -906,9 +906,6 @@ function segmentText(segment) {
 export function referenceSegment(plane, image) {
   if (!image?.position || !image.orientation || !image.info.pixelSpacing) return null;
   if (text(image.instance, TAG.FrameOfReferenceUID) !== plane.frame) return null;
-  const sub = (a, b) => a.map((v, i) => v - b[i]);
-  const dot = (a, b) => a[0] * b[0] + a[1] * b[1] + a[2] * b[2];
-  const cross = (a, b) => [a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]];
   const [r, c] = [image.orientation.slice(0, 3), image.orientation.slice(3, 6)];
   const [pr, pc] = [plane.orientation.slice(0, 3), plane.orientation.slice(3, 6)];
   const n = cross(pr, pc);
@@ -917,7 +914,7 @@ export function referenceSegment(plane, image) {
   const dy = image.info.pixelSpacing.row;
   const a = dot(r, n) * dx;
   const b = dot(c, n) * dy;
-  const d = dot(sub(image.position, plane.position), n);
+  const d = dot(subtract(image.position, plane.position), n);
   if (Math.abs(a) < 1e-6 && Math.abs(b) < 1e-6) return null; // parallel slices
   // The line a x + b y + d = 0 across the image's pixel extent.
   const [w, h] = [image.info.columns - 1, image.info.rows - 1];
@@ -939,7 +936,7 @@ export function referenceSegment(plane, image) {
   // Then only the part inside the other slice.
   const toPatient = (p) => image.position.map((v, i) => v + p.x * dx * r[i] + p.y * dy * c[i]);
   const inPlane = (p) => {
-    const offset = sub(toPatient(p), plane.position);
+    const offset = subtract(toPatient(p), plane.position);
     return [dot(offset, pr) / plane.spacing.column, dot(offset, pc) / plane.spacing.row];
   };
   const [p0, p1] = [unique[0], unique[1]];
