@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import mmap
+import os
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -25,7 +28,7 @@ from pydicom.uid import (
 from pynetdicom.dsutils import split_dataset
 
 from pacs.core import Archive
-from pacs.core.archive import DuplicatePolicy
+from pacs.core.archive import DuplicatePolicy, _thread_clock
 from pacs.core.encoding import file_meta_bytes, split_part10
 from pacs.core.rendering import RenderRequest
 from pacs.errors import (
@@ -619,22 +622,76 @@ def test_frames_of_a_compressed_grey_multiframe_decoded_in_place(
         assert decoded.tobytes() == frame
 
 
-def test_an_answer_on_the_event_loop_that_took_too_long_sends_the_next_ones_to_threads(
-    file_archive: Archive,
+class _SlowDiskIndex(SqliteIndex):
+    """An index on a slow disk: every read on the event loop waits 20 ms."""
+
+    def find_now(self, query: Any) -> Any:
+        time.sleep(0.02)  # the thread blocks, as on a disk read
+        return super().find_now(query)
+
+
+def test_an_answer_on_the_event_loop_that_blocked_sends_the_next_ones_to_threads(
+    tmp_path: Path,
 ) -> None:
     """A read that waited (an index or a folder cold on a slow disk) must not
-    stall the loop again and again: with a budget of nothing, the first answer
-    is given but the next ones are left to ``frames``/``rendered`` for a while."""
+    stall the loop again and again: the first answer is given, but the next
+    ones are left to ``frames``/``rendered`` for a while."""
+    archive = Archive(_SlowDiskIndex(tmp_path / "index.sqlite"), FilesystemBlobStore(tmp_path))
+    try:
+        keys = _stored_keys(archive, "CT_small.dcm")
+        wanted = RenderRequest(media_type="image/png")
+        archive.rendered(keys, 0, wanted)
+        archive.frames(keys, [1], _as(uid.HTJ2KLossless))  # kept: an answer from memory
+        assert archive.frames_now(keys, [1], _as(uid.HTJ2KLossless)) is not None  # it waited
+        assert archive.frames_now(keys, [1], _as(uid.HTJ2KLossless)) is None
+        assert archive.rendered_now(keys, 0, wanted) is None
+        assert archive.frames(keys, [1], _as(uid.HTJ2KLossless))[1]  # the thread path works
+        archive._at_once_paused_until = 0.0  # the pause is over
+        archive.at_once_budget = 1.0
+        assert archive.rendered_now(keys, 0, wanted) is not None
+    finally:
+        archive.close()
+
+
+def test_an_answer_on_the_event_loop_that_took_long_without_blocking_keeps_the_loop(
+    file_archive: Archive,
+) -> None:
+    """Time the thread did not spend blocked (a garbage collection, Python, or
+    the core taken by other work) is no reason to go to threads."""
     keys = _stored_keys(file_archive, "CT_small.dcm")
-    wanted = RenderRequest(media_type="image/png")
-    file_archive.rendered(keys, 0, wanted)
-    file_archive.frames(keys, [1], _as(uid.HTJ2KLossless))  # kept: an answer from memory
+    file_archive.frames(keys, [1], _as(uid.HTJ2KLossless))
+    file_archive.wait_for_metadata(30)
+    file_archive.at_once_budget = -1.0  # any answer took too long
     assert file_archive.frames_now(keys, [1], _as(uid.HTJ2KLossless)) is not None
-    file_archive.at_once_budget = -1.0  # any answer waited too long
-    assert file_archive.frames_now(keys, [1], _as(uid.HTJ2KLossless)) is not None  # over budget
-    assert file_archive.frames_now(keys, [1], _as(uid.HTJ2KLossless)) is None
-    assert file_archive.rendered_now(keys, 0, wanted) is None
-    assert file_archive.frames(keys, [1], _as(uid.HTJ2KLossless))[1]  # the thread path works
-    file_archive._at_once_paused_until = 0.0  # the pause is over
-    file_archive.at_once_budget = 1.0
-    assert file_archive.rendered_now(keys, 0, wanted) is not None
+    assert file_archive.frames_now(keys, [1], _as(uid.HTJ2KLossless)) is not None
+
+
+def test_a_thread_clock_counts_blocking_not_preemption() -> None:
+    """What the event-loop pause counts: a sleep (as a disk read) blocks the
+    thread; CPU work slowed by another process on the same core does not."""
+    _, blocked = _thread_clock()
+    time.sleep(0.01)
+    assert _thread_clock()[1] > blocked
+    original = os.sched_getaffinity(0)
+    core = min(original)
+    spinner = subprocess.Popen(
+        [sys.executable, "-c", f"import os\nos.sched_setaffinity(0, {{{core}}})\nwhile True: pass"]
+    )
+    try:
+        os.sched_setaffinity(0, {core})  # this thread only
+        time.sleep(0.3)  # the spinner is running
+        for _attempt in range(3):
+            started = time.monotonic()
+            cpu, blocked = _thread_clock()
+            while _thread_clock()[0] - cpu < 0.03:
+                pass  # 30 ms of CPU, shared with the spinner
+            cpu_after, blocked_after = _thread_clock()
+            waited = time.monotonic() - started - (cpu_after - cpu)
+            if blocked_after == blocked:
+                break  # else another thread of the tests wanted the GIL: again
+        assert waited > 0.005  # the spinner had the core for part of the time
+        assert blocked_after == blocked
+    finally:
+        os.sched_setaffinity(0, original)
+        spinner.kill()
+        spinner.wait()
