@@ -492,14 +492,25 @@ def _search(query: Query) -> str:
 
 
 def in_turns(
-    clients: dict[str, Client], items: Sequence[T], block: int
+    clients: dict[str, Client],
+    items: Sequence[T],
+    block: int,
+    settle: Callable[[Client], object] | None = None,
 ) -> Iterator[tuple[str, Client, int, T]]:
     """(server, client, position, item): ``block`` items to one server, the same items
     to the next, then the next block, so that a change in the machine's load weighs on
     every server alike. Whole blocks, because a server may go on working (freeing,
-    logging) after its answer, which would slow whoever is asked right after it."""
+    logging) after its answer, which would slow whoever is asked right after it.
+
+    ``settle(client)``, untimed, opens each server's turn: on this VM the first
+    requests after a pause are slow whatever answers them (a bare uvicorn app
+    sending 512 kB: 1.3 ms for the first request after 100 ms idle, 0.44 ms from
+    the tenth on), so without it a server whose whole turn lasts a few
+    milliseconds is timed while the machine wakes up, and a slow one is not."""
     for start in range(0, len(items), block):
         for name, client in clients.items():
+            if settle is not None:
+                settle(client)
             for position in range(start, min(start + block, len(items))):
                 yield name, client, position, items[position]
 
@@ -510,13 +521,20 @@ def time_queries(
     warmup: int,
     block: int,
     results: dict[str, Results],
+    settle: int = 0,
 ) -> None:
-    """Each kind's queries after ``warmup`` untimed ones, servers in turns; counts checked."""
+    """Each kind's queries after ``warmup`` untimed ones, servers in turns, each
+    turn opened by ``settle`` untimed ones; counts checked."""
     for queries in kinds.values():
         for _, client, _, query in in_turns(clients, queries[:warmup], block):
             client.get(_search(query), ACCEPT_JSON)
     for kind, queries in kinds.items():
-        for name, client, _, query in in_turns(clients, queries[warmup:], block):
+
+        def opening(client: Client, queries: list[Query] = queries) -> None:
+            for query in queries[:settle]:
+                client.get(_search(query), ACCEPT_JSON)
+
+        for name, client, _, query in in_turns(clients, queries[warmup:], block, opening):
             reply = client.get(_search(query), ACCEPT_JSON)
             found = len(json.loads(reply.body)) if reply.status == 200 else -1
             if found != query.expected:
@@ -544,7 +562,7 @@ def measure(
 ) -> dict[str, Results]:
     """Every figure for every server, the servers taking turns (see ``in_turns``)."""
     results = {name: Results() for name in clients}
-    time_queries(clients, kinds, args.warmup, args.block, results)
+    time_queries(clients, kinds, args.warmup, args.block, results, args.settle)
 
     # WADO-RS study: one untimed run that keeps the body, to check it.
     path = f"/studies/{study.uid}"
@@ -582,7 +600,12 @@ def measure(
     others = [uid for uid in study.sop_uids if uid not in set(timed)][:10]
     for _, client, _, uid in in_turns(clients, others, args.block):
         client.get(series + uid + "/frames/1", ACCEPT_FRAME)
-    for name, client, n, uid in in_turns(clients, timed, args.block):
+
+    def opening(client: Client) -> None:
+        for uid in others[: args.settle]:
+            client.get(series + uid + "/frames/1", ACCEPT_FRAME)
+
+    for name, client, n, uid in in_turns(clients, timed, args.block, opening):
         reply = client.get(series + uid + "/frames/1", ACCEPT_FRAME)
         if n == 0:  # the first instance's pixels are known: check the bytes
             start = reply.body.find(b"\r\n\r\n") + 4
@@ -881,6 +904,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--block", type=int, default=10, help="requests to one server before the other's turn"
     )
+    parser.add_argument(
+        "--settle",
+        type=int,
+        default=3,
+        help="untimed requests that open each server's turn (0: none)",
+    )
     parser.add_argument("--no-orthanc", action="store_true", help="measure pacs only")
     parser.add_argument("--no-scale", action="store_true", help="skip pacs over S3 and PostgreSQL")
     parser.add_argument(
@@ -970,8 +999,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             f" ones. Study retrieval and metadata: median of {args.repeat} calls after an"
             f" untimed one; study retrieval asks `{ACCEPT_STUDY}` of both. Frames: each"
             " instance asked once, after 10 others. One keep-alive connection per server,"
-            f" the servers taking turns in blocks of {args.block} requests,"
-            " `Accept-Encoding: identity`; the client reads the bytes and parses nothing"
+            f" the servers taking turns in blocks of {args.block} requests, each turn of"
+            f" QIDO and frames opened by {args.settle} untimed requests of its kind"
+            " (see `in_turns`), `Accept-Encoding: identity`; the client reads the bytes and parses nothing"
             ' while timing. "pacs advantage" is how many times faster pacs is.'
             ' "pacs S3+PG": pacs over S3 and PostgreSQL (every blob uploaded before'
             ' timing), its "speed" relative to pacs on the filesystem and SQLite (1.00x:'

@@ -25,6 +25,11 @@ class Level(enum.Enum):
     SERIES = "SERIES"
     IMAGE = "IMAGE"
 
+    # Members are singletons compared by identity: hash them by identity too, in
+    # C, not by ``Enum``'s Python ``hash(self._name_)`` (a frame request looks a
+    # level up in a dict some thirty times).
+    __hash__ = object.__hash__
+
 
 class Kind(enum.Enum):
     TEXT = "text"
