@@ -1001,8 +1001,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             " instance asked once, after 10 others. One keep-alive connection per server,"
             f" the servers taking turns in blocks of {args.block} requests, each turn of"
             f" QIDO and frames opened by {args.settle} untimed requests of its kind"
-            " (see `in_turns`), `Accept-Encoding: identity`; the client reads the bytes and parses nothing"
-            ' while timing. "pacs advantage" is how many times faster pacs is.'
+            " (see `in_turns`), `Accept-Encoding: identity`; the client reads the bytes"
+            ' and parses nothing while timing. "pacs advantage" is how many times faster pacs is.'
             ' "pacs S3+PG": pacs over S3 and PostgreSQL (every blob uploaded before'
             ' timing), its "speed" relative to pacs on the filesystem and SQLite (1.00x:'
             " as fast).",
