@@ -147,6 +147,10 @@ class Archive:
         self.at_once_budget = _AT_ONCE_BUDGET
         """Seconds an answer given on an event loop may take (see ``_at_once``)."""
         self._at_once_paused_until = 0.0
+        # Instance rows read on the event loop, by (study, series, instance),
+        # while the index's version stays the same (see ``_rows_now``).
+        self._rows_now: dict[tuple[str | None, ...], dict[str, Any]] = {}
+        self._rows_now_version: int | None = None
 
     def close(self) -> None:
         """Wait for writes in flight, then close the index and the blob store."""
@@ -737,8 +741,7 @@ class Archive:
         with self._at_once() as allowed:
             if not allowed:
                 return None
-            query = self._unique_key_query(Level.IMAGE, keys, *_FRAME_COLUMNS)
-            rows = self.index.find_now(query)
+            rows = self._instance_rows_now(keys)
             if rows is None:
                 return None
             if not rows:
@@ -747,6 +750,32 @@ class Archive:
                 )
             self._metadata.touch()
             return self._frames(rows[0], keys, numbers, choose, at_once=True)
+
+    def _instance_rows_now(self, keys: Mapping[str, str]) -> list[dict[str, Any]] | None:
+        """``find_now`` of the instance with its frame columns, kept while the
+        index's version (``Index.version_now``) stays the same: a viewer asks
+        for every frame of a series and scrolls back, and a dictionary look-up
+        costs a fifth of the SQL. Any commit, by this process or another (a
+        store, a deletion, a correction), empties what is kept."""
+        version = self.index.version_now()
+        kept = (
+            keys.get("StudyInstanceUID"),
+            keys.get("SeriesInstanceUID"),
+            keys.get("SOPInstanceUID"),
+        )
+        if version is not None and version == self._rows_now_version:
+            row = self._rows_now.get(kept)
+            if row is not None:
+                return [row]
+        elif version is not None:
+            self._rows_now.clear()
+            self._rows_now_version = version
+        rows = self.index.find_now(self._unique_key_query(Level.IMAGE, keys, *_FRAME_COLUMNS))
+        if rows and version is not None:
+            if len(self._rows_now) >= _ROWS_NOW_KEPT:
+                self._rows_now.clear()
+            self._rows_now[kept] = rows[0]
+        return rows
 
     @contextlib.contextmanager
     def _at_once(self) -> Iterator[bool]:
@@ -924,9 +953,7 @@ class Archive:
         once, else ``None`` (the caller then calls ``rendered`` off its event
         loop): a viewer's re-render is then a dictionary look-up."""
         with self._at_once() as allowed:
-            rows = (
-                self.index.find_now(self._unique_key_query(Level.IMAGE, keys)) if allowed else None
-            )
+            rows = self._instance_rows_now(keys) if allowed else None
             if not rows:
                 return None  # none: let ``rendered`` say what is missing
             stored = StoredInstance(**{name: rows[0][name] for name in _STORED_NAMES})
@@ -1183,6 +1210,8 @@ _PREFETCH_BYTES = 512 << 20
 # that blocked for over 5 ms (a disk seek) sends the next ones to threads for 10 s.
 _AT_ONCE_BUDGET = 0.005
 _AT_ONCE_PAUSE = 10.0
+# Instance rows kept for answers on the event loop: a few studies' worth.
+_ROWS_NOW_KEPT = 4096
 # Frames read on the event loop, at most: a page-cache copy of 8 MB is ~1 ms.
 _AT_ONCE_BYTES = 8 << 20
 

@@ -123,6 +123,8 @@ class AuditTrail:
         self._pending: list[AuditEvent] = []
         self._retrievals: dict[tuple[str, ...], int] = {}
         """(action, actor, address, study, outcome) -> index in ``_pending``."""
+        self._repeats: dict[int, int] = {}
+        """Index in ``_pending`` -> further occurrences of that event."""
         self._lock = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
@@ -134,8 +136,9 @@ class AuditTrail:
                 key = (event.action, event.actor, event.address, event.study_uid, event.outcome)
                 index = self._retrievals.get(key)
                 if index is not None:
-                    known = self._pending[index]
-                    self._pending[index] = replace(known, count=known.count + event.count)
+                    # Counted here, made into the event once per batch (``_take``):
+                    # a viewer's frames are hundreds of records a second.
+                    self._repeats[index] = self._repeats.get(index, 0) + event.count
                     return
                 self._retrievals[key] = len(self._pending)
             self._pending.append(event if event.time else replace(event, time=now_iso()))
@@ -156,6 +159,9 @@ class AuditTrail:
     def _take(self) -> list[AuditEvent]:
         with self._lock:
             batch, self._pending, self._retrievals = self._pending, [], {}
+            repeats, self._repeats = self._repeats, {}
+        for index, more in repeats.items():
+            batch[index] = replace(batch[index], count=batch[index].count + more)
         return batch
 
     def _with_patients(self, batch: list[AuditEvent]) -> list[AuditEvent]:
@@ -197,4 +203,5 @@ class AuditTrail:
             with self._lock:
                 self._pending[:0] = batch
                 self._retrievals = {}
+                self._repeats = {i + len(batch): n for i, n in self._repeats.items()}
             time.sleep(1.0)

@@ -61,9 +61,11 @@ class PiecesResponse(Response):
     def __init__(
         self, pieces: Sequence[Buffer], media_type: str, headers: dict[str, str] | None = None
     ) -> None:
-        super().__init__(b"", media_type=media_type, headers=headers)
+        length = str(sum(len(piece) for piece in pieces))
+        super().__init__(
+            b"", media_type=media_type, headers={**(headers or {}), "content-length": length}
+        )
         self.pieces = pieces
-        self.headers["content-length"] = str(sum(len(piece) for piece in pieces))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send(

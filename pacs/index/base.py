@@ -97,6 +97,12 @@ class Index(Protocol):
         then uses ``find`` off its event loop."""
         ...
 
+    def version_now(self) -> int | None:
+        """A number that changes whenever the index has changed since the last
+        call, if it can be had without waiting, else ``None``. Answers kept
+        from ``find_now`` are good while it stays the same."""
+        ...
+
     def set_metadata(self, items: Sequence[tuple[str, bytes]]) -> None:
         """Record the DICOM JSON of instances, as (SOP Instance UID, JSON), in one transaction.
 

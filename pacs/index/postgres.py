@@ -225,6 +225,9 @@ class PostgresIndex(SqlAccessStore):
     def find_now(self, query: Query) -> None:
         return None  # a round trip to the server, always
 
+    def version_now(self) -> None:
+        return None
+
     def find(self, query: Query) -> Iterator[dict[str, Any]]:
         """Rows of ``query.columns`` for every entity matching ``query``, lazily.
 

@@ -265,6 +265,24 @@ class SqliteIndex(SqlAccessStore):
         finally:
             self._at_once_lock.release()
 
+    def version_now(self) -> int | None:
+        """A number that changes when a commit has been made to the index by any
+        other connection (this process's writer, another process) since the
+        last call (``PRAGMA data_version``), read without waiting; ``None``
+        when it cannot be had at once, and always for an in-memory index (its
+        one connection sees no commit as another's)."""
+        if self._in_memory:
+            return None
+        assert self._at_once is not None
+        if not self._at_once_lock.acquire(blocking=False):
+            return None
+        try:
+            return int(self._at_once.execute("PRAGMA data_version").fetchone()[0])
+        except sqlite3.OperationalError:
+            return None
+        finally:
+            self._at_once_lock.release()
+
     def _find_in_memory(self, sql: str, params: list[Any]) -> Iterator[dict[str, Any]]:
         # One connection only: hold the lock per batch, never across a yield.
         with self._write_lock:

@@ -136,6 +136,33 @@ def test_audit_trail_batches_and_coalesces_retrievals() -> None:
     assert all(e.time for e in written)
 
 
+def test_audit_trail_keeps_every_count_across_a_failed_write() -> None:
+    """Repeats are counted apart and folded in per batch; a batch put back
+    after a failed write must keep its counts, and those recorded meanwhile."""
+    failed = threading.Event()
+    written: list[AuditEvent] = []
+
+    def append(batch: object) -> None:
+        if not failed.is_set():
+            failed.set()
+            raise OSError("index unavailable")
+        written.extend(batch)  # type: ignore[arg-type]
+
+    trail = AuditTrail(append)
+    frame = AuditEvent("retrieve", "success", "dr", "user", "::1", "P", "1.2", "frame")
+    for _ in range(5):
+        trail.record(frame)
+    assert failed.wait(10)
+    for _ in range(3):
+        trail.record(frame)
+    trail.record(AuditEvent("retrieve", "success", "dr", "user", "::1", "P", "1.3", "frame"))
+    trail.close()
+    counts: dict[str, int] = {}
+    for event in written:
+        counts[event.study_uid] = counts.get(event.study_uid, 0) + event.count
+    assert counts == {"1.2": 8, "1.3": 1}
+
+
 def test_audit_trail_survives_a_failing_store() -> None:
     calls: list[int] = []
     written: list[AuditEvent] = []

@@ -622,6 +622,47 @@ def test_frames_of_a_compressed_grey_multiframe_decoded_in_place(
         assert decoded.tobytes() == frame
 
 
+def test_rows_kept_for_the_event_loop_follow_every_change_to_the_index(
+    file_archive: Archive, tmp_path: Path
+) -> None:
+    """Answers on the event loop keep instance rows while the index is
+    unchanged; a change made elsewhere (another process on the same folder)
+    must not leave a deleted instance answering from what was kept."""
+    keys = _stored_keys(file_archive, "CT_small.dcm")
+    htj2k = file_archive.frames(keys, [1], _as(uid.HTJ2KLossless))
+    assert file_archive.frames_now(keys, [1], _as(uid.HTJ2KLossless)) == htj2k
+    assert file_archive.rendered_now(keys, 0, RenderRequest(media_type="image/png")) is None
+    assert file_archive._rows_now  # kept, and used by the next answers
+    assert file_archive.frames_now(keys, [1], _as(uid.HTJ2KLossless)) == htj2k
+    other = Archive(SqliteIndex(tmp_path / "index.sqlite"), FilesystemBlobStore(tmp_path / "b"))
+    try:
+        other.delete(Level.IMAGE, keys)
+    finally:
+        other.close()
+    with pytest.raises(NotFoundError):
+        file_archive.frames_now(keys, [1], _as(uid.HTJ2KLossless))
+    assert file_archive.rendered_now(keys, 0, RenderRequest(media_type="image/png")) is None
+
+
+def test_the_index_version_changes_with_each_commit_of_another_connection(
+    tmp_path: Path,
+) -> None:
+    index = SqliteIndex(tmp_path / "index.sqlite")
+    try:
+        first = index.version_now()
+        assert first is not None and index.version_now() == first
+        archive = Archive(index, FilesystemBlobStore(tmp_path / "b"))
+        _stored_keys(archive, "CT_small.dcm")  # the writer's commit
+        assert index.version_now() != first
+    finally:
+        archive.close()
+    in_memory = SqliteIndex(":memory:")
+    try:
+        assert in_memory.version_now() is None
+    finally:
+        in_memory.close()
+
+
 class _SlowDiskIndex(SqliteIndex):
     """An index on a slow disk: every read on the event loop waits 20 ms."""
 
