@@ -147,10 +147,14 @@ class Archive:
         self.at_once_budget = _AT_ONCE_BUDGET
         """Seconds an answer given on an event loop may take (see ``_at_once``)."""
         self._at_once_paused_until = 0.0
-        # Instance rows read on the event loop, by (study, series, instance),
-        # while the index's version stays the same (see ``_rows_now``).
-        self._rows_now: dict[tuple[str | None, ...], dict[str, Any]] = {}
-        self._rows_now_version: int | None = None
+        # Instance rows for answers on the event loop, by (study, series,
+        # instance), and the index's version they hold for (see
+        # ``_instance_rows_now``). One tuple, replaced whole: a metadata request
+        # fills it from a worker thread.
+        self._rows_now: tuple[int | None, dict[tuple[str | None, ...], dict[str, Any]]] = (
+            None,
+            {},
+        )
 
     def close(self) -> None:
         """Wait for writes in flight, then close the index and the blob store."""
@@ -601,21 +605,31 @@ class Archive:
         stored before that existed is computed now, once, and kept.
         """
         self._metadata.touch()
-        query = self._unique_key_query(level, keys, (Level.IMAGE, "metadata"))
+        version = self.index.version_now()  # before the rows are read: see _keep_rows
+        query = self._unique_key_query(level, keys, *_FRAME_COLUMNS, (Level.IMAGE, "metadata"))
         found = []
         blobs, size = [], 0
+        rows: dict[tuple[str | None, ...], dict[str, Any]] = {}
         for row in self.index.find(query):
             metadata = row.pop("metadata")
             if metadata is None:
-                metadata = self._compute_metadata(StoredInstance(**row))
+                metadata = self._compute_metadata(
+                    StoredInstance(**{name: row[name] for name in _STORED_NAMES})
+                )
             found.append(bytes(metadata))
             if size < _PREFETCH_BYTES:
                 blobs.append(row["blob_key"])
                 size += int(row["size"] or 0)
+            if len(rows) < _ROWS_NOW_KEPT:
+                uids = ("study_instance_uid", "series_instance_uid", "sop_instance_uid")
+                rows[tuple(row[column] for column in uids)] = row
         if not found:
             raise NotFoundError(f"no {level.value.lower()} matches {dict(keys)}")
-        # A viewer asks for the metadata, then for every frame: start reading them.
+        # A viewer asks for the metadata, then for every frame: start reading
+        # them, and keep their rows for the frame requests' look-ups.
         self._prefetcher.submit(self.blobs.prefetch, blobs)
+        if version is not None:
+            self._keep_rows(version, rows)
         return found
 
     def _backfill_metadata(self, after: int, limit: int) -> tuple[int, int, int]:
@@ -754,28 +768,36 @@ class Archive:
     def _instance_rows_now(self, keys: Mapping[str, str]) -> list[dict[str, Any]] | None:
         """``find_now`` of the instance with its frame columns, kept while the
         index's version (``Index.version_now``) stays the same: a viewer asks
-        for every frame of a series and scrolls back, and a dictionary look-up
-        costs a fifth of the SQL. Any commit, by this process or another (a
-        store, a deletion, a correction), empties what is kept."""
+        for a series' metadata (which keeps its rows, see ``metadata``), then
+        for every frame, and scrolls back; a dictionary look-up costs a fifth
+        of the SQL. Any commit, by this process or another (a store, a
+        deletion, a correction), makes what is kept stale."""
         version = self.index.version_now()
-        kept = (
+        kept_version, kept = self._rows_now
+        name = (
             keys.get("StudyInstanceUID"),
             keys.get("SeriesInstanceUID"),
             keys.get("SOPInstanceUID"),
         )
-        if version is not None and version == self._rows_now_version:
-            row = self._rows_now.get(kept)
+        if version is not None and version == kept_version:
+            row = kept.get(name)
             if row is not None:
                 return [row]
-        elif version is not None:
-            self._rows_now.clear()
-            self._rows_now_version = version
         rows = self.index.find_now(self._unique_key_query(Level.IMAGE, keys, *_FRAME_COLUMNS))
         if rows and version is not None:
-            if len(self._rows_now) >= _ROWS_NOW_KEPT:
-                self._rows_now.clear()
-            self._rows_now[kept] = rows[0]
+            self._keep_rows(version, {name: rows[0]})
         return rows
+
+    def _keep_rows(self, version: int, rows: dict[tuple[str | None, ...], dict[str, Any]]) -> None:
+        """Add ``rows``, read at or after ``version``, to those kept for the event loop.
+
+        Rows are only ever read back while the index is at the version they
+        are kept under, so a thread that keeps rows of an older version than
+        the last seen at worst keeps them for nothing."""
+        kept_version, kept = self._rows_now
+        if kept_version != version or len(kept) + len(rows) > _ROWS_NOW_KEPT:
+            kept = {}
+        self._rows_now = (version, {**kept, **rows} if kept else rows)
 
     @contextlib.contextmanager
     def _at_once(self) -> Iterator[bool]:

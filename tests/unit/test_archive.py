@@ -28,7 +28,7 @@ from pydicom.uid import (
 from pynetdicom.dsutils import split_dataset
 
 from pacs.core import Archive
-from pacs.core.archive import DuplicatePolicy, _thread_clock
+from pacs.core.archive import _FRAME_COLUMNS, DuplicatePolicy, _thread_clock
 from pacs.core.encoding import file_meta_bytes, split_part10
 from pacs.core.rendering import RenderRequest
 from pacs.errors import (
@@ -642,6 +642,22 @@ def test_rows_kept_for_the_event_loop_follow_every_change_to_the_index(
     with pytest.raises(NotFoundError):
         file_archive.frames_now(keys, [1], _as(uid.HTJ2KLossless))
     assert file_archive.rendered_now(keys, 0, RenderRequest(media_type="image/png")) is None
+
+
+def test_a_metadata_request_keeps_the_rows_its_frames_are_looked_up_by(
+    file_archive: Archive,
+) -> None:
+    """A viewer asks for a series' metadata, then for each frame: the rows
+    read for the metadata serve the frames' look-ups, as ``find_now`` would."""
+    keys = _stored_keys(file_archive, "CT_small.dcm")
+    file_archive.wait_for_metadata(30)  # its commit would make what is kept stale
+    series = {k: v for k, v in keys.items() if k != "SOPInstanceUID"}
+    file_archive.metadata(Level.SERIES, series)
+    version, rows = file_archive._rows_now
+    assert version is not None and version == file_archive.index.version_now()
+    name = (keys["StudyInstanceUID"], keys["SeriesInstanceUID"], keys["SOPInstanceUID"])
+    query = file_archive._unique_key_query(Level.IMAGE, keys, *_FRAME_COLUMNS)
+    assert [rows[name]] == file_archive.index.find_now(query)
 
 
 def test_the_index_version_changes_with_each_commit_of_another_connection(
