@@ -605,32 +605,47 @@ class Archive:
         stored before that existed is computed now, once, and kept.
         """
         self._metadata.touch()
-        version = self.index.version_now()  # before the rows are read: see _keep_rows
-        query = self._unique_key_query(level, keys, *_FRAME_COLUMNS, (Level.IMAGE, "metadata"))
+        query = self._unique_key_query(level, keys, (Level.IMAGE, "metadata"))
         found = []
         blobs, size = [], 0
-        rows: dict[tuple[str | None, ...], dict[str, Any]] = {}
         for row in self.index.find(query):
             metadata = row.pop("metadata")
             if metadata is None:
-                metadata = self._compute_metadata(
-                    StoredInstance(**{name: row[name] for name in _STORED_NAMES})
-                )
+                metadata = self._compute_metadata(StoredInstance(**row))
             found.append(bytes(metadata))
             if size < _PREFETCH_BYTES:
                 blobs.append(row["blob_key"])
                 size += int(row["size"] or 0)
-            if len(rows) < _ROWS_NOW_KEPT:
-                uids = ("study_instance_uid", "series_instance_uid", "sop_instance_uid")
-                rows[tuple(row[column] for column in uids)] = row
         if not found:
             raise NotFoundError(f"no {level.value.lower()} matches {dict(keys)}")
-        # A viewer asks for the metadata, then for every frame: start reading
-        # them, and keep their rows for the frame requests' look-ups.
+        # A viewer asks for the metadata, then for every frame: keep their rows
+        # for the frames' look-ups, and start reading the files.
+        self._prefetcher.submit(self._keep_rows_of, level, dict(keys))
         self._prefetcher.submit(self.blobs.prefetch, blobs)
-        if version is not None:
-            self._keep_rows(version, rows)
         return found
+
+    def _keep_rows_of(self, level: Level, keys: Mapping[str, str]) -> None:
+        """Keep the rows of the instances ``keys`` name for answers on the event
+        loop (see ``_instance_rows_now``), off the request that asked."""
+        version = self.index.version_now()  # before the rows are read: see _keep_rows
+        if version is None:
+            return
+        rows: dict[tuple[str | None, ...], dict[str, Any]] = {}
+        found = self.index.find(self._unique_key_query(level, keys, *_FRAME_COLUMNS))
+        try:
+            for row in found:
+                name = (row["study_instance_uid"], row["series_instance_uid"])
+                rows[(*name, row["sop_instance_uid"])] = row
+                if len(rows) >= _ROWS_NOW_KEPT:
+                    break
+        except Exception as exc:  # nothing kept: the frames look themselves up
+            log.debug("rows of %s not kept: %s", dict(keys), exc)
+            return
+        finally:
+            close = getattr(found, "close", None)
+            if close is not None:
+                close()  # hand the index connection back now
+        self._keep_rows(version, rows)
 
     def _backfill_metadata(self, after: int, limit: int) -> tuple[int, int, int]:
         """Make the JSON of up to ``limit`` instances lacking it.

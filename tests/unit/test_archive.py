@@ -653,6 +653,7 @@ def test_a_metadata_request_keeps_the_rows_its_frames_are_looked_up_by(
     file_archive.wait_for_metadata(30)  # its commit would make what is kept stale
     series = {k: v for k, v in keys.items() if k != "SOPInstanceUID"}
     file_archive.metadata(Level.SERIES, series)
+    file_archive._prefetcher.submit(lambda: None).result()  # kept in the background
     version, rows = file_archive._rows_now
     assert version is not None and version == file_archive.index.version_now()
     name = (keys["StudyInstanceUID"], keys["SeriesInstanceUID"], keys["SOPInstanceUID"])
