@@ -504,9 +504,10 @@ def in_turns(
 
     ``settle(client)``, untimed, opens each server's turn: on this VM the first
     requests after a pause are slow whatever answers them (a bare uvicorn app
-    sending 512 kB: 1.3 ms for the first request after 100 ms idle, 0.44 ms from
-    the tenth on), so without it a server whose whole turn lasts a few
-    milliseconds is timed while the machine wakes up, and a slow one is not."""
+    sending 512 kB: 1.3 ms for the first request after 100 ms idle, then 0.7,
+    0.65, 0.6 ... and 0.4 from about the tenth on; a client busy beforehand
+    changes nothing), so without it a server whose whole turn lasts a few
+    milliseconds is timed while it wakes up, and a slow one is not."""
     for start in range(0, len(items), block):
         for name, client in clients.items():
             if settle is not None:
@@ -907,7 +908,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--settle",
         type=int,
-        default=3,
+        default=10,
         help="untimed requests that open each server's turn (0: none)",
     )
     parser.add_argument("--no-orthanc", action="store_true", help="measure pacs only")
