@@ -39,6 +39,7 @@ from pacs.core.query import build_query, row_reader
 from pacs.core.rendering import Picture, RenderRequest, SizeBoundedCache
 from pacs.errors import (
     ConflictError,
+    CorruptDataError,
     InvalidDatasetError,
     InvalidQueryError,
     NotFoundError,
@@ -63,7 +64,7 @@ from pacs.pixels import (
     transcode,
 )
 from pacs.pixels.codecs import FrameFormat, can_decode, decode_codestream, encode_frame
-from pacs.pixels.frames import grey_frame
+from pacs.pixels.frames import FrameSpan, frame_spans, grey_frame, span_bytes, span_length
 from pacs.pixels.render import (
     JsonHeader,
     animated_gif,
@@ -144,6 +145,9 @@ class Archive:
         # Frames converted for a client (HTJ2K for the viewer), by content hash,
         # frame and syntax: a 300-slice CT in HTJ2K is ~55 MB, so two studies.
         self._converted: SizeBoundedCache[bytes] = SizeBoundedCache(128 << 20)
+        # Where each frame of an encapsulated Pixel Data lies, by content hash:
+        # a few bytes a frame, so a whole archive's multi-frame instances.
+        self._frame_spans: SizeBoundedCache[list[FrameSpan]] = SizeBoundedCache(64 << 20)
         self.at_once_budget = _AT_ONCE_BUDGET
         """Seconds an answer given on an event loop may take (see ``_at_once``)."""
         self._at_once_paused_until = 0.0
@@ -872,11 +876,9 @@ class Archive:
                 return ExplicitVRLittleEndian, self._native_frames(stored, row, numbers)
             if target == stored.transfer_syntax_uid and isinstance(offset, int):
                 if at_once:
-                    return None  # the whole encapsulated value is read and walked
-                frames = list(
-                    generate_frames(self._read_blob(stored)[offset:], number_of_frames=count)
-                )
-                return target, [frames[n - 1] for n in numbers]
+                    ready = self._stored_frames_now(stored, offset, numbers)
+                    return None if ready is None else (target, ready)
+                return target, self._stored_frames(stored, offset, count, numbers)
             if target == ExplicitVRLittleEndian:
                 if at_once:
                     return None
@@ -1122,12 +1124,11 @@ class Archive:
         """Compressed grey frames' (0-based) samples from their fragments (the
         Pixel Data value read once), or ``None`` for anything unexpected:
         pydicom's path then decides, and explains."""
-        value = self._read_range(stored, offset, max(0, stored.size - offset))
         samples = []
         try:
-            codestreams = list(generate_frames(value, number_of_frames=count))
-            for frame in frames:
-                decoded = decode_codestream(codestreams[frame], stored.transfer_syntax_uid)
+            codestreams = self._stored_frames(stored, offset, count, [f + 1 for f in frames])
+            for codestream in codestreams:
+                decoded = decode_codestream(codestream, stored.transfer_syntax_uid)
                 if decoded.shape != shape or decoded.dtype.itemsize * 8 != fmt.bits_allocated:
                     return None  # an 8-bit codestream in a 16-bit container: pydicom's call
                 samples.append(np.ascontiguousarray(decoded).data.cast("B"))
@@ -1135,6 +1136,60 @@ class Archive:
             log.debug("%s: frames left to pydicom: %s", stored.sop_instance_uid, exc)
             return None
         return samples
+
+    def _stored_frames(
+        self, stored: StoredInstance, offset: int, count: int, numbers: Sequence[int]
+    ) -> list[bytes]:
+        """Frames (1-based) of an encapsulated Pixel Data value at ``offset``, as
+        stored. The value is read and walked once per instance; the frames'
+        places are kept (``_frame_spans``), so the next frames of a cine loop or
+        a multi-frame CT are ranged reads of themselves alone."""
+        spans = self._frame_spans.get(stored.content_hash)
+        if spans is not None:
+            _check_frames(stored, spans, numbers)
+            return [
+                span_bytes(
+                    spans[n - 1],
+                    self._read_range(stored, offset + spans[n - 1][0], span_length(spans[n - 1])),
+                    spans[n - 1][0],
+                )
+                for n in numbers
+            ]
+        value = self._read_range(stored, offset, max(0, stored.size - offset))
+        try:
+            spans = frame_spans(value, count)
+        except ValueError as exc:  # an odd container: pydicom's reading, every time
+            log.debug("%s: frames found by pydicom: %s", stored.sop_instance_uid, exc)
+            frames = list(generate_frames(value, number_of_frames=count))
+            _check_frames(stored, frames, numbers)
+            return [frames[n - 1] for n in numbers]
+        self._frame_spans.put(stored.content_hash, spans, 64 + 48 * len(spans))
+        _check_frames(stored, spans, numbers)
+        return [span_bytes(spans[n - 1], value) for n in numbers]
+
+    def _stored_frames_now(
+        self, stored: StoredInstance, offset: int, numbers: Sequence[int]
+    ) -> list[bytes] | None:
+        """``_stored_frames`` when the frames' places are kept and their bytes
+        are in the page cache (see ``BlobStore.get_range_now``), else ``None``."""
+        spans = self._frame_spans.get(stored.content_hash)
+        if (
+            spans is None
+            or max(numbers) > len(spans)
+            or sum(span_length(spans[n - 1]) for n in numbers) > _AT_ONCE_BYTES
+        ):
+            return None
+        frames = []
+        for n in numbers:
+            start, length = offset + spans[n - 1][0], span_length(spans[n - 1])
+            try:
+                data = self.blobs.get_range_now(stored.blob_key, start, length)
+            except BlobStoreError:
+                return None  # the thread path says what is wrong
+            if data is None:
+                return None
+            frames.append(span_bytes(spans[n - 1], data, spans[n - 1][0]))
+        return frames
 
     def representative(self, level: Level, keys: Mapping[str, str]) -> dict[str, str]:
         """The UIDs of the instance that stands for a study or series in a thumbnail:
@@ -1288,6 +1343,15 @@ def _thread_clock() -> tuple[float, int]:
 
 
 _RUSAGE_THREAD: int | None = getattr(resource, "RUSAGE_THREAD", None)
+
+
+def _check_frames(stored: StoredInstance, frames: Sequence[object], numbers: Sequence[int]) -> None:
+    """A frame the instance says it has (Number of Frames) but its Pixel Data lacks."""
+    if max(numbers) > len(frames):
+        raise CorruptDataError(
+            f"the Pixel Data of {stored.sop_instance_uid} holds {len(frames)} frames,"
+            f" not frame {max(numbers)}"
+        )
 
 
 def _native_frame_size(row: Mapping[str, Any]) -> int | None:

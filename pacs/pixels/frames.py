@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import struct
 from collections.abc import Sequence
 from io import BytesIO
 
 import numpy as np
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.encaps import generate_fragmented_frames
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.pixels.utils import pixel_array
 from pydicom.tag import Tag
@@ -32,6 +34,55 @@ def decode_frames(part10: bytes, indices: Sequence[int]) -> list[bytes]:
         array = frame_array(dataset, index)
         frames.append(np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes())
     return frames
+
+
+FrameSpan = tuple[int, tuple[int, ...]]
+"""Where one frame lies in an encapsulated Pixel Data value: the offset of its
+first fragment's bytes, and the length of each of its fragments (consecutive
+fragments are 8 bytes apart: the next item's tag and length)."""
+
+
+def frame_spans(value: bytes | bytearray, number_of_frames: int) -> list[FrameSpan]:
+    """Each frame's place in an encapsulated Pixel Data value (PS3.5 A.4), from
+    its first item (the Basic Offset Table) on, grouped into frames as pydicom
+    groups them (``generate_fragmented_frames``: the offset table, one fragment
+    per frame, or JPEG markers). Raises ``ValueError`` for anything else than
+    a plain sequence of items: the caller then reads frames pydicom's way."""
+    starts, lengths = [], []
+    position = 0
+    while position + 8 <= len(value):
+        group, element, length = struct.unpack_from("<HHL", value, position)
+        if (group, element) == (0xFFFE, 0xE0DD):
+            break
+        if (group, element) != (0xFFFE, 0xE000) or length == 0xFFFFFFFF:
+            raise ValueError(f"({group:04X},{element:04X}) where an item was expected")
+        starts.append(position + 8)
+        lengths.append(length)
+        position += 8 + length
+    if not starts:
+        raise ValueError("no Basic Offset Table item")
+    spans, fragment = [], 1  # after the Basic Offset Table
+    for fragments in generate_fragmented_frames(value, number_of_frames=number_of_frames):
+        sizes = tuple(len(f) for f in fragments)
+        if tuple(lengths[fragment : fragment + len(sizes)]) != sizes:
+            raise ValueError("fragments do not line up with the items")
+        spans.append((starts[fragment], sizes))
+        fragment += len(sizes)
+    return spans
+
+
+def span_bytes(span: FrameSpan, data: bytes | bytearray | memoryview, start: int = 0) -> bytes:
+    """The frame ``span`` names, out of ``data`` that begins at ``start`` of the value."""
+    position, parts = span[0] - start, []
+    for size in span[1]:
+        parts.append(data[position : position + size])
+        position += size + 8
+    return parts[0] if len(parts) == 1 and isinstance(parts[0], bytes) else b"".join(parts)
+
+
+def span_length(span: FrameSpan) -> int:
+    """Bytes from the first fragment's start to the last one's end."""
+    return sum(span[1]) + 8 * (len(span[1]) - 1)
 
 
 def parse(part10: bytes) -> Dataset:

@@ -18,6 +18,7 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom import uid
+from pydicom.encaps import generate_frames
 from pydicom.uid import (
     CTImageStorage,
     DeflatedExplicitVRLittleEndian,
@@ -679,6 +680,52 @@ def test_the_index_version_changes_with_each_commit_of_another_connection(
         assert in_memory.version_now() is None
     finally:
         in_memory.close()
+
+
+class _RangeCountingStore(FilesystemBlobStore):
+    """A folder that notes the length of every ranged read."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.reads: list[int] = []
+
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        self.reads.append(length)
+        return super().get_range(key, offset, length)
+
+
+def test_frames_of_a_compressed_multi_frame_instance_are_read_alone_once_placed(
+    tmp_path: Path,
+) -> None:
+    """A cine loop or a multi-frame CT stored compressed: the first frame asked
+    reads the Pixel Data once and notes where each frame lies; the next ones
+    read just their own bytes, from a thread or, cached, on the event loop."""
+    store = _RangeCountingStore(tmp_path / "b")
+    archive = Archive(SqliteIndex(tmp_path / "index.sqlite"), store)
+    archive.at_once_budget = 10.0
+    try:
+        keys = _stored_keys(archive, "rtdose_rle.dcm")
+        ds = pydicom.dcmread(PYDICOM_TEST_FILES / "rtdose_rle.dcm")
+        expected = list(generate_frames(ds.PixelData, number_of_frames=ds.NumberOfFrames))
+        assert archive.frames_now(keys, [2], _as(None)) is None  # not placed yet
+        syntax = ds.file_meta.TransferSyntaxUID
+        assert archive.frames(keys, [2], _as(None)) == (syntax, [expected[1]])
+        store.reads.clear()
+        assert archive.frames(keys, [15, 1], _as(None))[1] == [expected[14], expected[0]]
+        assert store.reads == [len(expected[14]), len(expected[0])]
+        with pytest.raises(NotFoundError):
+            archive.frames(keys, [16], _as(None))
+        if not nowait_reads(tmp_path / "index.sqlite"):
+            pytest.skip("this filesystem takes no RWF_NOWAIT reads (tmpfs?)")
+        for _ in range(5):  # the kernel may drop the pages between two calls: a few tries
+            found = archive.frames_now(keys, [3, 4], _as(None))
+            if found is not None:
+                break
+            archive.frames(keys, [3, 4], _as(None))
+        assert found is not None
+        assert [bytes(f) for f in found[1]] == expected[2:4]
+    finally:
+        archive.close()
 
 
 class _SlowDiskIndex(SqliteIndex):

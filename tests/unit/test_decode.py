@@ -15,7 +15,7 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.encaps import encapsulate
+from pydicom.encaps import encapsulate, generate_frames
 from pydicom.uid import (
     HTJ2K,
     UID,
@@ -32,7 +32,15 @@ from pydicom.uid import (
 
 from pacs.errors import CorruptDataError, UnsupportedTransferSyntaxError
 from pacs.pixels.codecs import FrameFormat, LossyQuality, encode_frame, preferred_plugin
-from pacs.pixels.frames import decode_frames, frame_array, parse
+from pacs.pixels.frames import (
+    decode_frames,
+    frame_array,
+    frame_spans,
+    parse,
+    span_bytes,
+    span_length,
+)
+from tests.conftest import PYDICOM_TEST_FILES
 
 TEST_FILES = Path(pydicom.data.__path__[0]) / "test_files"
 # Lossy JPEG: libjpeg-turbo and libjpeg round their inverse DCTs differently;
@@ -156,3 +164,49 @@ def test_corrupt_pixel_data_is_a_clear_error() -> None:
         frame_array(parse(bytes(data)), 0)
     with pytest.raises(CorruptDataError, match="parsed"):
         parse(b"not a dicom file at all")
+
+
+def _compressed_test_files() -> list[Path]:
+    found = []
+    for path in sorted(PYDICOM_TEST_FILES.glob("*.dcm")):
+        try:
+            ds = pydicom.dcmread(path)
+            syntax = ds.file_meta.TransferSyntaxUID
+        except Exception:
+            continue
+        if syntax.is_compressed and "PixelData" in ds:
+            found.append(path)
+    return found
+
+
+@pytest.mark.parametrize("path", _compressed_test_files(), ids=lambda p: p.name)
+def test_frame_spans_find_the_frames_pydicom_finds(path: Path) -> None:
+    """Where each frame lies in an encapsulated value, so that a frame of a
+    cine loop is read alone: the same bytes as pydicom's frames, each span
+    read as one range from its first fragment to the end of its last."""
+    ds = pydicom.dcmread(path)
+    value, count = ds.PixelData, int(ds.get("NumberOfFrames", 1) or 1)
+    expected = list(generate_frames(value, number_of_frames=count))
+    spans = frame_spans(value, count)
+    assert [span_bytes(span, value) for span in spans] == expected
+    for span, frame in zip(spans, expected, strict=True):
+        start = span[0]
+        assert span_bytes(span, value[start : start + span_length(span)], start) == frame
+
+
+def test_frame_spans_of_frames_in_several_fragments_with_an_offset_table() -> None:
+    frames = [bytes([n]) * (1000 + 38 * n) for n in range(5)]  # even: no padding
+    value = encapsulate(frames, fragments_per_frame=3, has_bot=True)
+    spans = frame_spans(value, 5)
+    assert [len(span[1]) for span in spans] == [3] * 5
+    assert [span_bytes(span, value) for span in spans] == frames
+
+
+@pytest.mark.parametrize(
+    "value",
+    [b"", b"\xfe\xff\x00\xe0\xff\xff\xff\xff", b"\x08\x00\x05\x00\x00\x00\x00\x00"],
+    ids=["empty", "undefined length item", "not an item"],
+)
+def test_frame_spans_refuse_what_is_not_a_sequence_of_items(value: bytes) -> None:
+    with pytest.raises(ValueError):
+        frame_spans(value, 1)
