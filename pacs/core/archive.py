@@ -1121,9 +1121,9 @@ class Archive:
         shape: tuple[int, int],
         fmt: FrameFormat,
     ) -> list[memoryview] | None:
-        """Compressed grey frames' (0-based) samples from their fragments (the
-        Pixel Data value read once), or ``None`` for anything unexpected:
-        pydicom's path then decides, and explains."""
+        """Compressed grey frames' (0-based) samples from their fragments (read
+        by their places, see ``_stored_frames``), or ``None`` for anything
+        unexpected: pydicom's path then decides, and explains."""
         samples = []
         try:
             codestreams = self._stored_frames(stored, offset, count, [f + 1 for f in frames])
