@@ -1147,14 +1147,12 @@ class Archive:
         spans = self._frame_spans.get(stored.content_hash)
         if spans is not None:
             _check_frames(stored, spans, numbers)
-            return [
-                span_bytes(
-                    spans[n - 1],
-                    self._read_range(stored, offset + spans[n - 1][0], span_length(spans[n - 1])),
-                    spans[n - 1][0],
-                )
-                for n in numbers
-            ]
+            frames = []
+            for n in numbers:
+                span = spans[n - 1]
+                data = self._read_range(stored, offset + span[0], span_length(span))
+                frames.append(span_bytes(span, data, span[0]))
+            return frames
         value = self._read_range(stored, offset, max(0, stored.size - offset))
         try:
             spans = frame_spans(value, count)
@@ -1181,14 +1179,16 @@ class Archive:
             return None
         frames = []
         for n in numbers:
-            start, length = offset + spans[n - 1][0], span_length(spans[n - 1])
+            span = spans[n - 1]
             try:
-                data = self.blobs.get_range_now(stored.blob_key, start, length)
+                data = self.blobs.get_range_now(
+                    stored.blob_key, offset + span[0], span_length(span)
+                )
             except BlobStoreError:
                 return None  # the thread path says what is wrong
             if data is None:
                 return None
-            frames.append(span_bytes(spans[n - 1], data, spans[n - 1][0]))
+            frames.append(span_bytes(span, data, span[0]))
         return frames
 
     def representative(self, level: Level, keys: Mapping[str, str]) -> dict[str, str]:

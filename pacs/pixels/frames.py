@@ -61,6 +61,13 @@ def frame_spans(value: bytes | bytearray, number_of_frames: int) -> list[FrameSp
         position += 8 + length
     if not starts:
         raise ValueError("no Basic Offset Table item")
+    # The two cases pydicom needs not be asked (it would copy every fragment):
+    # one frame is all the fragments; with no offset table and a fragment per
+    # frame, each fragment is a frame.
+    if number_of_frames == 1 and len(starts) > 1:
+        return [(starts[1], tuple(lengths[1:]))]
+    if lengths[0] == 0 and len(starts) - 1 == number_of_frames:
+        return [(start, (length,)) for start, length in zip(starts[1:], lengths[1:], strict=True)]
     spans, fragment = [], 1  # after the Basic Offset Table
     for fragments in generate_fragmented_frames(value, number_of_frames=number_of_frames):
         sizes = tuple(len(f) for f in fragments)
