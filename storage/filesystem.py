@@ -1,7 +1,7 @@
 """Blob store on a local filesystem: one file per blob, key segments as folders.
 
-Durability: a blob is written to ``.incoming/`` under the root, flushed with
-``fsync``, renamed into place, and the destination folder is fsynced, so that
+Durability: a blob is written to ``.incoming/`` under the root, flushed
+(``O_DSYNC`` for a blob held in memory, else ``fsync``), renamed into place, and the destination folder is fsynced, so that
 after ``put`` returns the blob survives a power cut and no reader ever sees a
 partial file. Leftovers in ``.incoming/`` from a process that died mid-write are
 removed when the store is opened; temporary names carry the writer's PID so that
@@ -23,6 +23,7 @@ from storage.base import BlobNotFoundError, BlobStoreError, BlobStoreFullError, 
 
 _INCOMING = ".incoming"
 _RWF_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
+_IOV_MAX = 1024  # writev's limit on Linux
 
 
 class FilesystemBlobStore:
@@ -77,17 +78,20 @@ class FilesystemBlobStore:
         try:
             # Inside the try: on a full disk the new study folder is what fails first.
             self._ensure_dir(target.parent)
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-            try:
-                for chunk in chunks:
-                    view = memoryview(chunk)
-                    while view:
-                        written = os.write(fd, view)
-                        view = view[written:]
-                        size += written
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            if isinstance(chunks, (list, tuple)):
+                size = _write_durably(temporary, chunks)
+            else:
+                fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+                try:
+                    for chunk in chunks:
+                        view = memoryview(chunk)
+                        while view:
+                            written = os.write(fd, view)
+                            view = view[written:]
+                            size += written
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
             os.replace(temporary, target)
             self._dir_syncer.sync(target.parent)
         except OSError as exc:
@@ -192,6 +196,34 @@ class FilesystemBlobStore:
                 key = (relative / name).as_posix()
                 if key.startswith(prefix):
                     yield key
+
+
+def _write_durably(path: Path, chunks: list[bytes] | tuple[bytes, ...]) -> int:
+    """Write ``chunks`` held in memory to a new file and return once they are
+    on disk: one ``writev`` on a file opened ``O_DSYNC``, which flushes the data
+    and what is needed to read it back (its size, its blocks), as ``fdatasync``
+    does, before it returns.
+
+    One system call rather than a write and an fsync, because between two calls
+    the writing thread must take the GIL back: while the thread that asked for
+    the blob is busy in Python (indexing the same instance), the flush would
+    wait for it (~0.8 ms of every C-STORE on one association)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_DSYNC, 0o640)
+    try:
+        views = [memoryview(chunk) for chunk in chunks if len(chunk)]
+        size = 0
+        while views:
+            written = os.writev(fd, views[:_IOV_MAX])
+            size += written
+            # A short write (a full disk fails on the next call): go on after it.
+            while views and written >= len(views[0]):
+                written -= len(views[0])
+                views.pop(0)
+            if views and written:
+                views[0] = views[0][written:]
+        return size
+    finally:
+        os.close(fd)
 
 
 class _GroupDirectorySync:

@@ -84,6 +84,12 @@ def test_put_and_read_back(store: BlobStore) -> None:
     assert not store.exists(KEY + ".other")
 
 
+def test_put_of_more_pieces_than_one_writev_takes(store: BlobStore) -> None:
+    pieces = [bytes([i % 251]) * (i % 7) for i in range(3000)]
+    assert store.put("many/pieces", pieces) == sum(map(len, pieces))
+    assert store.get("many/pieces") == b"".join(pieces)
+
+
 def test_put_from_a_generator(store: BlobStore) -> None:
     chunks = (bytes([i]) * 1000 for i in range(10))
     assert store.put("gen/blob", chunks) == 10_000
