@@ -1,11 +1,12 @@
 """Blob store on a local filesystem: one file per blob, key segments as folders.
 
 Durability: a blob is written to ``.incoming/`` under the root, flushed
-(``O_DSYNC`` for a blob held in memory, else ``fsync``), renamed into place, and the destination folder is fsynced, so that
-after ``put`` returns the blob survives a power cut and no reader ever sees a
-partial file. Leftovers in ``.incoming/`` from a process that died mid-write are
-removed when the store is opened; temporary names carry the writer's PID so that
-several processes (the server and ``pacs import``) can share one root.
+(``O_DSYNC`` for a blob held in memory, else ``fsync``), renamed into place,
+and the destination folder is fsynced, so that after ``put`` returns the blob
+survives a power cut and no reader ever sees a partial file. Leftovers in
+``.incoming/`` from a process that died mid-write are removed when the store
+is opened; temporary names carry the writer's PID so that several processes
+(the server and ``pacs import``) can share one root.
 """
 
 from __future__ import annotations

@@ -78,7 +78,12 @@ class PiecesResponse(Response):
 
 def takes_gzip(request: Request, size: int) -> bool:
     """Whether ``gzipped_response`` would compress ``size`` bytes for this client."""
-    return size >= _GZIP_MINIMUM and "gzip" in request.headers.get("accept-encoding", "")
+    return accepts_gzip(request.headers.get("accept-encoding", ""), size)
+
+
+def accepts_gzip(accept_encoding: str, size: int) -> bool:
+    """``takes_gzip`` for the value of an ``Accept-Encoding`` header."""
+    return size >= _GZIP_MINIMUM and "gzip" in accept_encoding
 
 
 def gzipped_response(

@@ -35,10 +35,10 @@ from pacs.dicomweb.media import (
 )
 from pacs.dicomweb.responses import (
     PiecesResponse,
+    accepts_gzip,
     base_url,
     gzipped_response,
     json_response,
-    takes_gzip,
 )
 from pacs.errors import NotFoundError
 from pacs.index.base import StoredInstance
@@ -171,28 +171,34 @@ async def frames(
     half the bytes for CT on a thin link. Compressed ones are sent as they are.
     Frames the archive has at once (see ``Archive.frames_now``) are answered
     on the event loop; gzip, and everything else, runs in a worker thread.
+    (``pacs.dicomweb.frames_at_once`` answers the first kind before routing.)
     """
     numbers = frame_numbers(frame_list)
     accept = parse_accept(request.headers.get("accept"))
-
-    def choose(stored_syntax: str) -> list[str | None]:
-        return _frame_syntax(accept, stored_syntax)
-
-    found = archive.frames_now(keys, numbers, choose)
+    found = frames_now(archive, keys, numbers, accept)
     if found is not None:
-        syntax, data = found
-        media_type = _frame_media_type(syntax)
-        if media_type != OCTET_STREAM or not takes_gzip(request, sum(map(len, data))):
-            multipart = Multipart(media_type)
-            return PiecesResponse(
-                multipart.pieces(data, media_type, **_frame_params(media_type, syntax)),
-                multipart.content_type(),
-                _VARY,
-            )
+        response = frames_as_they_are(found, request.headers.get("accept-encoding", ""))
+        if response is not None:
+            return response
+    return await frames_in_thread(request, archive, keys, numbers, accept, found)
+
+
+async def frames_in_thread(
+    request: Request,
+    archive: Archive,
+    keys: dict[str, str],
+    numbers: Sequence[int],
+    accept: Sequence[MediaRange],
+    found: tuple[str, Sequence[Buffer]] | None,
+) -> Response:
+    """The frames' response made in a worker thread: looked up and read there
+    unless already ``found``, gzipped when the client takes it."""
 
     def work() -> Response:
         # One trip to a worker thread: lookup, read and body together.
-        syntax, data = found or archive.frames(keys, numbers, choose)
+        syntax, data = found or archive.frames(
+            keys, numbers, lambda stored: _frame_syntax(accept, stored)
+        )
         media_type = _frame_media_type(syntax)
         body, content_type = _multipart_body(data, media_type, syntax)
         if media_type != OCTET_STREAM:
@@ -200,6 +206,31 @@ async def frames(
         return gzipped_response(request, body, content_type)
 
     return await run_in_threadpool(work)
+
+
+def frames_now(
+    archive: Archive, keys: dict[str, str], numbers: Sequence[int], accept: Sequence[MediaRange]
+) -> tuple[str, list[Buffer]] | None:
+    """``Archive.frames_now`` for a client that accepts ``accept``."""
+    return archive.frames_now(keys, numbers, lambda stored: _frame_syntax(accept, stored))
+
+
+def frames_as_they_are(
+    found: tuple[str, Sequence[Buffer]], accept_encoding: str
+) -> PiecesResponse | None:
+    """The multipart response of frames found at once (their syntax and
+    bytes), sent as their pieces; ``None`` when they are to be gzipped, which
+    is work for a thread."""
+    syntax, data = found
+    media_type = _frame_media_type(syntax)
+    if media_type == OCTET_STREAM and accepts_gzip(accept_encoding, sum(map(len, data))):
+        return None
+    multipart = Multipart(media_type)
+    return PiecesResponse(
+        multipart.pieces(data, media_type, **_frame_params(media_type, syntax)),
+        multipart.content_type(),
+        _VARY,
+    )
 
 
 _VARY = {"Vary": "Accept-Encoding"}

@@ -29,6 +29,7 @@ from pacs.core import Archive
 from pacs.core.access import Permission
 from pacs.core.security import Security
 from pacs.dicomweb import dicomweb_routes, error_handlers
+from pacs.dicomweb.frames_at_once import FramesAtOnce
 from pacs.http.auth import AuthMiddleware, auth_routes, principal_of
 from pacs.http.shares import share_routes
 from pacs.http.viewer import viewer_routes
@@ -117,6 +118,8 @@ def create_http_app(
             AuthMiddleware, security=security, secure_cookies=secure_cookies, audit=archive.audit
         )
     )
+    # Inside authentication and audit, before routing: a viewer's many frames.
+    middleware.append(Middleware(FramesAtOnce, archive=archive))
     return Starlette(
         routes=[
             # DICOMweb first: its requests are the many (routes are tried in turn).

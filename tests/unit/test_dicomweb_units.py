@@ -8,6 +8,7 @@ import time
 import warnings
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pydicom
@@ -231,3 +232,104 @@ def test_the_app_answers_without_a_server_port(memory_archive: Archive) -> None:
     assert response.status_code == 200
     [study] = response.json()
     assert study["00081190"]["Value"][0].startswith("http://archive/dicom-web/studies/")
+
+
+# -- frames answered before routing (pacs.dicomweb.frames_at_once) ------------------------
+
+
+class _Routes:
+    """Stands for the routes behind the middleware: answers 299 and counts."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        self.calls += 1
+        await send({"type": "http.response.start", "status": 299, "headers": []})
+        await send({"type": "http.response.body", "body": b"routed"})
+
+
+def _get(
+    app: Any, path: str, principal: object, method: str = "GET", encoding: str = "identity"
+) -> tuple[int, dict[str, str], bytes]:
+    headers = [
+        (b"accept", b'multipart/related; type="application/octet-stream"'),
+        (b"accept-encoding", encoding.encode()),
+    ]
+    scope = {
+        "type": "http",
+        "method": method,
+        "path": path,
+        "root_path": "",
+        "query_string": b"",
+        "headers": headers,
+        "state": {"principal": principal},
+    }
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    response_headers = {k.decode(): v.decode() for k, v in sent[0].get("headers", [])}
+    body = b"".join(bytes(m.get("body", b"")) for m in sent[1:])
+    return sent[0]["status"], response_headers, body
+
+
+def test_frames_in_the_page_cache_are_answered_before_routing(tmp_path: Path) -> None:
+    from pacs.core.access import ANONYMOUS, Principal, Role
+    from pacs.dicomweb.frames_at_once import FramesAtOnce
+    from pacs.types import Scope
+    from tests.page_cache import nowait_reads
+
+    archive = Archive(SqliteIndex(tmp_path / "index.sqlite"), FilesystemBlobStore(tmp_path / "b"))
+    archive.at_once_budget = 10.0  # a pause of the test machine must not turn it off
+    try:
+        ds = pydicom.dcmread(TEST_FILES / "CT_small.dcm")
+        archive.ingest_part10((TEST_FILES / "CT_small.dcm").read_bytes(), CALLER)
+        routes = _Routes()
+        app = FramesAtOnce(routes, archive)
+        instance = (
+            f"/dicom-web/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+            f"/instances/{ds.SOPInstanceUID}"
+        )
+        if not nowait_reads(tmp_path / "index.sqlite"):
+            pytest.skip("this filesystem takes no RWF_NOWAIT reads: frames come from a thread")
+        for _ in range(5):  # the kernel may drop the pages between two calls
+            status, headers, body = _get(app, instance + "/frames/1", ANONYMOUS)
+            if status == 200:
+                break
+        assert status == 200 and routes.calls < 5
+        assert headers["content-length"] == str(len(body))
+        assert ds.PixelData in body and headers["vary"] == "Accept-Encoding"
+        assert headers["content-type"].startswith(
+            'multipart/related; type="application/octet-stream"'
+        )
+
+        # gzip is made in a thread, still without the routes
+        calls = routes.calls
+        status, headers, body = _get(app, instance + "/frames/1", ANONYMOUS, encoding="gzip")
+        assert status == 200 and headers["content-encoding"] == "gzip"
+        assert routes.calls == calls
+
+        # everything that is not plainly a frame of a readable instance goes on
+        restricted = Principal("clinic", Role.HOSPITAL, Scope(institutions=frozenset({"A"})))
+        passed_on = [
+            (instance + "/frames/1", restricted, "GET"),  # its scope is checked by the route
+            (instance + "/frames/1", ANONYMOUS, "POST"),
+            (instance + "/frames/0", ANONYMOUS, "GET"),
+            (instance + "/frames/9", ANONYMOUS, "GET"),  # out of range: the route's 404
+            (instance.replace(ds.SOPInstanceUID, "1.2.3.4") + "/frames/1", ANONYMOUS, "GET"),
+            (instance.replace(ds.SOPInstanceUID, "..") + "/frames/1", ANONYMOUS, "GET"),
+            (instance + "/frames/1/rendered", ANONYMOUS, "GET"),
+            (instance + "/metadata", ANONYMOUS, "GET"),
+        ]
+        for path, principal, method in passed_on:
+            before = routes.calls
+            assert _get(app, path, principal, method)[0] == 299, path
+            assert routes.calls == before + 1
+    finally:
+        archive.close()
