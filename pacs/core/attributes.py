@@ -5,9 +5,11 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from pydicom.datadict import tag_for_keyword
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
+from pydicom.tag import BaseTag
 from pydicom.valuerep import PersonName
 
 from pacs.errors import DatasetMismatchError, InvalidDatasetError
@@ -26,6 +28,27 @@ def _tag(keyword: str) -> int:
 _PLAN = tuple(
     (a.column, a.kind, tuple(_tag(k) for k in a.path), _tag(a.keyword)) for a in ATTRIBUTES
 )
+
+# The same for the attributes read straight from their encoded bytes (see
+# ``_raw_value``): not inside a sequence, and with their dictionary VR.
+_RAW_PLAN = tuple(
+    (column, kind, BaseTag(tag), dictionary_VR(tag))
+    for column, kind, path, tag in _PLAN
+    if not path
+)
+_NESTED_PLAN = tuple(item for item in _PLAN if item[2])
+
+# Text VRs whose bytes, when ASCII, are their value in any of the character sets
+# below; binary integer VRs as (size, signed). Everything else is left to pydicom.
+_TEXT_VRS = frozenset(
+    {"AE", "AS", "CS", "DA", "DS", "DT", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UT"}
+)
+_SINGLE_VALUED_VRS = frozenset({"LT", "ST", "UT"})  # a backslash there is text
+_BINARY_INTEGERS = {"US": (2, False), "SS": (2, True), "UL": (4, False), "SL": (4, True)}
+# Character sets in which ASCII bytes mean ASCII text (not ISO_IR 13, whose 0x5C
+# is a yen sign, nor the ISO 2022 ones, whose escape sequences are ASCII bytes).
+_ASCII_CHARSETS = frozenset({"", "ISO_IR 6", "ISO_IR 100", "ISO_IR 192"})
+_SPECIFIC_CHARACTER_SET = BaseTag(0x00080005)
 
 # PS3.5 9.1: digits and dots, no empty component, at most 64 characters. Leading
 # zeros inside a component are tolerated, as Orthanc and dcm4chee do, because
@@ -93,9 +116,33 @@ def index_values(dataset: Dataset) -> dict[str, Any]:
 
     Strings are decoded with the data set's Specific Character Set, so names in
     Vietnamese (ISO_IR 192) or any other repertoire are stored as Unicode.
+
+    Ingest runs this for every instance, so plain values (ASCII text, binary
+    integers) are read from their encoded bytes, as pydicom would decode them
+    (``tests/unit/test_attributes.py`` compares the two on every test file);
+    pydicom decodes the rest.
     """
     values: dict[str, Any] = {}
-    for column, kind, path, tag in _PLAN:
+    elements = dataset._dict
+    ascii_text = _ascii_charset(dataset)
+    for column, kind, tag, vr in _RAW_PLAN:
+        element = elements.get(tag)
+        if element is None:
+            continue
+        converted = (
+            _raw_value(element, kind, vr, ascii_text) if type(element) is RawDataElement else None
+        )
+        if converted is None:
+            try:
+                value = dataset[tag].value
+            except Exception as exc:  # a corrupt value in one element
+                raise InvalidDatasetError(f"{column} cannot be decoded: {exc}") from None
+            if value is None or value == "":
+                continue
+            converted = _convert(value, kind)
+        if converted is not None and converted != "":
+            values[column] = converted
+    for column, kind, path, nested_tag in _NESTED_PLAN:
         try:
             container: Dataset | None = dataset
             for sequence_tag in path:
@@ -104,9 +151,9 @@ def index_values(dataset: Dataset) -> dict[str, Any]:
                 container = sequence[0] if sequence else None
                 if container is None:
                     break
-            if container is None or tag not in container:
+            if container is None or nested_tag not in container:
                 continue
-            value = container[tag].value
+            value = container[nested_tag].value
         except Exception as exc:  # a corrupt value in one element
             raise InvalidDatasetError(f"{column} cannot be decoded: {exc}") from None
         if value is None or value == "":
@@ -117,9 +164,62 @@ def index_values(dataset: Dataset) -> dict[str, Any]:
     return values
 
 
+def _ascii_charset(dataset: Dataset) -> bool:
+    """Whether ASCII bytes of this data set's text are that ASCII text."""
+    element = dataset._dict.get(_SPECIFIC_CHARACTER_SET)
+    if element is None:
+        return True
+    if type(element) is RawDataElement:
+        raw = element.value or b""
+        if not raw.isascii():
+            return False
+        names: list[object] = list(raw.decode("ascii").split("\\"))
+    else:
+        value = element.value
+        names = list(value) if isinstance(value, MultiValue) else [value or ""]
+    # Several values are ISO 2022 code extensions: pydicom's to decode.
+    return len(names) == 1 and str(names[0]).strip() in _ASCII_CHARSETS
+
+
+def _raw_value(element: RawDataElement, kind: Kind, vr: str, ascii_text: bool) -> Any:
+    """The index value of a not yet decoded element, or ``None`` to let
+    pydicom decode it (anything but plain ASCII text and binary integers).
+    An empty value is ``""``, which the caller skips as it skips pydicom's."""
+    raw = element.value
+    if raw is None or element.VR not in (None, vr):
+        return None  # no bytes (deferred), or a VR other than the dictionary's
+    if not raw:
+        return ""
+    if kind is Kind.INTEGER:
+        size_signed = _BINARY_INTEGERS.get(vr)
+        if size_signed is not None:
+            size, signed = size_signed
+            if len(raw) < size:
+                return None
+            if element.is_little_endian:
+                return int.from_bytes(raw[:size], "little", signed=signed)
+            return int.from_bytes(raw[:size], "big", signed=signed)
+        if vr != "IS" or not raw.isascii():
+            return None
+        first = raw.decode("ascii").split("\\", 1)[0].strip(" \x00")
+        return (
+            int(first) if first.isdigit() or (first[:1] in "+-" and first[1:].isdigit()) else None
+        )
+    if vr not in _TEXT_VRS or not raw.isascii() or not ascii_text:
+        return None
+    text = raw.decode("ascii")
+    if vr in _SINGLE_VALUED_VRS:
+        return text.rstrip(" \x00").strip()
+    parts = text.split("\\")
+    if kind is Kind.PERSON_NAME:
+        return "\\".join(part.rstrip(" \x00") for part in parts)
+    return "\\".join(part.strip(" \x00").strip() for part in parts)
+
+
 def _convert(value: Any, kind: Kind) -> Any:
     if kind is Kind.INTEGER:
-        first = value[0] if isinstance(value, MultiValue) else value
+        # First value only; pydicom gives several binary ones as a list.
+        first = value[0] if isinstance(value, (MultiValue, list)) and value else value
         try:
             return int(first)
         except (TypeError, ValueError):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import struct
+import warnings
 from io import BytesIO
+from pathlib import Path
 
 import pydicom
 import pytest
@@ -14,6 +16,7 @@ from pydicom.uid import CTImageStorage, MRImageStorage
 
 from pacs.core.attributes import check_request, check_uid, index_values, required_uids
 from pacs.errors import DatasetMismatchError, InvalidDatasetError
+from tests.conftest import bundled_dicom_files
 from tests.dicom_factory import encode, lenient_values, make_ct
 
 
@@ -194,3 +197,92 @@ def test_index_values_follows_sequence_paths() -> None:
 
     ds.RequestAttributesSequence = Sequence([])
     assert "requested_procedure_id" not in index_values(ds)
+
+
+def _decoded_by_pydicom(dataset: Dataset) -> dict[str, object]:
+    """``index_values`` as pydicom decodes each value (what the plain-value
+    reading must agree with)."""
+    from pacs.core.attributes import _PLAN, _convert
+
+    values: dict[str, object] = {}
+    for column, kind, path, tag in _PLAN:
+        container: Dataset | None = dataset
+        for sequence_tag in path:
+            assert container is not None
+            items = container[sequence_tag].value if sequence_tag in container else None
+            container = items[0] if items else None
+            if container is None:
+                break
+        if container is None or tag not in container:
+            continue
+        value = container[tag].value
+        if value is None or value == "":
+            continue
+        converted = _convert(value, kind)
+        if converted is not None and converted != "":
+            values[column] = converted
+    return values
+
+
+CHARSET_FILES = sorted(
+    (Path(pydicom.data.__path__[0]) / "charset_files").glob("*.dcm")  # type: ignore[attr-defined]
+)
+
+
+@pytest.mark.parametrize("path", bundled_dicom_files() + CHARSET_FILES, ids=lambda p: p.name)
+def test_index_values_read_from_the_bytes_equal_pydicom_decoding(path: Path) -> None:
+    """Plain values are read from their encoded bytes; every test file of
+    pydicom (all VRs, both byte orders, implicit VR, every character set)
+    must give what pydicom's own decoding gives."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            fast = index_values(pydicom.dcmread(path, stop_before_pixels=True, force=True))
+        except InvalidDatasetError:
+            pytest.skip("a value pydicom cannot decode (checked by the test below)")
+        expected = _decoded_by_pydicom(pydicom.dcmread(path, stop_before_pixels=True, force=True))
+    assert fast == expected
+
+
+@pytest.mark.parametrize(
+    ("keyword", "vr", "raw", "column", "value"),
+    [
+        ("PatientName", "PN", b"Doe^John \\Roe^Jane ", "patient_name", "Doe^John\\Roe^Jane"),
+        ("ImageType", "CS", b"ORIGINAL\\PRIMARY\\ ", "image_type", "ORIGINAL\\PRIMARY\\"),
+        ("StudyDescription", "LO", b" CHEST \x00", "study_description", "CHEST"),
+        ("InstanceNumber", "IS", b" 12 ", "instance_number", 12),
+        ("InstanceNumber", "IS", b"-3\\4", "instance_number", -3),
+        ("Rows", "US", struct.pack("<HH", 512, 256), "rows", 512),
+        ("ImageComments", "LT", b"a\\b ", "image_comments", "a\\b"),
+        ("AccessionNumber", "SH", b"  ", "accession_number", None),
+    ],
+)
+def test_index_values_from_plain_bytes(
+    keyword: str, vr: str, raw: bytes, column: str, value: object
+) -> None:
+    from pydicom.datadict import tag_for_keyword
+
+    ds = make_ct("attrs", 1, 1)
+    if keyword in ds:
+        del ds[keyword]
+    tag = tag_for_keyword(keyword)
+    element = struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr.encode(), len(raw)) + raw
+    encoded = encode(ds)
+    # Keep tag order: insert before the first element with a larger tag.
+    at = _position_for(encoded, tag)
+    read = pydicom.dcmread(BytesIO(encoded[:at] + element + encoded[at:]), force=True)
+    values = index_values(read)
+    assert values.get(column) == value
+    assert values == _decoded_by_pydicom(
+        pydicom.dcmread(BytesIO(encoded[:at] + element + encoded[at:]), force=True)
+    )
+
+
+def _position_for(encoded: bytes, tag: int) -> int:
+    """Where an element with ``tag`` goes among the explicit-VR LE data set's elements."""
+    read = pydicom.dcmread(BytesIO(encoded), force=True)
+    following = [e for e in read.iterall() if int(e.tag) > tag]
+    if not following:
+        return len(encoded)
+    after = int(following[0].tag)
+    return encoded.index(struct.pack("<HH", after >> 16, after & 0xFFFF))
