@@ -133,35 +133,42 @@ def index_values(dataset: Dataset) -> dict[str, Any]:
             _raw_value(element, kind, vr, ascii_text) if type(element) is RawDataElement else None
         )
         if converted is None:
-            try:
-                value = dataset[tag].value
-            except Exception as exc:  # a corrupt value in one element
-                raise InvalidDatasetError(f"{column} cannot be decoded: {exc}") from None
-            if value is None or value == "":
-                continue
-            converted = _convert(value, kind)
+            converted = decoded_value(dataset, tag, column, kind)
         if converted is not None and converted != "":
             values[column] = converted
     for column, kind, path, nested_tag in _NESTED_PLAN:
-        try:
-            container: Dataset | None = dataset
-            for sequence_tag in path:
-                assert container is not None
-                sequence = container[sequence_tag].value if sequence_tag in container else None
-                container = sequence[0] if sequence else None
-                if container is None:
-                    break
-            if container is None or nested_tag not in container:
-                continue
-            value = container[nested_tag].value
-        except Exception as exc:  # a corrupt value in one element
-            raise InvalidDatasetError(f"{column} cannot be decoded: {exc}") from None
-        if value is None or value == "":
-            continue
-        converted = _convert(value, kind)
-        if converted is not None and converted != "":
-            values[column] = converted
+        container = first_items(dataset, path, column)
+        if container is not None and nested_tag in container:
+            converted = decoded_value(container, nested_tag, column, kind)
+            if converted is not None and converted != "":
+                values[column] = converted
     return values
+
+
+def decoded_value(container: Dataset, tag: int, column: str, kind: Kind) -> Any:
+    """The index value of ``container[tag]`` as pydicom decodes it (``None``
+    or ``""`` when it has none)."""
+    try:
+        value = container[tag].value
+    except Exception as exc:  # a corrupt value in one element
+        raise InvalidDatasetError(f"{column} cannot be decoded: {exc}") from None
+    if value is None or value == "":
+        return None
+    return _convert(value, kind)
+
+
+def first_items(dataset: Dataset, path: tuple[int, ...], column: str) -> Dataset | None:
+    """The first item of each sequence of ``path`` in turn, or ``None`` where one is missing."""
+    container = dataset
+    try:
+        for sequence_tag in path:
+            sequence = container[sequence_tag].value if sequence_tag in container else None
+            if not sequence:
+                return None
+            container = sequence[0]
+    except Exception as exc:  # a corrupt sequence
+        raise InvalidDatasetError(f"{column} cannot be decoded: {exc}") from None
+    return container
 
 
 def _ascii_charset(dataset: Dataset) -> bool:

@@ -202,25 +202,15 @@ def test_index_values_follows_sequence_paths() -> None:
 def _decoded_by_pydicom(dataset: Dataset) -> dict[str, object]:
     """``index_values`` as pydicom decodes each value (what the plain-value
     reading must agree with)."""
-    from pacs.core.attributes import _PLAN, _convert
+    from pacs.core.attributes import _PLAN, decoded_value, first_items
 
     values: dict[str, object] = {}
     for column, kind, path, tag in _PLAN:
-        container: Dataset | None = dataset
-        for sequence_tag in path:
-            assert container is not None
-            items = container[sequence_tag].value if sequence_tag in container else None
-            container = items[0] if items else None
-            if container is None:
-                break
-        if container is None or tag not in container:
-            continue
-        value = container[tag].value
-        if value is None or value == "":
-            continue
-        converted = _convert(value, kind)
-        if converted is not None and converted != "":
-            values[column] = converted
+        container = first_items(dataset, path, column)
+        if container is not None and tag in container:
+            converted = decoded_value(container, tag, column, kind)
+            if converted is not None and converted != "":
+                values[column] = converted
     return values
 
 
