@@ -22,10 +22,12 @@ from collections.abc import Iterable
 from typing import Any
 
 import orjson
-from pydicom.dataelem import DataElement
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.valuerep import PersonName
+from pydicom.values import convert_value
 
 BASE_PLACEHOLDER = "\u0000BASE\u0000"
 """Stands for the DICOMweb root URL inside precomputed metadata."""
@@ -78,13 +80,53 @@ def attributes(values: Iterable[tuple[int, str, Any]]) -> dict[str, Any]:
 
 def _dataset(dataset: Dataset, bulk_base: str, path: str) -> dict[str, Any]:
     model: dict[str, Any] = {}
-    for element in dataset:
-        tag = element.tag
-        if tag.group == 0x0002 or tag.element == 0x0000:
+    elements = dataset._dict
+    encodings: Any = _NOT_YET
+    for tag in sorted(elements):
+        if tag >> 16 == 0x0002 or tag & 0xFFFF == 0:
             continue  # file meta and group lengths are not part of the model
         key = f"{tag:08X}"
-        model[key] = _element(element, bulk_base, f"{path}{key}")
+        raw = elements[tag]
+        if type(raw) is RawDataElement:
+            # Not decoded yet (every element of a data set just parsed): decode
+            # the value with pydicom's own converter, without building and
+            # keeping a DataElement through the dataset's hooks, which costs
+            # twice the conversion. Whatever is not plain goes the usual way.
+            vr = _plain_vr(raw)
+            if vr is not None:
+                if encodings is _NOT_YET:
+                    encodings = dataset._character_set
+                try:
+                    value = convert_value(vr, raw, encodings)
+                except Exception:  # pydicom's hooks decide what a bad value becomes
+                    pass
+                else:
+                    model[key] = _value(vr, value, bulk_base, f"{path}{key}")
+                    continue
+        model[key] = _element(dataset[tag], bulk_base, f"{path}{key}")
     return model
+
+
+_NOT_YET = object()
+
+
+def _plain_vr(raw: RawDataElement) -> str | None:
+    """The VR to decode ``raw`` with directly, or ``None`` to leave it to
+    pydicom's hooks: a sequence, a value not read (deferred), an unknown or
+    ambiguous VR (implicit VR private tags, ``US or SS``, ``UN``)."""
+    if raw.value is None:
+        return None
+    vr = raw.VR
+    if vr is None:
+        if raw.tag & 0x10000:  # odd group: private, its VR depends on its creator
+            return None
+        try:
+            vr = dictionary_VR(raw.tag)
+        except KeyError:
+            return None
+    if vr in ("SQ", "UN") or " or " in vr:
+        return None
+    return str(vr)
 
 
 def _element(element: DataElement, bulk_base: str, path: str) -> dict[str, Any]:
@@ -97,14 +139,19 @@ def _element(element: DataElement, bulk_base: str, path: str) -> dict[str, Any]:
             for number, item in enumerate(element.value or (), start=1)
         ]
         return {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
+    return _value(vr, element.value, bulk_base, path)
+
+
+def _value(vr: str, value: Any, bulk_base: str, path: str) -> dict[str, Any]:
+    """An attribute that is not a sequence; binary values over ``INLINE_LIMIT``
+    as bulk data."""
     if vr in _BINARY_VRS:
-        value = element.value
         if value is None or value == b"":
             return {"vr": vr}
         if isinstance(value, bytes) and len(value) <= INLINE_LIMIT:
             return {"vr": vr, "InlineBinary": base64.b64encode(value).decode("ascii")}
         return {"vr": vr, "BulkDataURI": f"{bulk_base}/{path}"}
-    return _attribute(vr, element.value)
+    return _attribute(vr, value)
 
 
 def json_attribute(vr: str, value: Any) -> dict[str, Any]:
