@@ -512,3 +512,23 @@ def test_cache_under_concurrent_puts_stays_within_its_budget() -> None:
     cache.put("last", -1, 40)
     assert cache.get("last") == -1
     assert sum(size for _, size in cache._entries.values()) <= budget
+
+
+@pytest.mark.parametrize(
+    ("dtype", "shape"),
+    [(np.uint16, (1200, 1000)), (np.int16, (1200, 1000)), (np.uint8, (3, 700, 300))],
+)
+def test_a_large_frame_is_mapped_in_blocks_to_the_same_values(
+    dtype: type, shape: tuple[int, ...]
+) -> None:
+    """Frames over a few hundred thousand pixels go through the LUT in blocks
+    of rows (uneven at the end here); every pixel must map as one ``take`` would."""
+    info = np.iinfo(dtype)
+    rng = np.random.default_rng(7)
+    frame = rng.integers(info.min, info.max, size=shape, endpoint=True).astype(dtype)
+    lut = (np.arange(5000) % 256).astype(np.uint8)
+    offset = -1000 if info.min < 0 else 100
+    expected = lut[np.clip(frame.astype(np.int64) - offset, 0, len(lut) - 1)]
+    mapped = apply_lut(frame, lut, offset)
+    assert mapped.shape == frame.shape and mapped.dtype == np.uint8
+    np.testing.assert_array_equal(mapped, expected)
