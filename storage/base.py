@@ -86,6 +86,13 @@ class BlobStore(Protocol):
         ``None``: the caller then reads with ``get_range`` off its event loop."""
         ...
 
+    def map_range(self, key: str, offset: int, length: int) -> memoryview | None:
+        """Exactly ``length`` bytes from ``offset`` as a read-only view of the
+        blob where it already lies (a file mapped into memory: no copy, no
+        fresh memory), or ``None`` where the store cannot (the caller then
+        reads with ``get_range``). Worth it for large ranges only."""
+        ...
+
     def prefetch(self, keys: Iterable[str]) -> None:
         """Hint that these blobs are about to be read (a viewer that asked for a
         series' metadata asks for every frame next): a local store starts

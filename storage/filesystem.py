@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import mmap
 import os
 import shutil
 import threading
@@ -121,6 +122,36 @@ class FilesystemBlobStore:
                 return f.read(length)
         except FileNotFoundError:
             raise BlobNotFoundError(key) from None
+
+    def map_range(self, key: str, offset: int, length: int) -> memoryview | None:
+        """The range as a read-only mapping of the file's pages (populated at
+        once: one system call, where reading 15 MB into new memory costs a page
+        fault per page, 11-21 ms against ~1.2 ms here). A blob's file is never
+        written again once in place (another copy is another file), and a
+        mapping outlives the file's removal, so the view stays valid as long as
+        it is held."""
+        if offset < 0 or length <= 0:
+            return None
+        start = offset - offset % mmap.ALLOCATIONGRANULARITY
+        try:
+            fd = os.open(self._file(key), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise BlobNotFoundError(key) from None
+        try:
+            if os.fstat(fd).st_size < offset + length:
+                return None
+            mapped = mmap.mmap(
+                fd,
+                offset + length - start,
+                flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0),
+                prot=mmap.PROT_READ,
+                offset=start,
+            )
+        except (OSError, ValueError):
+            return None
+        finally:
+            os.close(fd)
+        return memoryview(mapped)[offset - start :]
 
     def get_range_now(self, key: str, offset: int, length: int) -> bytearray | None:
         """The range if every byte of it is in the page cache (``RWF_NOWAIT``,

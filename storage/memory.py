@@ -33,6 +33,12 @@ class MemoryBlobStore:
     def get_range_now(self, key: str, offset: int, length: int) -> bytes:
         return self.get_range(key, offset, length)
 
+    def map_range(self, key: str, offset: int, length: int) -> memoryview | None:
+        data = self.get(key)
+        if offset < 0 or length < 0 or offset + length > len(data):
+            return None
+        return memoryview(data)[offset : offset + length]
+
     def prefetch(self, keys: Iterable[str]) -> None:
         pass  # in memory already
 

@@ -183,6 +183,9 @@ class S3BlobStore:
     def get_range_now(self, key: str, offset: int, length: int) -> None:
         return None  # a round trip to the store, always
 
+    def map_range(self, key: str, offset: int, length: int) -> None:
+        return None  # nothing local to map
+
     def prefetch(self, keys: Iterable[str]) -> None:
         pass  # nothing local to warm
 

@@ -129,6 +129,12 @@ class SpooledBlobStore:
         except BlobNotFoundError:
             return None  # uploaded: only the remote store has it
 
+    def map_range(self, key: str, offset: int, length: int) -> memoryview | None:
+        try:
+            return self.spool.map_range(key, offset, length)
+        except BlobNotFoundError:
+            return None  # uploaded: only the remote store has it
+
     def prefetch(self, keys: Iterable[str]) -> None:
         self.spool.prefetch(keys)  # those not uploaded yet; the others are remote
 

@@ -1086,7 +1086,7 @@ class Archive:
         if not native:
             decoded = self._grey_codestream_frames(stored, row, [frame + 1], fmt)
             return None if decoded is None else (header, decoded[0])
-        data = self._read_range(stored, offset + frame * frame_size, frame_size)
+        data = self._read_large_range(stored, offset + frame * frame_size, frame_size)
         if len(data) != frame_size:
             return None  # a short Pixel Data value: let pydicom say what is wrong
         return header, grey_frame(data, (int(row["rows"]), int(row["columns"])), fmt)
@@ -1233,6 +1233,20 @@ class Archive:
         except BlobStoreError as exc:
             raise StorageError(f"cannot read {stored.sop_instance_uid}: {exc}") from exc
 
+    def _read_large_range(
+        self, stored: StoredInstance, offset: int, length: int
+    ) -> bytes | memoryview:
+        """``_read_range``, mapped instead where the store can and the range is
+        large (a radiograph's frame: new memory for it is a page fault per page)."""
+        if length >= _MAPPED_READ:
+            try:
+                mapped = self.blobs.map_range(stored.blob_key, offset, length)
+            except BlobStoreError:
+                mapped = None  # the read says what is wrong
+            if mapped is not None:
+                return mapped
+        return self._read_range(stored, offset, length)
+
     def _read_range(self, stored: StoredInstance, offset: int, length: int) -> bytes:
         try:
             return self.blobs.get_range(stored.blob_key, offset, length)
@@ -1302,6 +1316,8 @@ _PREFETCH_BYTES = 512 << 20
 # that blocked for over 5 ms (a disk seek) sends the next ones to threads for 10 s.
 _AT_ONCE_BUDGET = 0.005
 _AT_ONCE_PAUSE = 10.0
+# Ranges from this size up are mapped, not read (``Archive._read_large_range``).
+_MAPPED_READ = 2 << 20
 # Instance rows kept for answers on the event loop: a few studies' worth.
 _ROWS_NOW_KEPT = 4096
 # Frames read on the event loop, at most: a page-cache copy of 8 MB is ~1 ms.

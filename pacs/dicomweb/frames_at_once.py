@@ -31,9 +31,7 @@ from pacs.dicomweb.media import frame_numbers, parse_accept
 from pacs.errors import PacsError
 
 # The frames route of ``routes.dicomweb_routes``, under its mount.
-_FRAMES = re.compile(
-    r"/dicom-web/studies/([^/]+)/series/([^/]+)/instances/([^/]+)/frames/([^/]+)"
-)
+_FRAMES = re.compile(r"/dicom-web/studies/([^/]+)/series/([^/]+)/instances/([^/]+)/frames/([^/]+)")
 
 
 class FramesAtOnce:

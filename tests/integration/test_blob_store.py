@@ -90,6 +90,22 @@ def test_put_of_more_pieces_than_one_writev_takes(store: BlobStore) -> None:
     assert store.get("many/pieces") == b"".join(pieces)
 
 
+def test_map_range_is_the_bytes_or_none(store: BlobStore) -> None:
+    data = bytes(range(256)) * 40_000  # 10 MB: several pages, an offset inside one
+    store.put("mapped/blob", [data])
+    for offset, length in ((0, 100), (70_001, 5_000_000), (len(data) - 10, 10)):
+        view = store.map_range("mapped/blob", offset, length)
+        assert view is None or bytes(view) == data[offset : offset + length]
+    assert store.map_range("mapped/blob", len(data) - 10, 11) is None  # past the end
+    if isinstance(store, FilesystemBlobStore):
+        view = store.map_range("mapped/blob", 70_001, 5_000_000)
+        assert view is not None and view.readonly
+        store.delete("mapped/blob")
+        assert bytes(view[:3]) == data[70_001:70_004]  # a mapping outlives the file
+        with pytest.raises(BlobNotFoundError):
+            store.map_range("mapped/blob", 0, 1)
+
+
 def test_put_from_a_generator(store: BlobStore) -> None:
     chunks = (bytes([i]) * 1000 for i in range(10))
     assert store.put("gen/blob", chunks) == 10_000

@@ -553,6 +553,44 @@ def test_asking_for_the_metadata_reads_the_frames_ahead(file_archive: Archive) -
     assert file_archive.frames_now(keys, [1], _as(ExplicitVRLittleEndian)) is not None
 
 
+@pytest.mark.parametrize("signed", [False, True])
+def test_a_large_uncompressed_grey_frame_is_rendered_from_its_mapped_pages(
+    file_archive: Archive, signed: bool
+) -> None:
+    """A radiograph-sized native frame is mapped from the file, not read into
+    new memory: the picture is the one pydicom's decoding gives."""
+    from pacs.core.archive import _MAPPED_READ
+
+    ds = make_ct("mapped", 1, 1)
+    ds.Rows, ds.Columns = 1400, 1100  # 3 MB at 16 bits: over _MAPPED_READ
+    ds.BitsStored, ds.HighBit = 12, 11
+    ds.PixelRepresentation = int(signed)
+    rng = np.random.default_rng(3)
+    low, high = (-2048, 2047) if signed else (0, 4095)
+    pixels = rng.integers(low, high, size=(1400, 1100), endpoint=True)
+    ds.PixelData = pixels.astype("<i2" if signed else "<u2").tobytes()
+    assert len(ds.PixelData) >= _MAPPED_READ
+    file_archive.ingest_dataset(ds, CALLER)
+    assert file_archive.wait_for_metadata(30)
+    keys = {
+        "StudyInstanceUID": ds.StudyInstanceUID,
+        "SeriesInstanceUID": ds.SeriesInstanceUID,
+        "SOPInstanceUID": ds.SOPInstanceUID,
+    }
+    rendered = file_archive.rendered(keys, 0, RenderRequest(media_type="image/png"))
+    stored = file_archive.instance(ds.SOPInstanceUID)
+    header, decoded = decode_frame(file_archive.read_instance(ds.SOPInstanceUID), 0)
+    assert rendered.data == picture(header, decoded, "image/png")
+    kept = file_archive._decoded.get((stored.sop_instance_uid, stored.content_hash, 0))
+    assert kept is not None and not isinstance(kept[0], pydicom.Dataset)  # the in-place path
+    assert np.array_equal(kept[1], decoded)
+    if not signed:  # unsigned values are the file's bytes themselves: a view of the mapping
+        base = kept[1]
+        while isinstance(base, np.ndarray):
+            base = base.base
+        assert isinstance(base, memoryview) and isinstance(base.obj, mmap.mmap)
+
+
 _GREY_SYNTAXES = [
     uid.JPEGLossless,
     uid.JPEGLosslessSV1,
