@@ -133,32 +133,21 @@ def index_values(dataset: Dataset) -> dict[str, Any]:
             _raw_value(element, kind, vr, ascii_text) if type(element) is RawDataElement else None
         )
         if converted is None:
-            converted = decoded_value(dataset, tag, column, kind)
+            converted = decoded_value(dataset, (), tag, column, kind)
         if converted is not None and converted != "":
             values[column] = converted
     for column, kind, path, nested_tag in _NESTED_PLAN:
-        container = first_items(dataset, path, column)
-        if container is not None and nested_tag in container:
-            converted = decoded_value(container, nested_tag, column, kind)
-            if converted is not None and converted != "":
-                values[column] = converted
+        converted = decoded_value(dataset, path, nested_tag, column, kind)
+        if converted is not None and converted != "":
+            values[column] = converted
     return values
 
 
-def decoded_value(container: Dataset, tag: int, column: str, kind: Kind) -> Any:
-    """The index value of ``container[tag]`` as pydicom decodes it (``None``
-    or ``""`` when it has none)."""
-    try:
-        value = container[tag].value
-    except Exception as exc:  # a corrupt value in one element
-        raise InvalidDatasetError(f"{column} cannot be decoded: {exc}") from None
-    if value is None or value == "":
-        return None
-    return _convert(value, kind)
-
-
-def first_items(dataset: Dataset, path: tuple[int, ...], column: str) -> Dataset | None:
-    """The first item of each sequence of ``path`` in turn, or ``None`` where one is missing."""
+def decoded_value(
+    dataset: Dataset, path: tuple[int, ...], tag: int, column: str, kind: Kind
+) -> Any:
+    """The index value of ``tag`` in the first item of each sequence of
+    ``path`` in turn, as pydicom decodes it (``None`` or ``""`` when it has none)."""
     container = dataset
     try:
         for sequence_tag in path:
@@ -166,9 +155,14 @@ def first_items(dataset: Dataset, path: tuple[int, ...], column: str) -> Dataset
             if not sequence:
                 return None
             container = sequence[0]
-    except Exception as exc:  # a corrupt sequence
+        if tag not in container:
+            return None
+        value = container[tag].value
+    except Exception as exc:  # a corrupt value or sequence
         raise InvalidDatasetError(f"{column} cannot be decoded: {exc}") from None
-    return container
+    if value is None or value == "":
+        return None
+    return _convert(value, kind)
 
 
 def _ascii_charset(dataset: Dataset) -> bool:

@@ -81,7 +81,7 @@ def attributes(values: Iterable[tuple[int, str, Any]]) -> dict[str, Any]:
 def _dataset(dataset: Dataset, bulk_base: str, path: str) -> dict[str, Any]:
     model: dict[str, Any] = {}
     elements = dataset._dict
-    encodings: Any = _NOT_YET
+    encodings = dataset._character_set
     for tag in sorted(elements):
         if tag >> 16 == 0x0002 or tag & 0xFFFF == 0:
             continue  # file meta and group lengths are not part of the model
@@ -94,8 +94,6 @@ def _dataset(dataset: Dataset, bulk_base: str, path: str) -> dict[str, Any]:
             # twice the conversion. Whatever is not plain goes the usual way.
             vr = _plain_vr(raw)
             if vr is not None:
-                if encodings is _NOT_YET:
-                    encodings = dataset._character_set
                 try:
                     value = convert_value(vr, raw, encodings)
                 except Exception:  # pydicom's hooks decide what a bad value becomes
@@ -105,9 +103,6 @@ def _dataset(dataset: Dataset, bulk_base: str, path: str) -> dict[str, Any]:
                     continue
         model[key] = _element(dataset[tag], bulk_base, f"{path}{key}")
     return model
-
-
-_NOT_YET = object()
 
 
 def _plain_vr(raw: RawDataElement) -> str | None:

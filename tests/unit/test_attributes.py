@@ -202,15 +202,12 @@ def test_index_values_follows_sequence_paths() -> None:
 def _decoded_by_pydicom(dataset: Dataset) -> dict[str, object]:
     """``index_values`` as pydicom decodes each value (what the plain-value
     reading must agree with)."""
-    from pacs.core.attributes import _PLAN, decoded_value, first_items
+    from pacs.core.attributes import _PLAN, decoded_value
 
-    values: dict[str, object] = {}
-    for column, kind, path, tag in _PLAN:
-        container = first_items(dataset, path, column)
-        if container is not None and tag in container:
-            converted = decoded_value(container, tag, column, kind)
-            if converted is not None and converted != "":
-                values[column] = converted
+    decoded = {
+        column: decoded_value(dataset, path, tag, column, kind) for column, kind, path, tag in _PLAN
+    }
+    values: dict[str, object] = {k: v for k, v in decoded.items() if v is not None and v != ""}
     return values
 
 
