@@ -132,8 +132,14 @@ def configure_logging(settings: Settings) -> None:
         format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s",
     )
     # pynetdicom logs every PDU at INFO; keep its chatter for debugging.
-    if settings.log_level != "debug":
+    debug = settings.log_level == "debug"
+    if not debug:
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    # Its standard handlers make those INFO and DEBUG lines on every PDU and
+    # DIMSE message even when nothing shows them (the one for a C-STORE
+    # request copies the whole data set to see whether there is one): not
+    # bound at all unless debugging. Set before any association is made.
+    pynetdicom_config.LOG_HANDLER_LEVEL = "standard" if debug else "none"
 
 
 def is_loopback(host: str) -> bool:

@@ -29,8 +29,9 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from pynetdicom import AE
+from pynetdicom import AE, evt
 from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.presentation import PresentationContext
@@ -248,6 +249,62 @@ class PromptDIMSEServiceProvider(GuardedDIMSEServiceProvider):
             # release/abort); a blocking wait is for a real message only.
             if item is not _NUDGE or not block:
                 return item
+
+    def send_msg(self, primitive: Any, context_id: int) -> None:
+        """pynetdicom's, but a C-STORE response is written straight to bytes.
+
+        pynetdicom builds a pydicom data set for every response, encodes it
+        twice (once for the group length) and hands the DUL a primitive to
+        encode again: about a fifth of the CPU of a C-STORE on four
+        associations, for a hundred bytes. The bytes are the same
+        (``c_store_rsp_command``); a response it does not write, or an
+        association with handlers watching sent messages, takes the usual way.
+        """
+        if isinstance(primitive, C_STORE) and primitive.MessageIDBeingRespondedTo is not None:
+            command = c_store_rsp_command(primitive)
+            limit = self.maximum_pdu_size
+            if (
+                command is not None
+                and (not limit or len(command) + 6 <= limit)
+                and not self.assoc.get_handlers(evt.EVT_DIMSE_SENT)
+                and send_encoded_pdus(self.assoc, p_data_tf(context_id, [b"\x03" + command]))
+            ):
+                return
+        super().send_msg(primitive, context_id)
+
+
+def c_store_rsp_command(primitive: C_STORE) -> bytes | None:
+    """The command set of a C-STORE response (PS3.7 9.3.1.2) in Implicit VR
+    Little Endian, as pynetdicom encodes it: the elements it holds in tag
+    order, UIDs padded with NUL and text with a space to an even length. ``None``
+    for what is left to pynetdicom: an Offending Element, a comment that is not
+    plain ASCII."""
+    if primitive.OffendingElement is not None or primitive.Status is None:
+        return None
+    comment = primitive.ErrorComment
+    if comment is not None and (not isinstance(comment, str) or not comment.isascii()):
+        return None
+    elements = []
+
+    def element(number: int, value: bytes) -> None:
+        elements.append(struct.pack("<HHL", 0x0000, number, len(value)) + value)
+
+    def padded(text: str, pad: bytes) -> bytes:
+        raw = text.encode("ascii")
+        return raw + pad if len(raw) % 2 else raw
+
+    if primitive.AffectedSOPClassUID is not None:
+        element(0x0002, padded(str(primitive.AffectedSOPClassUID), b"\0"))
+    element(0x0100, struct.pack("<H", 0x8001))  # Command Field: C-STORE-RSP
+    element(0x0120, struct.pack("<H", primitive.MessageIDBeingRespondedTo))
+    element(0x0800, struct.pack("<H", 0x0101))  # Command Data Set Type: none
+    element(0x0900, struct.pack("<H", primitive.Status))
+    if comment is not None:
+        element(0x0902, padded(comment, b" "))
+    if primitive.AffectedSOPInstanceUID is not None:
+        element(0x1000, padded(str(primitive.AffectedSOPInstanceUID), b"\0"))
+    body = b"".join(elements)
+    return struct.pack("<HHLL", 0x0000, 0x0000, 4, len(body)) + body
 
 
 class EncodedPDUs(bytes):
