@@ -21,6 +21,7 @@ from pydicom.pixels.processing import apply_color_lut
 from pacs.errors import NotFoundError
 from pacs.pixels.codecs import load_imagecodecs
 from pacs.pixels.frames import frame_array, parse
+from pacs.pixels.jpeg import encode_in_strips
 from pacs.pixels.pipeline import Window, apply_lut, grey_lut
 
 FORMATS = {"image/jpeg": "JPEG", "image/png": "PNG", "image/gif": "GIF"}
@@ -114,16 +115,19 @@ def encode_picture(display: np.ndarray, media_type: str, quality: int = 90) -> b
     """8-bit grey or RGB as JPEG, PNG or GIF.
 
     JPEG and PNG go straight from the array to libjpeg-turbo and libpng
-    (imagecodecs). PNG uses zlib level 1 with run-length matching on rows
-    filtered by "up": a 2500x3000 CR in ~22 ms and ~470 KB, where Pillow's
-    level 1 took ~200 ms for ~600 KB (``benchmarks/imaging.py``); a viewer
-    waits on the encoder more than on the link.
+    (imagecodecs), a large JPEG in strips on several cores
+    (``pacs.pixels.jpeg``). PNG uses zlib level 1 with run-length matching on
+    rows filtered by "up": a 2500x3000 CR in ~22 ms and ~470 KB, where
+    Pillow's level 1 took ~200 ms for ~600 KB (``benchmarks/imaging.py``); a
+    viewer waits on the encoder more than on the link.
     """
     codecs = load_imagecodecs()
     kind = FORMATS[media_type]
     display = np.ascontiguousarray(display)  # a view of RGBA's first three samples is not
     if codecs is not None and kind == "JPEG":
-        return bytes(codecs.jpeg8_encode(display, level=quality))
+        return encode_in_strips(
+            display, lambda part: bytes(codecs.jpeg8_encode(part, level=quality))
+        )
     if codecs is not None and kind == "PNG":
         return bytes(codecs.png_encode(display, level=1, strategy=3, filter=32))
     out = BytesIO()

@@ -26,6 +26,8 @@ from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
 
 from pacs.core.rendering import SizeBoundedCache
 from pacs.errors import CorruptDataError, NotFoundError, UnsupportedTransferSyntaxError
+from pacs.pixels.codecs import load_imagecodecs
+from pacs.pixels.jpeg import encode_in_strips, join_strips
 from pacs.pixels.pipeline import (
     LINEAR,
     LINEAR_EXACT,
@@ -532,3 +534,66 @@ def test_a_large_frame_is_mapped_in_blocks_to_the_same_values(
     mapped = apply_lut(frame, lut, offset)
     assert mapped.shape == frame.shape and mapped.dtype == np.uint8
     np.testing.assert_array_equal(mapped, expected)
+
+
+def _jpeg_one_piece(display: np.ndarray) -> bytes:
+    codecs = load_imagecodecs()
+    assert codecs is not None
+    return bytes(codecs.jpeg8_encode(display, level=90))
+
+
+def _decoded_by_pillow(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(BytesIO(data)))
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        (1024, 1024),  # two strips of whole MCU rows
+        (1013, 777),  # rows and columns not multiples of an MCU: a short last strip
+        (600, 9000),  # wide: a restart interval of 42,750 MCUs
+        (700, 517, 3),  # colour, 4:2:0 MCUs of 16x16
+    ],
+)
+def test_a_jpeg_in_strips_decodes_to_the_one_piece_pixels(shape: tuple[int, ...]) -> None:
+    rng = np.random.default_rng(7)
+    rows = np.linspace(0, 200, shape[0])[:, None]
+    smooth = rows + np.linspace(0, 50, shape[1])[None, :]
+    if len(shape) == 3:
+        smooth = np.stack([smooth, smooth[::-1], 255 - smooth], axis=-1)
+    display = np.clip(smooth + rng.normal(0, 8, shape), 0, 255).astype(np.uint8)
+    one_piece = _jpeg_one_piece(display)
+    in_strips = encode_in_strips(display, _jpeg_one_piece, cores=2)
+    # Really joined: a restart interval and restart markers between strips.
+    assert b"\xff\xdd\x00\x04" in in_strips and b"\xff\xd0" in in_strips
+    assert np.array_equal(_decoded_by_pillow(in_strips), _decoded_by_pillow(one_piece))
+    codecs = load_imagecodecs()
+    assert np.array_equal(codecs.jpeg8_decode(in_strips), codecs.jpeg8_decode(one_piece))
+
+
+def test_a_small_picture_or_one_core_is_encoded_in_one_piece() -> None:
+    display = np.full((512, 512), 90, dtype=np.uint8)
+    assert encode_in_strips(display, _jpeg_one_piece, cores=2) == _jpeg_one_piece(display)
+    large = np.full((2048, 2048), 90, dtype=np.uint8)
+    assert encode_in_strips(large, _jpeg_one_piece, cores=1) == _jpeg_one_piece(large)
+
+
+def test_strips_that_cannot_be_joined_fall_back_to_one_piece() -> None:
+    display = np.tile(np.arange(256, dtype=np.uint8), (1024, 4))
+
+    def progressive(part: np.ndarray) -> bytes:
+        out = BytesIO()
+        Image.fromarray(part).save(out, format="JPEG", quality=90, progressive=True)
+        return out.getvalue()
+
+    result = encode_in_strips(display, progressive, cores=2)
+    assert result == progressive(display)
+
+    # Strips with tables of their own (optimised Huffman codes) are not joined either.
+    def optimised(part: np.ndarray) -> bytes:
+        out = BytesIO()
+        Image.fromarray(part).save(out, format="JPEG", quality=90, optimize=True)
+        return out.getvalue()
+
+    pieces = [optimised(display[:512]), optimised(display[512:] // 3)]
+    assert join_strips(pieces, 1024, 512) is None
