@@ -1,16 +1,20 @@
-"""The C-STORE response written without pynetdicom's encoder gives its bytes."""
+"""What pacs reads and writes around pynetdicom's codecs is what they give:
+the C-STORE response bytes, the values of a P-DATA-TF PDU."""
 
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import pytest
 from pydicom.tag import Tag
 from pynetdicom.dimse_messages import C_STORE_RSP
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
+from pynetdicom.pdu import P_DATA_TF
+from pynetdicom.pdu_primitives import P_DATA
 
-from pacs.dimse.transport import c_store_rsp_command
+from pacs.dimse.transport import _viewed_pdv_items, c_store_rsp_command
 
 
 def _response(
@@ -58,3 +62,37 @@ def test_what_it_does_not_write_is_left_to_pynetdicom() -> None:
     assert c_store_rsp_command(offending) is None
     accented = _response("1.2.3", "1.2.3.4", 0xC000, "données illisibles", 1)
     assert c_store_rsp_command(accented) is None
+
+
+def _p_data_tf(values: list[tuple[int, bytes]]) -> bytearray:
+    primitive = P_DATA()
+    primitive.presentation_data_value_list = [[context, value] for context, value in values]
+    pdu = P_DATA_TF()
+    pdu.from_primitive(primitive)
+    return bytearray(pdu.encode())
+
+
+def test_p_data_tf_items_are_viewed_as_pynetdicom_decodes_them() -> None:
+    values = [(1, b"\x03" + b"command" * 9), (3, b"\x00" + bytes(range(256)) * 700), (5, b"\x02")]
+    encoded = _p_data_tf(values)
+    reference = P_DATA_TF()
+    reference.decode(bytes(encoded))
+    items = _viewed_pdv_items(encoded)
+    assert items is not None
+    assert [(i.presentation_context_id, bytes(i.presentation_data_value)) for i in items] == [
+        (i.presentation_context_id, i.presentation_data_value)
+        for i in reference.presentation_data_value_items
+    ]
+    assert all(isinstance(item.presentation_data_value, memoryview) for item in items)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda pdu: pdu[:-1],  # shorter than its PDU length says
+        lambda pdu: pdu[:6] + b"\x00\x00\x00\x01" + pdu[10:],  # an item with no control header
+        lambda pdu: pdu[:6] + b"\x00\x10\x00\x00" + pdu[10:],  # an item past the PDU's end
+    ],
+)
+def test_p_data_tf_whose_lengths_do_not_add_up_is_left_to_pynetdicom(damage: Any) -> None:
+    assert _viewed_pdv_items(bytearray(damage(_p_data_tf([(1, b"\x03abcd")])))) is None
