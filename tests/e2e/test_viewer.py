@@ -22,6 +22,7 @@ import httpx
 import numpy as np
 import pytest
 
+from pacs.pixels.codecs import load_imagecodecs
 from tests.conftest import ServerProcess, start_server, stop_server
 from tests.e2e.viewer_corpus import (
     CORONAL_ROWS,
@@ -373,18 +374,39 @@ def test_frames_come_as_htj2k_and_decode_to_the_stored_values(viewer: Viewer) ->
         ".map(i => i.instance['00080018'].Value[0])"
     )
     assert len(order) == len(shown) == CT_SLICES
-    for sop, values in zip(order, shown, strict=True):
-        url = (
-            f"{root}/studies/{viewer.corpus.ct_study}/series/{viewer.corpus.ct_series}"
-            f"/instances/{sop}/frames/1"
-        )
+    series_url = f"{root}/studies/{viewer.corpus.ct_study}/series/{viewer.corpus.ct_series}"
+
+    def frame_part(sop: str, media: str) -> bytes:
         raw = httpx.get(
-            url, headers={"Accept": 'multipart/related; type="application/octet-stream"'}
+            f"{series_url}/instances/{sop}/frames/1",
+            headers={"Accept": f'multipart/related; type="{media}"'},
         )
-        part = raw.content.split(b"\r\n\r\n", 1)[1].rsplit(b"\r\n--", 1)[0]
+        return raw.content.split(b"\r\n\r\n", 1)[1].rsplit(b"\r\n--", 1)[0]
+
+    stored = {}
+    for sop in order:
         signed = by_sop[sop]["00280103"]["Value"][0] == 1
-        stored = np.frombuffer(part, dtype="<i2" if signed else "<u2")
-        assert np.array_equal(np.asarray(values), stored), sop
+        dtype = "<i2" if signed else "<u2"
+        stored[sop] = np.frombuffer(frame_part(sop, "application/octet-stream"), dtype=dtype)
+    wrong = [
+        sop
+        for sop, values in zip(order, shown, strict=True)
+        if not np.array_equal(np.asarray(values), stored[sop])
+    ]
+    if wrong:
+        # Which slice the viewer showed instead, and whether the server's HTJ2K
+        # of it is right: a wrong slice, a wrong codestream or a wrong decode.
+        codecs = load_imagecodecs()
+        found = []
+        for sop in wrong:
+            values = np.asarray(shown[order.index(sop)])
+            instead = [other for other, frame in stored.items() if np.array_equal(values, frame)]
+            served = codecs.htj2k_decode(frame_part(sop, "image/jphc")).ravel()
+            found.append(
+                f"{sop}: shows {instead or 'no stored slice'};"
+                f" the server's HTJ2K decodes to it: {np.array_equal(served, stored[sop])}"
+            )
+        raise AssertionError(f"{len(wrong)} slices differ: " + "; ".join(found))
     viewer.open_study(viewer.corpus.samples_study)
     viewer.show_series(0, "RT dose, 15 frames, 32-bit")
     viewer.wait_for_image(0)
