@@ -20,6 +20,7 @@ import functools
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -64,69 +65,63 @@ def encode_in_strips(
 def join_strips(pieces: list[bytes], rows: int, strip_rows: int) -> bytes | None:
     """One JPEG of ``rows`` rows from strips of ``strip_rows`` rows each (the
     last may be shorter), or ``None`` when they cannot be joined as they are."""
-    parsed = [_split(piece) for piece in pieces]
-    if any(part is None for part in parsed):
+    strips = []
+    for piece in pieces:
+        strip = _split(piece)
+        if strip is None:
+            return None
+        strips.append(strip)
+    first = strips[0]
+    # Alike but for their height (frame header bytes 5-6): the same tables, scan header.
+    if any(
+        s.tables != first.tables
+        or s.sos != first.sos
+        or s.frame[:5] + s.frame[7:] != first.frame[:5] + first.frame[7:]
+        for s in strips[1:]
+    ):
         return None
-    heads = [part[0] for part in parsed if part is not None]
-    scans = [part[1] for part in parsed if part is not None]
-    sos = [part[2] for part in parsed if part is not None]
-    head = heads[0]
-    if any(h.tables != head.tables or h.frame_tail != head.frame_tail for h in heads[1:]):
-        return None
-    if any(s != sos[0] for s in sos[1:]):
-        return None
-    mcu_rows, mcu_columns = head.mcu
+    mcu_rows, mcu_columns = first.mcu
     if strip_rows % mcu_rows:
         return None
-    interval = (strip_rows // mcu_rows) * -(-head.columns // mcu_columns)
+    interval = (strip_rows // mcu_rows) * -(-first.columns // mcu_columns)
     if interval > _MAX_INTERVAL:
         return None
-    out = bytearray(head.before_frame)
-    out += bytes((0xFF, head.frame_marker)) + head.frame_length
-    out += head.frame_precision + rows.to_bytes(2, "big") + head.frame_tail
-    out += head.between
+    out = bytearray(first.before_frame)
+    out += first.frame[:5] + rows.to_bytes(2, "big") + first.frame[7:]
+    out += first.between
     out += bytes((0xFF, _DRI, 0, 4)) + interval.to_bytes(2, "big")
-    out += sos[0]
-    for number, scan in enumerate(scans):
+    out += first.sos
+    for number, strip in enumerate(strips):
         if number:
             out += bytes((0xFF, 0xD0 + (number - 1) % 8))
-        out += scan
+        out += strip.scan
     out += bytes((0xFF, _EOI))
     return bytes(out)
 
 
-class _Head:
-    """The segments of a strip before its scan, split around the frame header."""
+@dataclass(slots=True)
+class _Strip:
+    """A one-scan baseline JPEG cut into the pieces joining needs."""
 
-    __slots__ = (
-        "before_frame",
-        "between",
-        "columns",
-        "frame_length",
-        "frame_marker",
-        "frame_precision",
-        "frame_tail",
-        "mcu",
-        "tables",
-    )
-
-    def __init__(self) -> None:
-        self.before_frame = b""
-        self.between = b""
-        self.frame_marker = 0
-        self.frame_length = b""
-        self.frame_precision = b""
-        self.frame_tail = b""
-        self.columns = 0
-        self.mcu = (8, 8)
-        self.tables: list[bytes] = []
+    before_frame: bytes
+    frame: bytes
+    """The frame header segment (SOF0/SOF1), marker included."""
+    between: bytes
+    """The segments between the frame header and the scan header."""
+    sos: bytes
+    scan: bytes
+    """The entropy-coded data."""
+    tables: list[bytes]
+    columns: int
+    mcu: tuple[int, int]
+    """(rows, columns) of pixels in one MCU."""
 
 
-def _split(stream: bytes) -> tuple[_Head, bytes, bytes] | None:
-    """(head, entropy-coded data, SOS segment) of a one-scan baseline JPEG, or ``None``."""
+def _split(stream: bytes) -> _Strip | None:
+    """``stream`` as a ``_Strip``, or ``None`` when it is not a one-scan baseline JPEG."""
     if stream[:2] != b"\xff\xd8" or stream[-2:] != b"\xff\xd9":
         return None
-    head = _Head()
+    tables: list[bytes] = []
     position, frame_at, frame_end = 2, -1, -1
     while position + 4 <= len(stream):
         if stream[position] != 0xFF:
@@ -135,31 +130,30 @@ def _split(stream: bytes) -> tuple[_Head, bytes, bytes] | None:
         length = int.from_bytes(stream[position + 2 : position + 4], "big")
         end = position + 2 + length
         if marker == _SOS:
-            if frame_at < 0:
-                return None
-            head.before_frame = stream[:frame_at]
-            head.between = stream[frame_end:position]
             scan = stream[end:-2]
             # A marker inside the scan (RSTn, a second scan) is not ours to join.
-            if _has_marker(scan):
+            if frame_at < 0 or _has_marker(scan):
                 return None
-            return head, scan, stream[position:end]
-        if marker in (_SOF_BASELINE, _SOF_EXTENDED):
-            segment = stream[position + 4 : end]
-            head.frame_marker = marker
-            head.frame_length = stream[position + 2 : position + 4]
-            head.frame_precision = segment[:1]
-            head.frame_tail = segment[3:]
-            head.columns = int.from_bytes(segment[3:5], "big")
-            count = segment[5]
-            sampling = [segment[6 + 3 * k + 1] for k in range(count)]
+            frame = stream[frame_at:frame_end]
+            count = frame[9]
+            sampling = [frame[10 + 3 * k + 1] for k in range(count)]
             horizontal = max(s >> 4 for s in sampling)
             vertical = max(s & 15 for s in sampling)
-            # One component is one 8x8 block per MCU (T.81 A.2.2).
-            head.mcu = (8, 8) if count == 1 else (8 * vertical, 8 * horizontal)
+            return _Strip(
+                before_frame=stream[:frame_at],
+                frame=frame,
+                between=stream[frame_end:position],
+                sos=stream[position:end],
+                scan=scan,
+                tables=tables,
+                columns=int.from_bytes(frame[7:9], "big"),
+                # One component is one 8x8 block per MCU (T.81 A.2.2).
+                mcu=(8, 8) if count == 1 else (8 * vertical, 8 * horizontal),
+            )
+        if marker in (_SOF_BASELINE, _SOF_EXTENDED):
             frame_at, frame_end = position, end
         elif marker in _TABLES:
-            head.tables.append(stream[position:end])
+            tables.append(stream[position:end])
         elif marker == _DRI or (0xC2 <= marker <= 0xCF and marker not in (0xC4, 0xC8)):
             return None  # restarts of its own, progressive, lossless or arithmetic
         position = end
