@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import enum
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +44,20 @@ class StoreResult:
     sop_class_uid: str
     transfer_syntax_uid: str
     size: int
+
+
+@dataclass(frozen=True, slots=True)
+class Frames:
+    """Frames of one instance as a client is sent them (``Archive.frames``)."""
+
+    syntax: str
+    """Their transfer syntax: Explicit VR Little Endian for uncompressed ones."""
+    data: Sequence[Any]
+    """Each frame's bytes (bytes, bytearray or memoryview), in the order asked."""
+    decoded_crc32: Sequence[int | None] = ()
+    """Per frame, for a frame the archive converted losslessly to JPEG 2000 or
+    HTJ2K: the CRC-32 of the samples it decodes to (``codecs.decoded_crc32``),
+    for the client to check its decoder against; ``None`` (or empty) otherwise."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -63,7 +63,13 @@ from pacs.pixels import (
     refusal,
     transcode,
 )
-from pacs.pixels.codecs import FrameFormat, can_decode, decode_codestream, encode_frame
+from pacs.pixels.codecs import (
+    FrameFormat,
+    can_decode,
+    decode_codestream,
+    decoded_crc32,
+    encode_frame,
+)
 from pacs.pixels.frames import FrameSpan, frame_spans, grey_frame, span_bytes, span_length
 from pacs.pixels.render import (
     JsonHeader,
@@ -72,7 +78,15 @@ from pacs.pixels.render import (
     display_array,
     encode_picture,
 )
-from pacs.types import ArchiveStatistics, Caller, Deletion, Scope, StoreOutcome, StoreResult
+from pacs.types import (
+    ArchiveStatistics,
+    Caller,
+    Deletion,
+    Frames,
+    Scope,
+    StoreOutcome,
+    StoreResult,
+)
 from storage import (
     BlobNotFoundError,
     BlobStore,
@@ -143,8 +157,9 @@ class Archive:
         )
         self._pictures: SizeBoundedCache[Picture] = SizeBoundedCache(64 << 20)
         # Frames converted for a client (HTJ2K for the viewer), by content hash,
-        # frame and syntax: a 300-slice CT in HTJ2K is ~55 MB, so two studies.
-        self._converted: SizeBoundedCache[bytes] = SizeBoundedCache(128 << 20)
+        # frame and syntax, with their decoded CRC-32 (``Frames``): a 300-slice
+        # CT in HTJ2K is ~55 MB, so two studies.
+        self._converted: SizeBoundedCache[tuple[bytes, int | None]] = SizeBoundedCache(128 << 20)
         # Where each frame of an encapsulated Pixel Data lies, by content hash:
         # a few bytes a frame, so a whole archive's multi-frame instances.
         self._frame_spans: SizeBoundedCache[list[FrameSpan]] = SizeBoundedCache(64 << 20)
@@ -740,7 +755,7 @@ class Archive:
         keys: Mapping[str, str],
         numbers: Sequence[int],
         choose: Callable[[str], Sequence[str | None]],
-    ) -> tuple[str, list[bytes]]:
+    ) -> Frames:
         """Frames (1-based) of the instance ``keys`` names (its UIDs, PS3.18 10.4.1.1.3).
 
         ``choose`` gets the stored transfer syntax and returns the syntaxes
@@ -750,9 +765,10 @@ class Archive:
         compressed frames as stored are the fragments of the encapsulated
         value; anything else is decoded, and encoded again when a compressed
         syntax is wanted (and then kept, bounded in bytes: a viewer that opens
-        the study again gets them without a conversion). One index lookup in
-        all. Raises ``NotFoundError`` (no such instance, or a frame number out
-        of range) and ``UnsupportedTransferSyntaxError``.
+        the study again gets them without a conversion; a lossless JPEG 2000
+        or HTJ2K one comes with the CRC-32 of what it decodes to). One index
+        lookup in all. Raises ``NotFoundError`` (no such instance, or a frame
+        number out of range) and ``UnsupportedTransferSyntaxError``.
         """
         self._metadata.touch()
         row = self._instance_row(keys, *_FRAME_COLUMNS)
@@ -765,7 +781,7 @@ class Archive:
         keys: Mapping[str, str],
         numbers: Sequence[int],
         choose: Callable[[str], Sequence[str | None]],
-    ) -> tuple[str, list[bytes | bytearray]] | None:
+    ) -> Frames | None:
         """``frames`` if they can be had without waiting (an in-process index,
         uncompressed frames in the page cache, converted frames already kept),
         else ``None``: the caller then calls ``frames`` off its event loop.
@@ -854,7 +870,7 @@ class Archive:
         numbers: Sequence[int],
         choose: Callable[[str], Sequence[str | None]],
         at_once: bool,
-    ) -> tuple[str, list[Any]] | None:
+    ) -> Frames | None:
         sop_instance_uid = keys.get("SOPInstanceUID", "")
         stored = StoredInstance(**{name: row[name] for name in _STORED_NAMES})
         count = int(row.get("number_of_frames") or 1)
@@ -872,32 +888,35 @@ class Archive:
             if native and target in NATIVE_SYNTAXES:
                 if at_once:
                     ranges = self._native_frames_now(stored, row, numbers)
-                    return None if ranges is None else (ExplicitVRLittleEndian, ranges)
-                return ExplicitVRLittleEndian, self._native_frames(stored, row, numbers)
+                    return None if ranges is None else Frames(ExplicitVRLittleEndian, ranges)
+                return Frames(ExplicitVRLittleEndian, self._native_frames(stored, row, numbers))
             if target == stored.transfer_syntax_uid and isinstance(offset, int):
                 if at_once:
                     ready = self._stored_frames_now(stored, offset, numbers)
-                    return None if ready is None else (target, ready)
-                return target, self._stored_frames(stored, offset, count, numbers)
+                    return None if ready is None else Frames(target, ready)
+                return Frames(target, self._stored_frames(stored, offset, count, numbers))
             if target == ExplicitVRLittleEndian:
                 if at_once:
                     return None
                 grey = self._grey_codestream_frames(stored, row, numbers, fmt)
                 if grey is not None:
-                    return target, [frame.tobytes() for frame in grey]
-                return target, decode_frames(self._read_blob(stored), [n - 1 for n in numbers])
+                    return Frames(target, [frame.tobytes() for frame in grey])
+                return Frames(
+                    target, decode_frames(self._read_blob(stored), [n - 1 for n in numbers])
+                )
             reason = (
                 refusal(target, fmt)
                 if can_transcode(stored.transfer_syntax_uid, target)
                 else f"no codec converts {stored.transfer_syntax_uid} to it"
             )
             if reason is None:
-                kept = [self._converted.get((stored.content_hash, n, target)) for n in numbers]
-                if all(frame is not None for frame in kept):
-                    return target, kept
-                if at_once:
-                    return None
-                return target, self._encoded_frames(stored, row, numbers, target, fmt)
+                found = [self._converted.get((stored.content_hash, n, target)) for n in numbers]
+                kept = [frame for frame in found if frame is not None]
+                if len(kept) < len(numbers):
+                    if at_once:
+                        return None
+                    kept = self._encoded_frames(stored, row, numbers, target, fmt)
+                return Frames(target, [k[0] for k in kept], [k[1] for k in kept])
             reasons.append(f"{target}: {reason}")
         raise UnsupportedTransferSyntaxError(
             f"frames of {sop_instance_uid} (stored as {stored.transfer_syntax_uid})"
@@ -951,9 +970,10 @@ class Archive:
         numbers: Sequence[int],
         target: str,
         fmt: FrameFormat,
-    ) -> list[bytes]:
+    ) -> list[tuple[bytes, int | None]]:
         """Frames decoded (or read in place) and encoded as ``target``, one
-        codestream each, and kept for the next request."""
+        codestream each with its decoded CRC-32 when lossless (see ``Frames``),
+        and kept for the next request."""
         grey = fmt.samples_per_pixel == 1
         if grey and stored.transfer_syntax_uid in NATIVE_SYNTAXES and _native_frame_size(row):
             shape = (int(row["rows"]), int(row["columns"]))
@@ -967,10 +987,17 @@ class Archive:
             else:
                 part10 = self._read_blob(stored)
                 pixels = [decode_frame(part10, n - 1)[1] for n in numbers]
-        codestreams = [encode_frame(p, target, fmt, self.lossy_quality).codestream for p in pixels]
-        for n, codestream in zip(numbers, codestreams, strict=True):
-            self._converted.put((stored.content_hash, n, target), codestream, len(codestream))
-        return codestreams
+        converted = []
+        for n, frame in zip(numbers, pixels, strict=True):
+            encoded = encode_frame(frame, target, fmt, self.lossy_quality)
+            check = None if encoded.lossy else decoded_crc32(frame, encoded.codestream)
+            self._converted.put(
+                (stored.content_hash, n, target),
+                (encoded.codestream, check),
+                len(encoded.codestream),
+            )
+            converted.append((encoded.codestream, check))
+        return converted
 
     def rendered(self, keys: Mapping[str, str], frame: int, request: RenderRequest) -> Picture:
         """A frame (0-based) of the instance ``keys`` names, as a picture (PS3.18 10.4.1.1.4).

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from pydicom.uid import UID
@@ -178,9 +178,14 @@ class Multipart:
             value += f"; transfer-syntax={transfer_syntax}"
         return value
 
-    def head(self, media_type: str, **params: str) -> bytes:
+    def head(
+        self, media_type: str, headers: Mapping[str, str] | None = None, **params: str
+    ) -> bytes:
+        """A part's delimiter and headers: Content-Type (``params`` its
+        parameters, ``_`` written ``-``), then ``headers``."""
         header = media_type + "".join(f"; {k.replace('_', '-')}={v}" for k, v in params.items())
-        return f"--{self.boundary}\r\nContent-Type: {header}\r\n\r\n".encode("ascii")
+        more = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
+        return f"--{self.boundary}\r\nContent-Type: {header}\r\n{more}\r\n".encode("ascii")
 
     def tail(self) -> bytes:
         return f"--{self.boundary}--\r\n".encode("ascii")
@@ -189,19 +194,33 @@ class Multipart:
     def part_end() -> bytes:
         return b"\r\n"
 
-    def pieces(self, values: Sequence[Buffer], media_type: str, **params: str) -> list[Buffer]:
+    def pieces(
+        self,
+        values: Sequence[Buffer],
+        media_type: str,
+        part_headers: Sequence[Mapping[str, str] | None] = (),
+        **params: str,
+    ) -> list[Buffer]:
         """A whole body of ``values`` as its pieces, in order: each value as it
         is (not copied), the delimiters between two values joined into one
-        piece (each piece is one write to the socket, and a packet)."""
+        piece (each piece is one write to the socket, and a packet).
+        ``part_headers``, when given, holds more headers for each part."""
         pieces: list[Buffer] = []
         between = b""
-        for value in values:
-            pieces += (between + self.head(media_type, **params), value)
+        for position, value in enumerate(values):
+            headers = part_headers[position] if part_headers else None
+            pieces += (between + self.head(media_type, headers, **params), value)
             between = self.part_end()
         pieces.append(between + self.tail())
         return pieces
 
-    def body(self, values: Sequence[Buffer], media_type: str, **params: str) -> bytes:
+    def body(
+        self,
+        values: Sequence[Buffer],
+        media_type: str,
+        part_headers: Sequence[Mapping[str, str] | None] = (),
+        **params: str,
+    ) -> bytes:
         """A whole body of ``values``, each copied once: ``head + value + end``
         made two more copies, 1.5 ms of a 2.7 ms uncompressed CT frame here."""
-        return b"".join(self.pieces(values, media_type, **params))
+        return b"".join(self.pieces(values, media_type, part_headers, **params))

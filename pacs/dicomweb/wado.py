@@ -43,6 +43,7 @@ from pacs.dicomweb.responses import (
 from pacs.errors import NotFoundError
 from pacs.index.base import StoredInstance
 from pacs.index.schema import Level
+from pacs.types import Frames
 
 _BATCH_BYTES = 8 << 20
 """Bytes read per trip to a worker thread while streaming."""
@@ -189,18 +190,21 @@ async def frames_in_thread(
     keys: dict[str, str],
     numbers: Sequence[int],
     accept: Sequence[MediaRange],
-    found: tuple[str, Sequence[Buffer]] | None,
+    found: Frames | None,
 ) -> Response:
     """The frames' response made in a worker thread: looked up and read there
     unless already ``found``, gzipped when the client takes it."""
 
     def work() -> Response:
         # One trip to a worker thread: lookup, read and body together.
-        syntax, data = found or archive.frames(
+        frames = found or archive.frames(
             keys, numbers, lambda stored: _frame_syntax(accept, stored)
         )
-        media_type = _frame_media_type(syntax)
-        body, content_type = _multipart_body(data, media_type, syntax)
+        media_type = _frame_media_type(frames.syntax)
+        multipart = Multipart(media_type)
+        headers, params = _frame_part(media_type, frames)
+        body = multipart.body(frames.data, media_type, headers, **params)
+        content_type = multipart.content_type()
         if media_type != OCTET_STREAM:
             return Response(body, media_type=content_type)
         return gzipped_response(request, body, content_type)
@@ -210,27 +214,41 @@ async def frames_in_thread(
 
 def frames_now(
     archive: Archive, keys: dict[str, str], numbers: Sequence[int], accept: Sequence[MediaRange]
-) -> tuple[str, list[Buffer]] | None:
+) -> Frames | None:
     """``Archive.frames_now`` for a client that accepts ``accept``."""
     return archive.frames_now(keys, numbers, lambda stored: _frame_syntax(accept, stored))
 
 
-def frames_as_they_are(
-    found: tuple[str, Sequence[Buffer]], accept_encoding: str
-) -> PiecesResponse | None:
-    """The multipart response of frames found at once (their syntax and
-    bytes), sent as their pieces; ``None`` when they are to be gzipped, which
-    is work for a thread."""
-    syntax, data = found
-    media_type = _frame_media_type(syntax)
-    if media_type == OCTET_STREAM and accepts_gzip(accept_encoding, sum(map(len, data))):
+def frames_as_they_are(found: Frames, accept_encoding: str) -> PiecesResponse | None:
+    """The multipart response of frames found at once, sent as their pieces;
+    ``None`` when they are to be gzipped, which is work for a thread."""
+    media_type = _frame_media_type(found.syntax)
+    if media_type == OCTET_STREAM and accepts_gzip(accept_encoding, sum(map(len, found.data))):
         return None
     multipart = Multipart(media_type)
+    headers, params = _frame_part(media_type, found)
     return PiecesResponse(
-        multipart.pieces(data, media_type, **_frame_params(media_type, syntax)),
+        multipart.pieces(found.data, media_type, headers, **params),
         multipart.content_type(),
         _VARY,
     )
+
+
+DECODED_CRC32 = "Decoded-CRC32"
+"""A frame part's header (ours, not PS3.18's): the CRC-32, 8 hex digits, of
+the samples its codestream decodes to, on frames the archive converted
+losslessly to JPEG 2000 or HTJ2K (``Frames.decoded_crc32``). The viewer checks
+its decoder's output against it; other clients ignore a header they do not know."""
+
+
+def _frame_part(
+    media_type: str, frames: Frames
+) -> tuple[list[dict[str, str] | None], dict[str, str]]:
+    """``Multipart.pieces``' per-part headers and Content-Type parameters for ``frames``."""
+    headers: list[dict[str, str] | None] = [
+        None if crc is None else {DECODED_CRC32: f"{crc:08x}"} for crc in frames.decoded_crc32
+    ]
+    return headers, _frame_params(media_type, frames.syntax)
 
 
 _VARY = {"Vary": "Accept-Encoding"}
@@ -311,7 +329,7 @@ def _multipart_body(
     values: Sequence[Buffer], media_type: str, syntax: str | None
 ) -> tuple[bytes, str]:
     multipart = Multipart(media_type)
-    body = multipart.body(values, media_type, **_frame_params(media_type, syntax))
+    body = multipart.body(values, media_type, (), **_frame_params(media_type, syntax))
     return body, multipart.content_type()
 
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 import functools
 import os
 import threading
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -316,6 +317,30 @@ def encode_frame(
             photometric = "YBR_RCT" if lossless else "YBR_ICT"  # PS3.5 8.2.4
         return EncodedFrame(bytes(data), photometric, not lossless)
     return EncodedFrame(bytes(data), photometric, syntax in LOSSY_ENCODINGS)
+
+
+def decoded_crc32(frame: np.ndarray, codestream: bytes) -> int | None:
+    """CRC-32 of the samples a lossless JPEG 2000 or HTJ2K ``codestream`` of
+    ``frame`` decodes to, laid out as decoders write them (OpenJPH, OpenJPEG):
+    one byte a sample up to 8 bits of precision (its SIZ marker), two
+    little-endian bytes up to 16, colour interleaved; ``None`` for any other
+    codestream.
+
+    A client checks its decoder's output against it. A codestream spoiled on
+    the way, or a decoder's fault, then shows as a mismatch instead of as
+    plausible pixels: an HTJ2K codestream cut short or altered decodes without
+    an error to values a few units off.
+    """
+    # SOC, SIZ, then Lsiz Rsiz Xsiz Ysiz XOsiz YOsiz XTsiz YTsiz XTOsiz YTOsiz
+    # Csiz (38 bytes) and the first component's Ssiz (PS3.5 refers to ISO 15444-1 A.5.1).
+    if len(codestream) < 43 or codestream[:4] != b"\xff\x4f\xff\x51":
+        return None
+    precision = (codestream[42] & 0x7F) + 1
+    if precision > 16:
+        return None
+    kind = "i" if codestream[42] & 0x80 else "u"
+    samples = np.ascontiguousarray(frame, dtype=f"<{kind}{1 if precision <= 8 else 2}")
+    return zlib.crc32(samples.data)
 
 
 def _lossless_precision(frame: np.ndarray, fmt: FrameFormat) -> int:

@@ -26,6 +26,7 @@ import sys
 import threading
 import time
 import unicodedata
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from io import BytesIO
@@ -1121,6 +1122,12 @@ def test_frames_converted_to_a_frame_media_type(
         ds.file_meta.TransferSyntaxUID = syntax
         expected = np.frombuffer(bundled.frame_pixels(number), dtype=ds.pixel_array.dtype)
         assert np.array_equal(ds.pixel_array.ravel(), expected)
+        # JPEG 2000 and HTJ2K parts say what they decode to, for a client to check its decoder
+        if syntax in (HTJ2KLossless, HTJ2KLosslessRPCL, JPEG2000Lossless):
+            crc = zlib.crc32(np.ascontiguousarray(ds.pixel_array).data)
+            assert headers["decoded-crc32"] == f"{crc:08x}"
+        else:
+            assert "decoded-crc32" not in headers
 
 
 def test_frames_in_a_syntax_the_image_cannot_take_are_406(dw: DW) -> None:

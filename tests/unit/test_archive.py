@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import zlib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -44,11 +45,11 @@ from pacs.errors import (
 from pacs.index import SqliteIndex
 from pacs.index.base import InstanceRecord, StoredInstance
 from pacs.index.schema import Level
-from pacs.pixels.codecs import decode_codestream
+from pacs.pixels.codecs import decode_codestream, load_imagecodecs
 from pacs.pixels.frames import decode_frames
 from pacs.pixels.render import decode_frame, picture
 from pacs.pixels.transcode import transcode
-from pacs.types import Caller, StoreOutcome
+from pacs.types import Caller, Frames, StoreOutcome
 from storage import BlobStoreError, BlobStoreFullError, FilesystemBlobStore, MemoryBlobStore
 from tests.conftest import PYDICOM_TEST_FILES, bundled_dicom_files
 from tests.dicom_factory import encode, make_ct, well_formed
@@ -500,7 +501,8 @@ def test_uncompressed_frames_at_once_are_the_frames(
             break
         file_archive.frames(keys, numbers, _as(ExplicitVRLittleEndian))
     assert found is not None
-    assert (found[0], [bytes(f) for f in found[1]]) == expected
+    assert found.syntax == expected.syntax
+    assert [bytes(f) for f in found.data] == expected.data
     with pytest.raises(NotFoundError):
         file_archive.frames_now(keys, [99], _as(ExplicitVRLittleEndian))
     with pytest.raises(NotFoundError):
@@ -511,18 +513,18 @@ def test_what_needs_decoding_or_a_whole_file_is_not_done_at_once(file_archive: A
     keys = _stored_keys(file_archive, "JPEG2000.dcm")
     assert file_archive.frames_now(keys, [1], _as(None)) is None  # fragments: the whole value
     assert file_archive.frames_now(keys, [1], _as(ExplicitVRLittleEndian)) is None  # a decode
-    assert file_archive.frames(keys, [1], _as(ExplicitVRLittleEndian))[1]
+    assert file_archive.frames(keys, [1], _as(ExplicitVRLittleEndian)).data
 
 
 def test_converted_frames_are_kept_and_then_given_at_once(file_archive: Archive) -> None:
     keys = _stored_keys(file_archive, "CT_small.dcm")
     assert file_archive.frames_now(keys, [1], _as(HTJ2KLossless)) is None  # not converted yet
     converted = file_archive.frames(keys, [1], _as(HTJ2KLossless))
-    assert converted[0] == HTJ2KLossless
+    assert converted.syntax == HTJ2KLossless
     again = file_archive.frames_now(keys, [1], _as(HTJ2KLossless))
     assert again == converted
-    assert again[1][0] is converted[1][0]  # the same bytes, not a new conversion
-    assert file_archive.frames(keys, [1], _as(HTJ2KLossless))[1][0] is converted[1][0]
+    assert again.data[0] is converted.data[0]  # the same bytes, not a new conversion
+    assert file_archive.frames(keys, [1], _as(HTJ2KLossless)).data[0] is converted.data[0]
 
 
 def test_a_rendered_picture_is_given_at_once_once_made(file_archive: Archive) -> None:
@@ -652,14 +654,45 @@ def test_frames_of_a_compressed_grey_multiframe_decoded_in_place(
         "SOPInstanceUID": ds.SOPInstanceUID,
     }
     expected = decode_frames(part10, [2, 0])
-    assert file_archive.frames(keys, [3, 1], _as(ExplicitVRLittleEndian)) == (
-        ExplicitVRLittleEndian,
-        expected,
+    assert file_archive.frames(keys, [3, 1], _as(ExplicitVRLittleEndian)) == Frames(
+        ExplicitVRLittleEndian, expected
     )
-    _, htj2k = file_archive.frames(keys, [3, 1], _as(uid.HTJ2KLosslessRPCL))
+    htj2k = file_archive.frames(keys, [3, 1], _as(uid.HTJ2KLosslessRPCL)).data
     for codestream, frame in zip(htj2k, expected, strict=True):
         decoded = decode_codestream(codestream, uid.HTJ2KLosslessRPCL)
         assert decoded.tobytes() == frame
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["CT_small.dcm", "image_dfl.dcm", "SC_rgb_rle.dcm", "GDCMJ2K_TextGBR.dcm", "MR_small_RLE.dcm"],
+)
+def test_lossless_conversions_come_with_the_crc_of_what_they_decode_to(
+    file_archive: Archive, name: str
+) -> None:
+    """A client checks its decoder against ``decoded_crc32``: it must be the
+    CRC-32 of what an independent decoder (imagecodecs' OpenJPH and OpenJPEG)
+    makes of the codestream, for signed, 8-bit and colour images alike; a lossy conversion
+    and frames sent as they are have none."""
+    codecs = load_imagecodecs()
+    keys = _stored_keys(file_archive, name)
+    decoders = {
+        uid.HTJ2KLossless: codecs.htj2k_decode,
+        uid.HTJ2KLosslessRPCL: codecs.htj2k_decode,
+        uid.JPEG2000Lossless: codecs.jpeg2k_decode,
+    }
+    stored_as = pydicom.dcmread(PYDICOM_TEST_FILES / name).file_meta.TransferSyntaxUID
+    for syntax, decode in decoders.items():
+        converted = file_archive.frames(keys, [1], _as(syntax))
+        if syntax == stored_as:
+            assert converted.decoded_crc32 == ()  # sent as stored: the archive decoded nothing
+            continue
+        (codestream,), (check,) = converted.data, converted.decoded_crc32
+        decoded = np.ascontiguousarray(decode(codestream))
+        assert check == zlib.crc32(decoded.data), syntax
+        assert file_archive.frames_now(keys, [1], _as(syntax)) == converted  # kept with it
+    assert file_archive.frames(keys, [1], _as(uid.HTJ2K)).decoded_crc32 == [None]  # lossy
+    assert file_archive.frames(keys, [1], _as(ExplicitVRLittleEndian)).decoded_crc32 == ()
 
 
 def test_rows_kept_for_the_event_loop_follow_every_change_to_the_index(
@@ -747,9 +780,9 @@ def test_frames_of_a_compressed_multi_frame_instance_are_read_alone_once_placed(
         expected = list(generate_frames(ds.PixelData, number_of_frames=ds.NumberOfFrames))
         assert archive.frames_now(keys, [2], _as(None)) is None  # not placed yet
         syntax = ds.file_meta.TransferSyntaxUID
-        assert archive.frames(keys, [2], _as(None)) == (syntax, [expected[1]])
+        assert archive.frames(keys, [2], _as(None)) == Frames(syntax, [expected[1]])
         store.reads.clear()
-        assert archive.frames(keys, [15, 1], _as(None))[1] == [expected[14], expected[0]]
+        assert archive.frames(keys, [15, 1], _as(None)).data == [expected[14], expected[0]]
         assert store.reads == [len(expected[14]), len(expected[0])]
         with pytest.raises(NotFoundError):
             archive.frames(keys, [16], _as(None))
@@ -761,7 +794,7 @@ def test_frames_of_a_compressed_multi_frame_instance_are_read_alone_once_placed(
                 break
             archive.frames(keys, [3, 4], _as(None))
         assert found is not None
-        assert [bytes(f) for f in found[1]] == expected[2:4]
+        assert [bytes(f) for f in found.data] == expected[2:4]
     finally:
         archive.close()
 
@@ -789,7 +822,7 @@ def test_an_answer_on_the_event_loop_that_blocked_sends_the_next_ones_to_threads
         assert archive.frames_now(keys, [1], _as(uid.HTJ2KLossless)) is not None  # it waited
         assert archive.frames_now(keys, [1], _as(uid.HTJ2KLossless)) is None
         assert archive.rendered_now(keys, 0, wanted) is None
-        assert archive.frames(keys, [1], _as(uid.HTJ2KLossless))[1]  # the thread path works
+        assert archive.frames(keys, [1], _as(uid.HTJ2KLossless)).data  # the thread path works
         archive._at_once_paused_until = 0.0  # the pause is over
         archive.at_once_budget = 1.0
         assert archive.rendered_now(keys, 0, wanted) is not None

@@ -7,13 +7,17 @@
 // gzipped on the wire, which the browser undoes). HTJ2K is decoded by OpenJPH
 // in WebAssembly, in workers (htj2k-worker.js), so that scrolling never waits
 // for it. The Accept header asks for what config.json lists, in its order.
+// A frame the archive converted comes with the CRC-32 of the samples it
+// decodes to (its part's Decoded-CRC32 header), which the worker checks: one
+// that decodes to anything else is asked for again uncompressed (loader.js).
 
 const decoders = new Map();
 
 /**
  * @param {string} mediaType e.g. "application/octet-stream", "image/jphc"
- * @param {{decode: (bytes: Uint8Array, info: object) => Uint8Array | Promise<Uint8Array>,
- *          decodedColourIsRGB?: boolean}} decoder
+ * @param {{decode: (bytes: Uint8Array, info: object, headers: object) =>
+ *            Uint8Array | Promise<Uint8Array>,
+ *          decodedColourIsRGB?: boolean}} decoder  (headers: the part's, names in lower case)
  */
 export function registerDecoder(mediaType, decoder) {
   decoders.set(mediaType, decoder);
@@ -61,7 +65,8 @@ class HTJ2KWorkers {
     else waiter.resolve(message);
   }
 
-  decode(bytes) {
+  /** `crc32`: what the samples must come to (the worker checks), or null. */
+  decode(bytes, crc32) {
     const entry = this.#worker();
     const id = this.next++;
     entry.busy++;
@@ -69,16 +74,22 @@ class HTJ2KWorkers {
     const copy = bytes.slice().buffer;
     return new Promise((resolve, reject) => {
       this.waiting.set(id, { resolve, reject, entry });
-      entry.worker.postMessage({ id, bytes: copy }, [copy]);
+      entry.worker.postMessage({ id, bytes: copy, crc32 }, [copy]);
     });
   }
 }
 
 const htj2k = new HTJ2KWorkers(Math.max(1, Math.min(4, navigator.hardwareConcurrency || 2)));
 
+/** The part's Decoded-CRC32 header (pacs.dicomweb.wado.DECODED_CRC32) as a number, or null. */
+function decodedCRC32(headers) {
+  const value = headers?.["decoded-crc32"];
+  return value && /^[0-9a-f]{8}$/i.test(value) ? parseInt(value, 16) : null;
+}
+
 registerDecoder("image/jphc", {
-  decode: async (bytes, info) => {
-    const frame = await htj2k.decode(bytes);
+  decode: async (bytes, info, headers) => {
+    const frame = await htj2k.decode(bytes, decodedCRC32(headers));
     if (frame.width !== info.columns || frame.height !== info.rows) {
       throw new Error(
         `the HTJ2K frame is ${frame.width}x${frame.height}, the image ${info.columns}x${info.rows}`,
@@ -117,5 +128,5 @@ export async function decodeFrame(part, info) {
   if (!decoder) {
     throw new Error(`frames arrive as ${part.mediaType}, which this viewer cannot decode`);
   }
-  return decoder.decode(part.bytes, info);
+  return decoder.decode(part.bytes, info, part.headers || {});
 }

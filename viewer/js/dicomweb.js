@@ -216,13 +216,13 @@ function indexOfBytes(haystack, needle, from) {
 }
 
 /**
- * The parts of a multipart/related body as {mediaType, transferSyntax, bytes};
- * a body that is not multipart is returned as its only part.
+ * The parts of a multipart/related body as {mediaType, transferSyntax, headers, bytes}
+ * (header names in lower case); a body that is not multipart is returned as its only part.
  */
 export function parseMultipart(data, contentType) {
   const { type, params } = mediaParams(contentType);
   if (type !== "multipart/related" || !params.boundary) {
-    return [{ mediaType: type, transferSyntax: params["transfer-syntax"] || null, bytes: data }];
+    return [{ mediaType: type, transferSyntax: params["transfer-syntax"] || null, headers: {}, bytes: data }];
   }
   const delimiter = new TextEncoder().encode(`--${params.boundary}`);
   const parts = [];
@@ -237,17 +237,16 @@ export function parseMultipart(data, contentType) {
     if (next < 0) break;
     let end = next;
     if (data[end - 2] === 13 && data[end - 1] === 10) end -= 2; // the CRLF before a delimiter
-    let partType = params.type || "application/octet-stream";
+    const headers = {};
     for (const line of head.split("\r\n")) {
       const colon = line.indexOf(":");
-      if (colon > 0 && line.slice(0, colon).trim().toLowerCase() === "content-type") {
-        partType = line.slice(colon + 1).trim();
-      }
+      if (colon > 0) headers[line.slice(0, colon).trim().toLowerCase()] = line.slice(colon + 1).trim();
     }
-    const part = mediaParams(partType);
+    const part = mediaParams(headers["content-type"] || params.type || "application/octet-stream");
     parts.push({
       mediaType: part.type,
       transferSyntax: part.params["transfer-syntax"] || null,
+      headers,
       bytes: data.subarray(headEnd + 4, end),
     });
     at = next;
