@@ -388,7 +388,13 @@ def test_frames_come_as_htj2k_and_decode_to_the_stored_values(viewer: Viewer) ->
     )
     viewer.open_study(viewer.corpus.ct_study)
     viewer.page.wait_for_selector('[data-viewport="0"] .progress', state="hidden")
-    kinds = {kind.split(";")[1].strip() for _, kind in frames}
+    # A frame caught by its CRC-32 is asked for again uncompressed (see below).
+    mismatched = [w for w in warnings_seen if "other values than the archive's" in w]
+    kinds = {
+        kind.split(";")[1].strip()
+        for url, kind in frames
+        if not any(url.split("/instances/")[1].split("/")[0] in w for w in mismatched)
+    }
     assert kinds == {'type="image/jphc"'}, kinds
     shown = shown_frames(viewer.page)
     root = viewer.server.http_url + "/dicom-web"
@@ -444,7 +450,6 @@ def test_frames_come_as_htj2k_and_decode_to_the_stored_values(viewer: Viewer) ->
                     f" the server's HTJ2K decodes to it: {np.array_equal(served, stored[sop])}"
                 )
             raise AssertionError(f"{len(wrong)} slices differ: " + "; ".join(found))
-        mismatched = [w for w in warnings_seen if "other values than the archive's" in w]
         if mismatched:
             # Shown right all the same (asked again uncompressed), but something on
             # the way (the server's encoder, the link, the browser's decoder) erred:
