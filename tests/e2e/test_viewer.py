@@ -369,6 +369,8 @@ def test_opening_a_study_shows_thumbnails_and_the_first_image(viewer: Viewer) ->
     assert viewer.signature(0)["lit"] > 1000
 
 
+# A frame caught by its CRC-32 is shown right (asked for again uncompressed): said, not failed.
+@pytest.mark.filterwarnings("default:HTJ2K frames caught by their CRC-32:UserWarning")
 def test_frames_come_as_htj2k_and_decode_to_the_stored_values(viewer: Viewer) -> None:
     """Lossless HTJ2K through OpenJPH in a worker: every value of every slice
     is the stored one, and each frame came with the CRC-32 of those values;
