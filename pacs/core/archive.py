@@ -991,12 +991,9 @@ class Archive:
         for n, frame in zip(numbers, pixels, strict=True):
             encoded = encode_frame(frame, target, fmt, self.lossy_quality)
             check = None if encoded.lossy else decoded_crc32(frame, encoded.codestream)
-            self._converted.put(
-                (stored.content_hash, n, target),
-                (encoded.codestream, check),
-                len(encoded.codestream),
-            )
-            converted.append((encoded.codestream, check))
+            kept = (encoded.codestream, check)
+            self._converted.put((stored.content_hash, n, target), kept, len(encoded.codestream))
+            converted.append(kept)
         return converted
 
     def rendered(self, keys: Mapping[str, str], frame: int, request: RenderRequest) -> Picture:

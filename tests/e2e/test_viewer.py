@@ -95,6 +95,23 @@ def shown_frames(page: Any) -> list[np.ndarray]:
     ]
 
 
+def split_part(body: bytes) -> tuple[bytes, bytes, bytes]:
+    """A one-part multipart body as (delimiter and headers, payload, what follows it)."""
+    head, _, rest = body.partition(b"\r\n\r\n")
+    end = rest.rindex(b"\r\n--")
+    return head + b"\r\n\r\n", rest[:end], rest[end:]
+
+
+def frame_part(http: httpx.Client, series_url: str, sop: str, media: str) -> tuple[str, bytes]:
+    """Frame 1 of ``sop`` as ``media``: its part's headers and its payload."""
+    raw = http.get(
+        f"{series_url}/instances/{sop}/frames/1",
+        headers={"Accept": f'multipart/related; type="{media}"'},
+    )
+    head, payload, _ = split_part(raw.content)
+    return head.decode("ascii"), payload
+
+
 @pytest.fixture(scope="module")
 def viewer_server(
     tmp_path_factory: pytest.TempPathFactory,
@@ -130,7 +147,9 @@ class Viewer:
         self.server = server
         self.corpus = corpus
         self.errors: list[str] = []
+        self.warnings: list[str] = []  # the console's
         page.on("pageerror", lambda error: self.errors.append(str(error)))
+        page.on("console", lambda m: self.warnings.append(m.text) if m.type == "warning" else None)
         page.set_default_timeout(TIMEOUT_MS)
 
     def open_list(self) -> None:
@@ -150,6 +169,17 @@ class Viewer:
     def open_study(self, uid: str) -> None:
         self.page.goto(f"{self.server.http_url}/viewer/#/study/{uid}")
         self.wait_for_image(0)
+
+    def series_url(self, study: str, series: str) -> str:
+        return f"{self.server.http_url}/dicom-web/studies/{study}/series/{series}"
+
+    def stack_order(self) -> list[str]:
+        """The SOP Instance UIDs of viewport 0's stack, in its order."""
+        order: list[str] = self.page.evaluate(
+            "() => window.pacsViewer.view.viewports[0].stack.images"
+            ".map(i => i.instance['00080018'].Value[0])"
+        )
+        return order
 
     def viewport(self, n: int) -> Any:
         return self.page.locator(f'[data-viewport="{n}"]')
@@ -376,10 +406,6 @@ def test_frames_come_as_htj2k_and_decode_to_the_stored_values(viewer: Viewer) ->
     is the stored one, and each frame came with the CRC-32 of those values;
     an image HTJ2K cannot hold (32-bit dose) comes raw."""
     frames: list[tuple[str, str]] = []  # (url, content type)
-    warnings_seen: list[str] = []
-    viewer.page.on(
-        "console", lambda m: warnings_seen.append(m.text) if m.type == "warning" else None
-    )
     viewer.page.on(
         "response",
         lambda r: (
@@ -391,7 +417,7 @@ def test_frames_come_as_htj2k_and_decode_to_the_stored_values(viewer: Viewer) ->
     viewer.open_study(viewer.corpus.ct_study)
     viewer.page.wait_for_selector('[data-viewport="0"] .progress', state="hidden")
     # A frame caught by its CRC-32 is asked for again uncompressed (see below).
-    mismatched = [w for w in warnings_seen if "other values than the archive's" in w]
+    mismatched = [w for w in viewer.warnings if "other values than the archive's" in w]
     kinds = {
         kind.split(";")[1].strip()
         for url, kind in frames
@@ -404,33 +430,27 @@ def test_frames_come_as_htj2k_and_decode_to_the_stored_values(viewer: Viewer) ->
         f"{root}/studies/{viewer.corpus.ct_study}/series/{viewer.corpus.ct_series}/metadata"
     ).json()
     by_sop = {m["00080018"]["Value"][0]: m for m in metadata}
-    order = viewer.page.evaluate(
-        "() => window.pacsViewer.view.viewports[0].stack.images"
-        ".map(i => i.instance['00080018'].Value[0])"
-    )
+    order = viewer.stack_order()
     assert len(order) == len(shown) == CT_SLICES
-    series_url = f"{root}/studies/{viewer.corpus.ct_study}/series/{viewer.corpus.ct_series}"
+    series_url = viewer.series_url(viewer.corpus.ct_study, viewer.corpus.ct_series)
 
     # One keep-alive connection for the 80-odd frames asked.
     with httpx.Client() as http:
-
-        def frame_part(sop: str, media: str) -> tuple[str, bytes]:
-            raw = http.get(
-                f"{series_url}/instances/{sop}/frames/1",
-                headers={"Accept": f'multipart/related; type="{media}"'},
-            )
-            head, rest = raw.content.split(b"\r\n\r\n", 1)
-            return head.decode("ascii"), rest.rsplit(b"\r\n--", 1)[0]
-
         stored = {}
         for sop in order:
             signed = by_sop[sop]["00280103"]["Value"][0] == 1
             dtype = "<i2" if signed else "<u2"
-            head, part = frame_part(sop, "application/octet-stream")
+            head, part = frame_part(http, series_url, sop, "application/octet-stream")
             assert "Decoded-CRC32" not in head  # nothing to decode
             stored[sop] = np.frombuffer(part, dtype=dtype)
-            head, _ = frame_part(sop, "image/jphc")
+            head, _ = frame_part(http, series_url, sop, "image/jphc")
             assert f"\r\nDecoded-CRC32: {zlib.crc32(part):08x}" in head, head
+        codecs = load_imagecodecs()
+
+        def server_decodes_right(sop: str) -> bool:
+            codestream = frame_part(http, series_url, sop, "image/jphc")[1]
+            return np.array_equal(codecs.htj2k_decode(codestream).ravel(), stored[sop])
+
         wrong = [
             sop
             for sop, values in zip(order, shown, strict=True)
@@ -439,30 +459,23 @@ def test_frames_come_as_htj2k_and_decode_to_the_stored_values(viewer: Viewer) ->
         if wrong:
             # Which slice the viewer showed instead, and whether the server's HTJ2K
             # of it is right: a wrong slice, a wrong codestream or a wrong decode.
-            codecs = load_imagecodecs()
             found = []
             for sop in wrong:
                 values = shown[order.index(sop)]
                 instead = [
                     other for other, frame in stored.items() if np.array_equal(values, frame)
                 ]
-                served = codecs.htj2k_decode(frame_part(sop, "image/jphc")[1]).ravel()
                 found.append(
                     f"{sop}: shows {instead or 'no stored slice'};"
-                    f" the server's HTJ2K decodes to it: {np.array_equal(served, stored[sop])}"
+                    f" the server's HTJ2K decodes to it: {server_decodes_right(sop)}"
                 )
             raise AssertionError(f"{len(wrong)} slices differ: " + "; ".join(found))
         if mismatched:
             # Shown right all the same (asked again uncompressed), but something on
             # the way (the server's encoder, the link, the browser's decoder) erred:
             # whether the server's codestream decodes right tells which side.
-            codecs = load_imagecodecs()
             verdicts = {
-                sop: np.array_equal(
-                    codecs.htj2k_decode(frame_part(sop, "image/jphc")[1]).ravel(), stored[sop]
-                )
-                for sop in order
-                if any(sop in w for w in mismatched)
+                sop: server_decodes_right(sop) for sop in order if any(sop in w for w in mismatched)
             }
             warnings.warn(
                 f"HTJ2K frames caught by their CRC-32: {mismatched};"
@@ -483,18 +496,14 @@ def test_an_htj2k_frame_that_does_not_decode_is_fetched_again_uncompressed(
 ) -> None:
     """Every HTJ2K frame spoiled on the way (cut to its first markers): the
     viewer asks for each again as octet-stream and shows the whole series."""
-    warnings: list[str] = []
-    viewer.page.on("console", lambda m: warnings.append(m.text) if m.type == "warning" else None)
 
     def spoil(route: Any) -> None:
         response = route.fetch()
         if 'type="image/jphc"' not in response.headers.get("content-type", ""):
             route.fulfill(response=response)
             return
-        body = response.body()
-        head, _, rest = body.partition(b"\r\n\r\n")
-        tail = rest[rest.rindex(b"\r\n--") :]
-        route.fulfill(response=response, body=head + b"\r\n\r\n\xff\x4f\xff\x51\x00" + tail)
+        head, _, tail = split_part(response.body())
+        route.fulfill(response=response, body=head + b"\xff\x4f\xff\x51\x00" + tail)
 
     viewer.page.route("**/frames/*", spoil)
     viewer.open_study(viewer.corpus.ct_study)
@@ -504,7 +513,7 @@ def test_an_htj2k_frame_that_does_not_decode_is_fetched_again_uncompressed(
         " return [s.loaded, s.status.filter(x => x === 3).length]; }"
     )
     assert loaded == [CT_SLICES, 0]
-    assert sum("asking for it uncompressed" in w for w in warnings) >= CT_SLICES
+    assert sum("asking for it uncompressed" in w for w in viewer.warnings) >= CT_SLICES
     assert viewer.signature()["lit"] > 1000
     assert not viewer.errors
 
@@ -516,10 +525,6 @@ def test_an_htj2k_frame_that_decodes_to_other_values_is_fetched_again_uncompress
     codestream of the wrong values, which decodes without an error. Its CRC-32
     header gives it away; the viewer asks for it again uncompressed, and every
     slice holds the stored values."""
-    warnings_seen: list[str] = []
-    viewer.page.on(
-        "console", lambda m: warnings_seen.append(m.text) if m.type == "warning" else None
-    )
     previous: list[bytes] = []
 
     def swap(route: Any) -> None:
@@ -527,34 +532,23 @@ def test_an_htj2k_frame_that_decodes_to_other_values_is_fetched_again_uncompress
         if 'type="image/jphc"' not in response.headers.get("content-type", ""):
             route.fulfill(response=response)
             return
-        head, _, rest = response.body().partition(b"\r\n\r\n")
-        end = rest.rindex(b"\r\n--")
-        codestream, tail = rest[:end], rest[end:]
+        head, codestream, tail = split_part(response.body())
         sent = previous[-1] if previous else codestream
         previous.append(codestream)
-        route.fulfill(response=response, body=head + b"\r\n\r\n" + sent + tail)
+        route.fulfill(response=response, body=head + sent + tail)
 
     viewer.page.route("**/frames/*", swap)
     viewer.open_study(viewer.corpus.ct_study)
     viewer.page.wait_for_selector('[data-viewport="0"] .progress', state="hidden")
-    stack = "window.pacsViewer.view.viewports[0].stack"
     shown = shown_frames(viewer.page)
-    order = viewer.page.evaluate(f"() => {stack}.images.map(i => i.instance['00080018'].Value[0])")
-    series_url = (
-        f"{viewer.server.http_url}/dicom-web/studies/{viewer.corpus.ct_study}"
-        f"/series/{viewer.corpus.ct_series}"
-    )
+    series_url = viewer.series_url(viewer.corpus.ct_study, viewer.corpus.ct_series)
     with httpx.Client() as http:
-        for sop, values in zip(order, shown, strict=True):
-            raw = http.get(
-                f"{series_url}/instances/{sop}/frames/1",
-                headers={"Accept": 'multipart/related; type="application/octet-stream"'},
-            )
-            part = raw.content.split(b"\r\n\r\n", 1)[1].rsplit(b"\r\n--", 1)[0]
+        for sop, values in zip(viewer.stack_order(), shown, strict=True):
+            part = frame_part(http, series_url, sop, "application/octet-stream")[1]
             assert np.array_equal(values, np.frombuffer(part, dtype="<i2")), sop
-    caught = [w for w in warnings_seen if "other values than the archive's (CRC-32" in w]
+    caught = [w for w in viewer.warnings if "other values than the archive's (CRC-32" in w]
     # Every frame but the first (sent as it was) came as the slice asked before it.
-    assert len(previous) == CT_SLICES and len(caught) == CT_SLICES - 1, warnings_seen
+    assert len(previous) == CT_SLICES and len(caught) == CT_SLICES - 1, viewer.warnings
     assert all("asking for it uncompressed" in w for w in caught)
     assert not viewer.errors
 
