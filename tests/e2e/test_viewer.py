@@ -17,7 +17,7 @@ import re
 import unicodedata
 import warnings
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +100,21 @@ def split_part(body: bytes) -> tuple[bytes, bytes, bytes]:
     head, _, rest = body.partition(b"\r\n\r\n")
     end = rest.rindex(b"\r\n--")
     return head + b"\r\n\r\n", rest[:end], rest[end:]
+
+
+def change_htj2k_frames(page: Any, change: Callable[[bytes], bytes]) -> None:
+    """Every HTJ2K frame response of ``page`` with its codestream replaced by
+    ``change(codestream)`` on the way; other frames as they come."""
+
+    def changed(route: Any) -> None:
+        response = route.fetch()
+        if 'type="image/jphc"' not in response.headers.get("content-type", ""):
+            route.fulfill(response=response)
+            return
+        head, codestream, tail = split_part(response.body())
+        route.fulfill(response=response, body=head + change(codestream) + tail)
+
+    page.route("**/frames/*", changed)
 
 
 def frame_part(http: httpx.Client, series_url: str, sop: str, media: str) -> tuple[str, bytes]:
@@ -496,16 +511,7 @@ def test_an_htj2k_frame_that_does_not_decode_is_fetched_again_uncompressed(
 ) -> None:
     """Every HTJ2K frame spoiled on the way (cut to its first markers): the
     viewer asks for each again as octet-stream and shows the whole series."""
-
-    def spoil(route: Any) -> None:
-        response = route.fetch()
-        if 'type="image/jphc"' not in response.headers.get("content-type", ""):
-            route.fulfill(response=response)
-            return
-        head, _, tail = split_part(response.body())
-        route.fulfill(response=response, body=head + b"\xff\x4f\xff\x51\x00" + tail)
-
-    viewer.page.route("**/frames/*", spoil)
+    change_htj2k_frames(viewer.page, lambda codestream: b"\xff\x4f\xff\x51\x00")
     viewer.open_study(viewer.corpus.ct_study)
     viewer.page.wait_for_selector('[data-viewport="0"] .progress', state="hidden")
     loaded = viewer.page.evaluate(
@@ -527,17 +533,12 @@ def test_an_htj2k_frame_that_decodes_to_other_values_is_fetched_again_uncompress
     slice holds the stored values."""
     previous: list[bytes] = []
 
-    def swap(route: Any) -> None:
-        response = route.fetch()
-        if 'type="image/jphc"' not in response.headers.get("content-type", ""):
-            route.fulfill(response=response)
-            return
-        head, codestream, tail = split_part(response.body())
+    def swap(codestream: bytes) -> bytes:
         sent = previous[-1] if previous else codestream
         previous.append(codestream)
-        route.fulfill(response=response, body=head + sent + tail)
+        return sent
 
-    viewer.page.route("**/frames/*", swap)
+    change_htj2k_frames(viewer.page, swap)
     viewer.open_study(viewer.corpus.ct_study)
     viewer.page.wait_for_selector('[data-viewport="0"] .progress', state="hidden")
     shown = shown_frames(viewer.page)
