@@ -127,7 +127,7 @@ async def thumbnail(
 
 
 def _multipart(pictures: list[bytes], media_type: str) -> Response:
-    multipart = Multipart(media_type)
+    multipart = Multipart.around(media_type, pictures)
     return Response(multipart.body(pictures, media_type), media_type=multipart.content_type())
 
 

@@ -201,7 +201,7 @@ async def frames_in_thread(
             keys, numbers, lambda stored: _frame_syntax(accept, stored)
         )
         media_type = _frame_media_type(frames.syntax)
-        multipart = Multipart(media_type)
+        multipart = Multipart.around(media_type, frames.data)
         headers, params = _frame_part(media_type, frames)
         body = multipart.body(frames.data, media_type, headers, **params)
         content_type = multipart.content_type()
@@ -225,7 +225,7 @@ def frames_as_they_are(found: Frames, accept_encoding: str) -> PiecesResponse | 
     media_type = _frame_media_type(found.syntax)
     if media_type == OCTET_STREAM and accepts_gzip(accept_encoding, sum(map(len, found.data))):
         return None
-    multipart = Multipart(media_type)
+    multipart = Multipart.around(media_type, found.data)
     headers, params = _frame_part(media_type, found)
     return PiecesResponse(
         multipart.pieces(found.data, media_type, headers, **params),
@@ -328,7 +328,7 @@ def _multipart_values(values: list[bytes], media_type: str, syntax: str | None) 
 def _multipart_body(
     values: Sequence[Buffer], media_type: str, syntax: str | None
 ) -> tuple[bytes, str]:
-    multipart = Multipart(media_type)
+    multipart = Multipart.around(media_type, values)
     body = multipart.body(values, media_type, (), **_frame_params(media_type, syntax))
     return body, multipart.content_type()
 

@@ -317,7 +317,7 @@ def test_uncompressed_frames_are_gzipped_for_clients_that_accept_it(
     assert packed.headers["content-encoding"] == "gzip"
     assert packed.headers["vary"] == "Accept-Encoding"
     body = gzip.decompress(wire)
-    # Same parts (the boundary differs per response), and smaller on the wire.
+    # Same parts (the boundary may differ between responses), and smaller on the wire.
     boundary = body.split(b"\r\n", 1)[0]
     plain_boundary = plain.content.split(b"\r\n", 1)[0]
     assert body.replace(boundary, b"B") == plain.content.replace(plain_boundary, b"B")

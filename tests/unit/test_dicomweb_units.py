@@ -18,7 +18,7 @@ from pydicom.dataset import Dataset
 from pacs.core import Archive
 from pacs.core.dicomjson import BASE_PLACEHOLDER, attributes, instance_metadata
 from pacs.dicomweb.errors import DicomWebError
-from pacs.dicomweb.media import Multipart, parse_accept, require_json
+from pacs.dicomweb.media import OCTET_STREAM, Multipart, parse_accept, require_json
 from pacs.dicomweb.stow import _boundary, _parts
 from pacs.index import SqliteIndex
 from pacs.index.query import Query
@@ -170,6 +170,25 @@ def test_multipart_parts_split_anywhere(chunk: int) -> None:
     parts = asyncio.run(_collect(body, chunk, writer.boundary.encode()))
     assert [data for _, data in parts] == bodies
     assert all(headers["content-type"] == "application/dicom" for headers, _ in parts)
+
+
+def test_bodies_known_in_full_share_a_boundary_none_of_their_values_holds() -> None:
+    """Frames' bodies reuse the process's boundary (Python clients compile a
+    regular expression per new one), except where a value holds it: a stored
+    image could, since every client sees it."""
+    frames = [bytes(range(256)) * 2048, b"\x00\x01" * 1000]
+    first, second = (
+        Multipart.around(OCTET_STREAM, frames[:1]),
+        Multipart.around(OCTET_STREAM, frames[1:]),
+    )
+    assert first.boundary == second.boundary
+    assert 1 <= len(first.boundary) <= 70  # RFC 2046 5.1.1
+    crafted = b"pixels" + f"\r\n--{first.boundary}--\r\n".encode() + b"more pixels"
+    writer = Multipart.around(OCTET_STREAM, [frames[0], crafted])
+    assert writer.boundary != first.boundary
+    body = writer.body([frames[0], crafted], OCTET_STREAM)
+    parts = asyncio.run(_collect(body, 1 << 16, writer.boundary.encode()))
+    assert [data for _, data in parts] == [frames[0], crafted]
 
 
 def test_a_truncated_body_is_an_error() -> None:
