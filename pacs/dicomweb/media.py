@@ -165,14 +165,15 @@ def checked_transfer_syntax(value: str | None) -> str | None:
     return value
 
 
+# 70 hex digits, RFC 2046's longest: a longer needle is found faster in a frame.
 _PROCESS_BOUNDARY = secrets.token_hex(35)
 """The boundary of bodies whose values are known before the headers go
 (``Multipart.around``): one per process, not per response, because Python's
 HTTP clients (``http.client``, so ``requests`` and ``dicomweb-client``) parse
 a multipart Content-Type with the ``email`` package, which compiles a regular
-expression for each boundary it has not seen: ~0.1 ms of the client's CPU for
-every frame a viewer script asks for, a fifth of an uncompressed CT frame's
-whole round trip here."""
+expression for each boundary it has not seen: ~0.15 ms of the client's CPU
+for every frame a script asks for, a third of an uncompressed CT frame's
+round trip here (``benchmarks/README.md``)."""
 
 
 class Multipart:
@@ -185,11 +186,11 @@ class Multipart:
     @classmethod
     def around(cls, part_type: str, values: Sequence[Buffer]) -> Multipart:
         """A writer for a body of ``values`` held in full: the process's
-        boundary, unless a value holds it (one could: it is seen by every
-        client, and anyone may store pixels), then a fresh one that none holds.
-        So the boundary is known not to occur in the body (RFC 2046 5.1.1),
-        where a random one per response only makes that likely; checking costs
-        ~40 µs per 512 kB frame."""
+        boundary, unless a value holds it (one could: every client sees it, and
+        any sender may store pixels), then a fresh one that none holds. So the
+        boundary is known not to occur in the body (RFC 2046 5.1.1), where a
+        random one per response only makes that likely; checking costs ~20 µs
+        per 512 kB frame."""
         boundary = _PROCESS_BOUNDARY
         while any(f"--{boundary}".encode() in value for value in values):
             boundary = secrets.token_hex(16)
