@@ -175,6 +175,8 @@ expression for each boundary it has not seen: ~0.15 ms of the client's CPU
 for every frame a script asks for, a third of an uncompressed CT frame's
 round trip here (``benchmarks/README.md``)."""
 
+_CHECKED_AT_MOST = 8 << 20
+
 
 class Multipart:
     """Writes a multipart/related body part by part (RFC 2387)."""
@@ -190,7 +192,11 @@ class Multipart:
         any sender may store pixels), then a fresh one that none holds. So the
         boundary is known not to occur in the body (RFC 2046 5.1.1), where a
         random one per response only makes that likely; checking costs ~20 µs
-        per 512 kB frame."""
+        per 512 kB frame. A body over ``_CHECKED_AT_MOST`` gets a random one
+        unchecked, as every body did before: there one compile is nothing
+        beside the transfer, while the check grows with the body (~40 µs a MB)."""
+        if sum(len(value) for value in values) > _CHECKED_AT_MOST:
+            return cls(part_type)
         boundary = _PROCESS_BOUNDARY
         while any(f"--{boundary}".encode() in value for value in values):
             boundary = secrets.token_hex(16)

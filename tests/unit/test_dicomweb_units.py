@@ -189,6 +189,9 @@ def test_bodies_known_in_full_share_a_boundary_none_of_their_values_holds() -> N
     body = writer.body([frames[0], crafted], OCTET_STREAM)
     parts = asyncio.run(_collect(body, 1 << 16, writer.boundary.encode()))
     assert [data for _, data in parts] == [frames[0], crafted]
+    # A large body is not scanned: a random boundary of its own, as before.
+    large = Multipart.around(OCTET_STREAM, [bytes(9 << 20)])
+    assert large.boundary != first.boundary
 
 
 def test_a_truncated_body_is_an_error() -> None:
