@@ -1,7 +1,8 @@
 """Blob store on a local filesystem: one file per blob, key segments as folders.
 
 Durability: a blob is written to ``.incoming/`` under the root, flushed
-(``O_DSYNC`` for a blob held in memory, else ``fsync``), renamed into place,
+(a blob held in memory: direct I/O and ``fdatasync``, or ``O_DSYNC`` where the
+filesystem takes no direct I/O; else ``fsync``), renamed into place,
 and the destination folder is fsynced, so that after ``put`` returns the blob
 survives a power cut and no reader ever sees a partial file. Leftovers in
 ``.incoming/`` from a process that died mid-write are removed when the store
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import mmap
 import os
 import shutil
@@ -37,6 +39,7 @@ class FilesystemBlobStore:
         self._known_dirs: set[Path] = set()
         self._dir_syncer = _GroupDirectorySync()
         self._dirs_lock = threading.Lock()
+        self._direct = _O_DIRECT != 0
 
     def _remove_orphaned_temporaries(self) -> None:
         """Partial writes of dead processes were never acknowledged: drop them."""
@@ -81,7 +84,11 @@ class FilesystemBlobStore:
             # Inside the try: on a full disk the new study folder is what fails first.
             self._ensure_dir(target.parent)
             if isinstance(chunks, (list, tuple)):
-                size = _write_durably(temporary, chunks)
+                written = _write_direct(temporary, chunks) if self._direct else None
+                if written is None:
+                    self._direct = False  # this filesystem takes no direct I/O
+                    written = _write_durably(temporary, chunks)
+                size = written
             else:
                 fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
                 try:
@@ -228,6 +235,97 @@ class FilesystemBlobStore:
                 key = (relative / name).as_posix()
                 if key.startswith(prefix):
                     yield key
+
+
+_O_DIRECT: int = getattr(os, "O_DIRECT", 0)
+_BLOCK = 4096
+"""Alignment of direct I/O: of the buffer's address, the length and the
+offset; 4 kB covers every logical block size in use (512 B or 4 kB)."""
+_DIRECT_BUFFER = 4 << 20
+_direct_buffers = threading.local()
+
+
+def _write_direct(path: Path, chunks: list[bytes] | tuple[bytes, ...]) -> int | None:
+    """``_write_durably`` with direct I/O (``O_DIRECT``), past the page cache,
+    then ``fdatasync``; ``None``, having written nothing, when the filesystem
+    takes no direct I/O (older tmpfs, some FUSE and network filesystems).
+
+    On this VM a buffered write of a new file is mostly the kernel copying
+    into page cache pages the host must first give back to the guest: of a
+    512 kB CT slice's 2.0-2.4 ms, 1.6-2.0 ms of system time. Direct I/O goes
+    to the disk from an aligned buffer of this thread's, reused from blob to
+    blob (warm memory): 0.97 ms and 0.53 ms of system time for the same file.
+    The part after the last whole block is written through the page cache,
+    and ``fdatasync`` then makes the file durable as a whole. The new file is
+    not left in the page cache: a read of it soon after comes from the disk
+    (a metadata request reads a series' files ahead for the frames)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_DIRECT, 0o640)
+    except OSError as exc:
+        if exc.errno == errno.EINVAL:
+            path.unlink(missing_ok=True)  # tmpfs makes the file, then refuses the flag
+            return None
+        raise
+    refused = False
+    size = filled = 0
+    try:
+        buffer = _direct_buffer()
+        direct = True
+        for chunk in chunks:
+            view = memoryview(chunk).cast("B")
+            while view:
+                take = min(len(view), _DIRECT_BUFFER - filled)
+                buffer[filled : filled + take] = view[:take]
+                filled += take
+                view = view[take:]
+                if filled == _DIRECT_BUFFER:
+                    direct = _write_all(fd, buffer[:filled], direct)
+                    size += filled
+                    filled = 0
+        whole = filled - filled % _BLOCK if direct else 0
+        if whole:
+            direct = _write_all(fd, buffer[:whole], direct)
+        if filled > whole:
+            if direct:
+                _buffered(fd)
+            _write_all(fd, buffer[whole:filled], False)
+        size += filled
+        os.fdatasync(fd)
+        return size
+    except OSError as exc:
+        if exc.errno != errno.EINVAL or size:
+            raise
+        refused = True  # direct I/O refused at the first write: written the other way
+        return None
+    finally:
+        os.close(fd)
+        if refused:
+            path.unlink(missing_ok=True)
+
+
+def _direct_buffer() -> memoryview:
+    """This thread's aligned buffer (an anonymous mapping: page-aligned)."""
+    buffer = getattr(_direct_buffers, "buffer", None)
+    if buffer is None:
+        buffer = _direct_buffers.buffer = memoryview(mmap.mmap(-1, _DIRECT_BUFFER))
+    return buffer
+
+
+def _write_all(fd: int, view: memoryview, direct: bool) -> bool:
+    """Write ``view`` at the file's offset; whether the file is still in direct
+    I/O. A short write (a full disk fails on the next call) leaves the offset
+    unaligned, so the rest goes through the page cache."""
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+        if view and direct:
+            _buffered(fd)
+            direct = False
+    return direct
+
+
+def _buffered(fd: int) -> None:
+    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~_O_DIRECT)
 
 
 def _write_durably(path: Path, chunks: list[bytes] | tuple[bytes, ...]) -> int:

@@ -371,6 +371,80 @@ def test_filesystem_layout(tmp_path: Path) -> None:
     assert list(store.keys()) == ["a/b/c.dcm"]
 
 
+@pytest.mark.parametrize(
+    "sizes",
+    [
+        [1],
+        [4095],
+        [4096],
+        [1500, 524_288],  # a CT slice: file meta, then the data set
+        [4 << 20],  # exactly one direct I/O buffer
+        [3 << 20, (1 << 20) + 4096 + 7],  # a buffer, a block, a tail
+        [5, (9 << 20) + 1, 4093],  # several buffers, pieces across their edges
+    ],
+    ids=lambda sizes: "+".join(map(str, sizes)),
+)
+def test_blobs_around_the_direct_io_blocks_read_back_whole(
+    tmp_path: Path, sizes: list[int]
+) -> None:
+    """Blobs held in memory go past the page cache (direct I/O) in whole blocks,
+    the tail through it; every size and split reads back byte for byte."""
+    store = FilesystemBlobStore(tmp_path / "blobs")
+    pieces = [os.urandom(size) for size in sizes]
+    assert store.put(KEY, pieces) == sum(sizes)
+    path = tmp_path / "blobs" / KEY
+    if store._direct and not _in_memory_filesystem(path):
+        # Only the tail, written through the page cache, may be there.
+        assert cached_pages(path) <= 1
+    assert store.get(KEY) == b"".join(pieces)
+    assert list((tmp_path / "blobs" / ".incoming").iterdir()) == []
+
+
+def _in_memory_filesystem(path: Path) -> bool:
+    fs_type = subprocess.run(
+        ["stat", "-f", "-c", "%T", str(path)], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    return fs_type in ("tmpfs", "ramfs")
+
+
+@pytest.mark.parametrize("refused_at", ["open", "write"])
+def test_a_filesystem_without_direct_io_gets_the_blob_through_the_page_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, refused_at: str
+) -> None:
+    """Some filesystems refuse O_DIRECT, when the file is opened or at its first
+    write (EINVAL; the file may already exist): the blob is written the buffered
+    way, durably, and the store stops trying."""
+    real_open, real_write = os.open, os.write
+    direct_fds: set[int] = set()
+
+    def refusing_open(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        fd = real_open(path, flags & ~os.O_DIRECT, *args, **kwargs)
+        if flags & os.O_DIRECT:
+            if refused_at == "open":
+                os.close(fd)
+                raise OSError(errno.EINVAL, "Invalid argument")
+            direct_fds.add(fd)
+        return fd
+
+    def refusing_write(fd: int, data: Any) -> int:
+        if fd in direct_fds:
+            direct_fds.discard(fd)
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "open", refusing_open)
+    monkeypatch.setattr(os, "write", refusing_write)
+    store = FilesystemBlobStore(tmp_path / "blobs")
+    data = os.urandom(100_000)
+    assert store.put(KEY, [data[:1000], data[1000:]]) == len(data)
+    assert not store._direct
+    store.put(KEY + ".second", [data])
+    monkeypatch.undo()
+    assert store.get(KEY) == data
+    assert store.get(KEY + ".second") == data
+    assert list((tmp_path / "blobs" / ".incoming").iterdir()) == []
+
+
 def test_filesystem_store_clears_incoming_on_open(tmp_path: Path) -> None:
     root = tmp_path / "blobs"
     store = FilesystemBlobStore(root)
