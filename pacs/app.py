@@ -90,7 +90,9 @@ def build_blob_store(settings: Settings, *, spool: bool | None = None) -> BlobSt
     """The blob store ``storage_url`` names; S3 behind the local spool unless
     ``upload_spool`` (or ``spool``) is off."""
     try:
-        store = open_blob_store(settings.blob_store_url, settings.s3_credentials())
+        store = open_blob_store(
+            settings.blob_store_url, settings.s3_credentials(), direct_io=settings.direct_io
+        )
     except OSError as exc:
         raise ConfigError(f"blob store {settings.blob_store_url}: {exc}") from None
     if not isinstance(store, S3BlobStore):
@@ -110,7 +112,9 @@ def build_blob_store(settings: Settings, *, spool: bool | None = None) -> BlobSt
     if not spooled:
         return store
     return SpooledBlobStore(
-        FilesystemBlobStore(settings.spool_dir), store, uploaders=settings.upload_workers
+        FilesystemBlobStore(settings.spool_dir, direct_io=settings.direct_io),
+        store,
+        uploaders=settings.upload_workers,
     )
 
 

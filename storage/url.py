@@ -101,12 +101,14 @@ def parse_storage_url(url: str) -> Path | S3Location:
     )
 
 
-def open_blob_store(url: str, credentials: S3Credentials | None = None) -> BlobStore:
+def open_blob_store(
+    url: str, credentials: S3Credentials | None = None, *, direct_io: bool = False
+) -> BlobStore:
     """The store ``url`` names. An S3 store does not contact the service yet
     (see ``S3BlobStore.ensure_bucket``)."""
     location = parse_storage_url(url)
     if isinstance(location, Path):
-        return FilesystemBlobStore(location)
+        return FilesystemBlobStore(location, direct_io=direct_io)
     from storage.s3 import S3BlobStore  # the minio client only when S3 is used
 
     credentials = credentials or S3Credentials()

@@ -387,9 +387,9 @@ def test_filesystem_layout(tmp_path: Path) -> None:
 def test_blobs_around_the_direct_io_blocks_read_back_whole(
     tmp_path: Path, sizes: list[int]
 ) -> None:
-    """Blobs held in memory go past the page cache (direct I/O) in whole blocks,
-    the tail through it; every size and split reads back byte for byte."""
-    store = FilesystemBlobStore(tmp_path / "blobs")
+    """With direct I/O on, blobs held in memory go past the page cache in whole
+    blocks, the tail through it; every size and split reads back byte for byte."""
+    store = FilesystemBlobStore(tmp_path / "blobs", direct_io=True)
     pieces = [os.urandom(size) for size in sizes]
     assert store.put(KEY, pieces) == sum(sizes)
     path = tmp_path / "blobs" / KEY
@@ -437,7 +437,8 @@ def test_a_filesystem_without_direct_io_gets_the_blob_through_the_page_cache(
 
     monkeypatch.setattr(os, "open", refusing_open)
     monkeypatch.setattr(os, "write", refusing_write)
-    store = FilesystemBlobStore(tmp_path / "blobs")
+    store = FilesystemBlobStore(tmp_path / "blobs", direct_io=True)
+    assert store._direct
     data = os.urandom(100_000)
     assert store.put(KEY, [data[:1000], data[1000:]]) == len(data)
     assert not store._direct

@@ -379,6 +379,36 @@ def test_known_nodes_only_flag() -> None:
     assert build_parser().parse_args(["serve"]).known_nodes_only is None
 
 
+@pytest.mark.parametrize("command", ["serve", "import"])
+def test_direct_io_is_off_unless_asked_and_reaches_the_blob_stores(
+    tmp_path: Path, command: str
+) -> None:
+    """Off by default (a just-stored study stays in the page cache for its
+    first viewing); ``--direct-io`` or PACS_DIRECT_IO turns it on for the
+    archive's folder and the S3 upload spool alike."""
+    from pacs.app import build_blob_store
+    from storage import FilesystemBlobStore, SpooledBlobStore
+
+    args = build_parser().parse_args(
+        [command, "--direct-io"] + (["x"] if command == "import" else [])
+    )
+    assert args.direct_io is True
+    assert load_settings(environ=NO_ENV).direct_io is False
+    on = load_settings({"data_dir": str(tmp_path)}, environ={"PACS_DIRECT_IO": "true"})
+    off = load_settings({"data_dir": str(tmp_path / "other")}, environ=NO_ENV)
+    stores = {"on": build_blob_store(on), "off": build_blob_store(off)}
+    assert isinstance(stores["on"], FilesystemBlobStore)
+    assert isinstance(stores["off"], FilesystemBlobStore)
+    assert stores["on"]._direct is (os.O_DIRECT != 0) and stores["off"]._direct is False
+    spooled = dataclasses.replace(on, storage_url="s3://bucket/archive?endpoint=127.0.0.1:9")
+    spool = build_blob_store(spooled)
+    try:
+        assert isinstance(spool, SpooledBlobStore)
+        assert spool.spool._direct is (os.O_DIRECT != 0)
+    finally:
+        spool.close()
+
+
 def test_cors_origins_from_flags_and_environment() -> None:
     args = build_parser().parse_args(
         ["serve", "--cors-origin", "https://viewer.example.org", "--cors-origin", "*"]
