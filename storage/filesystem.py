@@ -270,7 +270,6 @@ def _write_direct(path: Path, chunks: list[bytes] | tuple[bytes, ...]) -> int | 
             path.unlink(missing_ok=True)  # tmpfs makes the file, then refuses the flag
             return None
         raise
-    refused = False
     size = filled = 0
     try:
         buffer = _direct_buffer()
@@ -299,12 +298,10 @@ def _write_direct(path: Path, chunks: list[bytes] | tuple[bytes, ...]) -> int | 
     except OSError as exc:
         if exc.errno != errno.EINVAL or size:
             raise
-        refused = True  # direct I/O refused at the first write: written the other way
+        path.unlink(missing_ok=True)  # refused at the first write: written the other way
         return None
     finally:
         os.close(fd)
-        if refused:
-            path.unlink(missing_ok=True)
 
 
 def _direct_buffer() -> memoryview:

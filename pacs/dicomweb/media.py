@@ -178,6 +178,10 @@ round trip here (``benchmarks/README.md``)."""
 _CHECKED_AT_MOST = 8 << 20
 
 
+def _held_in(delimiter: bytes, values: Sequence[Buffer]) -> bool:
+    return any(delimiter in value for value in values)
+
+
 class Multipart:
     """Writes a multipart/related body part by part (RFC 2387)."""
 
@@ -198,7 +202,7 @@ class Multipart:
         if sum(len(value) for value in values) > _CHECKED_AT_MOST:
             return cls(part_type)
         boundary = _PROCESS_BOUNDARY
-        while any(f"--{boundary}".encode() in value for value in values):
+        while _held_in(f"--{boundary}".encode(), values):
             boundary = secrets.token_hex(16)
         return cls(part_type, boundary)
 

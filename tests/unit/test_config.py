@@ -12,10 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from pacs.app import build_blob_store
 from pacs.cli import build_parser
 from pacs.config import SERVICES, Node, Settings, load_settings, parse_node, redact_url
 from pacs.core.archive import DuplicatePolicy
 from pacs.errors import ConfigError
+from storage import FilesystemBlobStore, SpooledBlobStore
 
 NO_ENV: dict[str, str] = {}
 
@@ -386,9 +388,6 @@ def test_direct_io_is_off_unless_asked_and_reaches_the_blob_stores(
     """Off by default (a just-stored study stays in the page cache for its
     first viewing); ``--direct-io`` or PACS_DIRECT_IO turns it on for the
     archive's folder and the S3 upload spool alike."""
-    from pacs.app import build_blob_store
-    from storage import FilesystemBlobStore, SpooledBlobStore
-
     args = build_parser().parse_args(
         [command, "--direct-io"] + (["x"] if command == "import" else [])
     )
