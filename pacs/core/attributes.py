@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
@@ -83,6 +84,27 @@ def required_uids(dataset: Dataset) -> dict[str, str]:
         except Exception as exc:  # pydicom raises assorted types on a corrupt value
             raise InvalidDatasetError(f"{keyword} cannot be read: {exc}") from None
         uids[keyword] = check_uid(keyword, value)
+    return uids
+
+
+_REQUIRED_UID_TAGS = tuple((keyword, _tag(keyword)) for keyword in REQUIRED_UIDS)
+
+
+def plain_required_uids(encoded: Mapping[int, bytes | None]) -> dict[str, str] | None:
+    """The four UIDs from their encoded values (``encoding.Layout.uid_values``),
+    when each is plainly one valid UID: then they are what ``required_uids``
+    would return, without parsing the data set. ``None`` otherwise (a UID
+    missing, malformed, multi-valued...): ``required_uids`` says what is wrong.
+    """
+    uids = {}
+    for keyword, tag in _REQUIRED_UID_TAGS:
+        raw = encoded.get(tag)
+        if raw is None or not raw.isascii():
+            return None
+        text = raw.decode("ascii").rstrip("\x00 ")
+        if not is_uid(text):
+            return None
+        uids[keyword] = text
     return uids
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from io import BytesIO
 
 from pydicom.uid import (
@@ -33,6 +33,9 @@ _ITEM_END = 0xFFFEE00D
 _SEQUENCE_END = 0xFFFEE0DD
 _PIXEL_DATA = 0x7FE00010
 _PIXEL_DATA_TAGS = frozenset((0x7FE00008, 0x7FE00009, 0x7FE00010))
+# SOP Class, SOP Instance, Study and Series Instance UIDs: the walk keeps their
+# encoded values, so that ingest can name the blob before pydicom parses anything.
+UID_TAGS = frozenset((0x00080016, 0x00080018, 0x0020000D, 0x0020000E))
 _MAX_DEPTH = 64
 
 
@@ -61,6 +64,10 @@ class Layout:
     """Offset of the Pixel Data (7FE0,0010) value, if present."""
     pixel_data_length: int | None
     """Its value length; 0xFFFFFFFF when encapsulated."""
+    uid_values: dict[int, bytes | None] = field(default_factory=dict)
+    """Encoded top-level values of the ``UID_TAGS`` found (tag to bytes);
+    ``None`` for one that is not plainly a UI value: another explicit VR, or
+    the tag present twice."""
 
 
 def inflate(data: bytes) -> bytes:
@@ -89,6 +96,7 @@ def walk(data: bytes | memoryview, encoding: Encoding) -> Layout:
         header_end=walker.header_end if walker.header_end is not None else len(view),
         pixel_data_offset=walker.pixel_offset,
         pixel_data_length=walker.pixel_length,
+        uid_values=walker.uid_values,
     )
 
 
@@ -103,6 +111,7 @@ class _Walker:
         self.header_end: int | None = None
         self.pixel_offset: int | None = None
         self.pixel_length: int | None = None
+        self.uid_values: dict[int, bytes | None] = {}
 
     def _fail(self, offset: int, what: str) -> InvalidDatasetError:
         return InvalidDatasetError(f"malformed data set at byte {offset}: {what}")
@@ -137,6 +146,14 @@ class _Walker:
                 self.header_end = position
             if tag == _PIXEL_DATA and top_level:
                 self.pixel_offset, self.pixel_length = value_start, length
+            if top_level and tag in UID_TAGS:
+                plain = tag not in self.uid_values and vr in (b"", b"UI") and length < 256
+                end_of_value = value_start + length
+                self.uid_values[tag] = (
+                    view[value_start:end_of_value].tobytes()
+                    if plain and end_of_value <= end
+                    else None
+                )
             if length == _UNDEFINED:
                 if tag == _PIXEL_DATA:
                     position = self.fragments(value_start, end)

@@ -888,3 +888,21 @@ def test_a_thread_clock_counts_blocking_not_preemption() -> None:
     waited, blocked_times = json.loads(measured.stdout)
     assert waited > 0.005  # the spinner had the core for part of the time
     assert blocked_times == 0
+
+
+def test_a_header_refused_while_its_blob_is_written_leaves_nothing(
+    memory_archive: Archive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The blob is named from the UIDs as encoded and written while pydicom
+    parses the header: a header it then refuses must take its blob with it.
+    (pydicom is lenient with what the walk lets through, so it is made to
+    refuse here.)"""
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise ValueError("unreadable")
+
+    monkeypatch.setattr("pacs.core.archive.read_dataset", refuse)
+    with pytest.raises(InvalidDatasetError, match="cannot be parsed: unreadable"):
+        memory_archive.ingest(encode(make_ct("archive", 1, 1)), ExplicitVRLittleEndian, CALLER)
+    assert blob_keys(memory_archive) == []
+    assert memory_archive.statistics().instances == 0

@@ -10,11 +10,19 @@ from pathlib import Path
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
+from pydicom.filereader import read_dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.uid import CTImageStorage, MRImageStorage
 
-from pacs.core.attributes import check_request, check_uid, index_values, required_uids
+from pacs.core import encoding
+from pacs.core.attributes import (
+    check_request,
+    check_uid,
+    index_values,
+    plain_required_uids,
+    required_uids,
+)
 from pacs.errors import DatasetMismatchError, InvalidDatasetError
 from tests.conftest import bundled_dicom_files
 from tests.dicom_factory import encode, lenient_values, make_ct
@@ -197,6 +205,106 @@ def test_index_values_follows_sequence_paths() -> None:
 
     ds.RequestAttributesSequence = Sequence([])
     assert "requested_procedure_id" not in index_values(ds)
+
+
+def _uids_both_ways(data: bytes, transfer_syntax_uid: str) -> tuple[object, object]:
+    """(the UIDs read from the walk's encoded values, or None; what
+    ``required_uids`` says of the parsed data set: its UIDs or its error)."""
+    enc = encoding.Encoding.of(transfer_syntax_uid)
+    plain = encoding.inflate(data) if enc.deflated else data
+    layout = encoding.walk(plain, enc)
+    fast = plain_required_uids(layout.uid_values)
+    dataset = read_dataset(
+        encoding.header_stream(plain, layout), enc.implicit_vr, enc.little_endian
+    )
+    try:
+        parsed: object = required_uids(dataset)
+    except InvalidDatasetError as exc:
+        parsed = exc
+    return fast, parsed
+
+
+def test_uids_read_from_the_encoded_values_equal_the_parsed_ones() -> None:
+    """Ingest names the blob from the UIDs as encoded, before pydicom parses
+    the data set: wherever it does, on every pydicom test file in every
+    transfer syntax, they must be the ones pydicom gives."""
+    compared = fallen_back = 0
+    for path in bundled_dicom_files():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            data = path.read_bytes()
+            meta, offset = encoding.split_part10(data)
+            raw_syntax = meta.get(0x00020010)
+            if not raw_syntax:
+                continue
+            try:
+                fast, parsed = _uids_both_ways(data[offset:], encoding.uid_value(raw_syntax))
+            except Exception:
+                continue  # not a complete data set: the walk or pydicom refuses it
+        if fast is None:
+            fallen_back += 1  # e.g. UIDs encoded as UN: pydicom reads those
+        else:
+            assert fast == parsed, path.name
+            compared += 1
+    assert compared > 50 and fallen_back < compared / 4
+
+
+def _series_uid_at(data: bytes) -> int:
+    """Offset of the Series Instance UID element in an explicit VR LE data set."""
+    return data.index(b"\x20\x00\x0e\x00UI")
+
+
+@pytest.mark.parametrize(
+    ("raw", "plain"),
+    [
+        (b"1.2.3\x00", "1.2.3"),  # NUL padding, as PS3.5 9.1 pads UIDs
+        (b"1.2.3 ", "1.2.3"),  # space padding, which some modalities use
+        (b"", None),  # empty: missing
+        (b"1.2.3\\1.2.4", None),  # several values
+        (b"../../x", None),  # a path trick
+        (b" 1.2.3", None),  # leading space: left to pydicom and check_uid
+        ("1.2.\u0663".encode(), None),  # not ASCII
+    ],
+)
+def test_an_encoded_uid_is_used_only_when_plainly_valid(raw: bytes, plain: str | None) -> None:
+    ds = make_ct("attrs", 1, 1)
+    data = encode(ds)
+    at = _series_uid_at(data)
+    (length,) = struct.unpack_from("<H", data, at + 6)
+    element = struct.pack("<HH2sH", 0x0020, 0x000E, b"UI", len(raw)) + raw
+    patched = data[:at] + element + data[at + 8 + length :]
+    fast, parsed = _uids_both_ways(patched, "1.2.840.10008.1.2.1")
+    if plain is None:
+        assert fast is None
+    else:
+        assert fast is not None and fast["SeriesInstanceUID"] == plain
+        assert fast == parsed
+
+
+def test_an_encoded_uid_under_another_vr_or_twice_is_left_to_pydicom() -> None:
+    ds = make_ct("attrs", 1, 1)
+    data = encode(ds)
+    at = _series_uid_at(data)
+    (length,) = struct.unpack_from("<H", data, at + 6)
+    as_lo = data[:at] + data[at : at + 4] + b"LO" + data[at + 6 :]
+    assert (
+        plain_required_uids(
+            encoding.walk(as_lo, encoding.Encoding.of("1.2.840.10008.1.2.1")).uid_values
+        )
+        is None
+    )
+    element = data[at : at + 8 + length]
+    twice = data[: at + 8 + length] + element + data[at + 8 + length :]
+    assert (
+        plain_required_uids(
+            encoding.walk(twice, encoding.Encoding.of("1.2.840.10008.1.2.1")).uid_values
+        )
+        is None
+    )
+    # Implicit VR has no VR to check: the value is taken as the UI it must be.
+    implicit = encode(ds, "1.2.840.10008.1.2")
+    fast, parsed = _uids_both_ways(implicit, "1.2.840.10008.1.2")
+    assert fast is not None and fast == parsed
 
 
 def _decoded_by_pydicom(dataset: Dataset) -> dict[str, object]:

@@ -166,9 +166,26 @@ def test_pixel_data_offset_and_length(name: str, header: int) -> None:
 def test_no_pixel_data() -> None:
     raw, ts = raw_of(PYDICOM_TEST_FILES / "rtplan.dcm")
     layout = walk(raw, ts)
-    assert layout == encoding.Layout(
-        header_end=len(raw), pixel_data_offset=None, pixel_data_length=None
+    assert (layout.header_end, layout.pixel_data_offset, layout.pixel_data_length) == (
+        len(raw),
+        None,
+        None,
     )
+
+
+def test_the_walk_keeps_the_encoded_uids_of_the_top_level() -> None:
+    path = PYDICOM_TEST_FILES / "rtplan.dcm"
+    raw, ts = raw_of(path)
+    dataset = pydicom.dcmread(path)
+    kept = walk(raw, ts).uid_values
+    assert {tag: value.rstrip(b"\0 ") for tag, value in kept.items() if value} == {
+        0x00080016: dataset.SOPClassUID.encode(),
+        0x00080018: dataset.SOPInstanceUID.encode(),
+        0x0020000D: dataset.StudyInstanceUID.encode(),
+        0x0020000E: dataset.SeriesInstanceUID.encode(),
+    }
+    # UIDs inside sequences (referenced instances...) are not the instance's own.
+    assert len(kept) == 4
 
 
 def _with_icon(ds: Dataset) -> Dataset:
