@@ -4,17 +4,27 @@ the C-STORE response bytes, the values of a P-DATA-TF PDU."""
 from __future__ import annotations
 
 import itertools
+import socket
 from typing import Any
 
 import pytest
 from pydicom.tag import Tag
+from pynetdicom.association import Association
 from pynetdicom.dimse_messages import C_STORE_RSP
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_primitives import P_DATA
+from pynetdicom.transport import AssociationSocket
 
-from pacs.dimse.transport import _viewed_pdv_items, c_store_rsp_command
+from pacs.dimse.transport import (
+    BatchingDUL,
+    TunedAE,
+    _viewed_pdv_items,
+    c_store_rsp_command,
+    make_event_driven,
+    p_data_tf,
+)
 
 
 def _response(
@@ -96,3 +106,46 @@ def test_p_data_tf_items_are_viewed_as_pynetdicom_decodes_them() -> None:
 )
 def test_p_data_tf_whose_lengths_do_not_add_up_is_left_to_pynetdicom(damage: Any) -> None:
     assert _viewed_pdv_items(bytearray(damage(_p_data_tf([(1, b"\x03abcd")])))) is None
+
+
+def _tuned_association_on(sock: socket.socket) -> Association:
+    """An acceptor's association on ``sock``, tuned as the server's are; its
+    reactors are not started, so what is queued stays queued."""
+    assoc = Association(TunedAE(), mode="acceptor")
+    transport = AssociationSocket(assoc, client_socket=sock, address=("127.0.0.1", 0))
+    assoc.set_socket(transport)
+    make_event_driven(assoc, transport)
+    return assoc
+
+
+def test_a_response_is_sent_at_once_only_with_nothing_queued_before_it() -> None:
+    ours, peer = socket.socketpair()
+    peer.settimeout(5)
+    assoc = _tuned_association_on(ours)
+    try:
+        dul = assoc.dul
+        assert isinstance(dul, BatchingDUL)
+        pdu = p_data_tf(1, [b"\x03" + b"response"])
+        # Before the association is established the state machine decides.
+        assert not dul.send_now(pdu)
+        dul.state_machine.current_state = "Sta6"
+        assert dul.send_now(pdu)
+        assert peer.recv(100) == pdu
+        # A P-DATA the DUL thread has not sent yet goes first: the response
+        # must then wait its turn in the queue.
+        queued = P_DATA()
+        queued.presentation_data_value_list.append((1, b"\x02" + b"earlier"))
+        dul.send_pdu(queued)
+        assert not dul.send_now(pdu)
+        # Once the DUL has sent it (as the state machine's DT-1 does), the way is free.
+        taken = dul.to_provider_queue.get_nowait()
+        sent = P_DATA_TF()
+        sent.from_primitive(taken)
+        dul._send(sent)
+        assert peer.recv(100) == sent.encode()
+        assert dul.send_now(pdu)
+        assert peer.recv(100) == pdu
+    finally:
+        assert assoc.dul.socket is not None
+        assoc.dul.socket.close()  # and its wake-up sockets
+        peer.close()
