@@ -770,11 +770,8 @@ MALFORMED = {
 
 def assert_left_nothing(server: ServerProcess) -> None:
     blobs = blob_dir(server)
-    # Only the store's own folders, empty: no blob, nothing half-written, and
-    # no warm file made ahead (only a blob being written asks for those).
-    assert sorted(p.name for p in blobs.iterdir()) == [".incoming", ".warm"]
+    assert [p.name for p in blobs.iterdir()] == [".incoming"]
     assert incoming_files(blobs) == []
-    assert list((blobs / ".warm").iterdir()) == []
     assert table_counts(server) == {"patients": 0, "studies": 0, "series": 0, "instances": 0}
     assert server.system()["counts"]["instances"] == 0
     assert echo(server) == SUCCESS
