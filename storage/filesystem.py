@@ -8,23 +8,13 @@ survives a power cut and no reader ever sees a partial file. Leftovers in
 ``.incoming/`` from a process that died mid-write are removed when the store
 is opened; temporary names carry the writer's PID so that several processes
 (the server and ``pacs import``) can share one root.
-
-A blob held in memory is written into a *warm file* when one is ready: an
-empty file under ``.warm/`` whose pages a background thread has already put in
-the page cache (``_WarmFiles``), as PostgreSQL recycles WAL segments rather
-than write new files. On a VM the first touch of a page of memory is costly
-(the host must back it): here a new 512 kB file cost 0.6-2.2 ms to write and
-flush, a warm one 0.6 ms, the difference paid beforehand off the C-STORE's
-critical path.
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import errno
 import fcntl
-import logging
 import mmap
 import os
 import shutil
@@ -36,9 +26,7 @@ from pathlib import Path
 from storage.base import BlobNotFoundError, BlobStoreError, BlobStoreFullError, validate_key
 
 _INCOMING = ".incoming"
-_WARM = ".warm"
 _RWF_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
-log = logging.getLogger(__name__)
 _IOV_MAX = 1024  # writev's limit on Linux
 
 
@@ -47,7 +35,6 @@ class FilesystemBlobStore:
         self.root = Path(root).resolve()
         self._incoming = self.root / _INCOMING
         self._incoming.mkdir(parents=True, exist_ok=True)
-        (self.root / _WARM).mkdir(exist_ok=True)
         self._remove_orphaned_temporaries()
         self._known_dirs: set[Path] = set()
         self._dir_syncer = _GroupDirectorySync()
@@ -57,17 +44,10 @@ class FilesystemBlobStore:
         # speed of those a write leaves (4-7 against 17 GB/s on this VM), so a
         # study viewed or retrieved soon after it arrives pays for it.
         self._direct = direct_io and _O_DIRECT != 0
-        self._warm = _WarmFiles(self.root / _WARM)
-
-    def close(self) -> None:
-        """Stop making warm files and remove those not used (the store still
-        works, into new files)."""
-        self._warm.close()
 
     def _remove_orphaned_temporaries(self) -> None:
-        """Partial writes of dead processes were never acknowledged, nor are
-        warm files of dead processes any use: drop them."""
-        for entry in [*self._incoming.iterdir(), *(self.root / _WARM).iterdir()]:
+        """Partial writes of dead processes were never acknowledged: drop them."""
+        for entry in self._incoming.iterdir():
             pid_text, _, _ = entry.name.partition("-")
             if not pid_text.isdigit() or not _process_alive(int(pid_text)):
                 if entry.is_dir() and not entry.is_symlink():
@@ -111,13 +91,7 @@ class FilesystemBlobStore:
                 written = _write_direct(temporary, chunks) if self._direct else None
                 if written is None:
                     self._direct = False  # this filesystem takes no direct I/O
-                    fresh, warm = temporary, self._warm.take(sum(map(len, chunks)))
-                    if warm is not None:
-                        temporary = warm  # what to remove should the write fail
-                        written = _write_warm(warm, chunks)
-                    if written is None:
-                        temporary = fresh
-                        written = _write_durably(fresh, chunks)
+                    written = _write_durably(temporary, chunks)
                 size = written
             else:
                 fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
@@ -367,135 +341,20 @@ def _write_durably(path: Path, chunks: list[bytes] | tuple[bytes, ...]) -> int:
     wait for it (~0.8 ms of every C-STORE on one association)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_DSYNC, 0o640)
     try:
-        return _write_chunks(fd, chunks)
+        views = [memoryview(chunk) for chunk in chunks if len(chunk)]
+        size = 0
+        while views:
+            written = os.writev(fd, views[:_IOV_MAX])
+            size += written
+            # A short write (a full disk fails on the next call): go on after it.
+            while views and written >= len(views[0]):
+                written -= len(views[0])
+                views.pop(0)
+            if views and written:
+                views[0] = views[0][written:]
+        return size
     finally:
         os.close(fd)
-
-
-def _write_warm(path: Path, chunks: list[bytes] | tuple[bytes, ...]) -> int | None:
-    """``_write_durably`` into a warm file (``_WarmFiles``), first cut or
-    extended to the blob's size (the write's flush covers the size too);
-    ``None`` when the file is gone (a store opened on the same folder by this
-    process removed it)."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_DSYNC | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
-    try:
-        needed = sum(map(len, chunks))
-        if os.fstat(fd).st_size != needed:
-            os.ftruncate(fd, needed)
-        return _write_chunks(fd, chunks)
-    finally:
-        os.close(fd)
-
-
-def _write_chunks(fd: int, chunks: list[bytes] | tuple[bytes, ...]) -> int:
-    views = [memoryview(chunk) for chunk in chunks if len(chunk)]
-    size = 0
-    while views:
-        written = os.writev(fd, views[:_IOV_MAX])
-        size += written
-        # A short write (a full disk fails on the next call): go on after it.
-        while views and written >= len(views[0]):
-            written -= len(views[0])
-            views.pop(0)
-        if views and written:
-            views[0] = views[0][written:]
-    return size
-
-
-class _WarmFiles:
-    """Empty files of about the size of the blobs being stored, whose pages
-    are already in the page cache, for ``put`` to write blobs into.
-
-    A thread makes them: a sparse file of the size of the last blob taken
-    (no disk blocks), its pages brought in as zeros by ``POSIX_FADV_WILLNEED``
-    (no disk I/O either). Writing a blob into one then copies into pages the
-    kernel already holds; on a VM a page the guest has not used lately must
-    first be backed by the host, and a 512 kB slice written into a new file
-    cost 1.9-2.2 ms where the host was busy (0.6 ms when not), into a warm one
-    0.6 ms. The thread starts at the first ``take``, so a store that only
-    reads never makes any. A filesystem where such a file takes space (tmpfs,
-    whose pages are its storage) gets none.
-    """
-
-    _MOST = 16
-    _MOST_BYTES = 32 << 20
-    _LARGEST = 16 << 20  # larger blobs are rare: not worth holding pages for
-
-    def __init__(self, directory: Path) -> None:
-        self._directory = directory
-        self._ready: collections.deque[Path] = collections.deque()
-        self._size = 0
-        self._wanted = threading.Event()
-        self._closed = False
-        self._useless = False
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-
-    def take(self, size: int) -> Path | None:
-        """A warm file for a blob of ``size`` bytes (theirs is cut or extended
-        to fit), or ``None``: none ready, or warm files are no use here."""
-        if self._useless or self._closed:
-            return None
-        self._size = -(-size // _BLOCK) * _BLOCK  # what the next ones are made for
-        if self._thread is None:
-            with self._lock:
-                if self._thread is None and not self._closed:
-                    self._thread = threading.Thread(
-                        target=self._make, name="warm-files", daemon=True
-                    )
-                    self._thread.start()
-        self._wanted.set()
-        try:
-            return self._ready.popleft()
-        except IndexError:
-            return None
-
-    def close(self) -> None:
-        self._closed = True
-        self._wanted.set()
-        if self._thread is not None:
-            self._thread.join()
-        while self._ready:
-            self._ready.popleft().unlink(missing_ok=True)
-
-    def _make(self) -> None:
-        while not self._closed:
-            self._wanted.wait()
-            self._wanted.clear()
-            size = self._size
-            if not 0 < size <= self._LARGEST:
-                continue
-            wanted = min(self._MOST, self._MOST_BYTES // size)
-            while len(self._ready) < wanted and not self._closed:
-                try:
-                    path = self._warm_file(size)
-                except OSError as exc:  # a full disk, a folder removed...: try later
-                    log.debug("no warm file made in %s: %s", self._directory, exc)
-                    break
-                if path is None:
-                    self._useless = True
-                    return
-                self._ready.append(path)
-
-    def _warm_file(self, size: int) -> Path | None:
-        path = self._directory / f"{os.getpid()}-{uuid.uuid4().hex}"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
-        try:
-            os.ftruncate(fd, size)
-            os.posix_fadvise(fd, 0, size, os.POSIX_FADV_WILLNEED)
-            taken = os.fstat(fd).st_blocks
-        except BaseException:
-            os.close(fd)
-            path.unlink(missing_ok=True)
-            raise
-        os.close(fd)
-        if taken:  # its cached pages are storage here: holding them would use space
-            path.unlink(missing_ok=True)
-            return None
-        return path
 
 
 class _GroupDirectorySync:

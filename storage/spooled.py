@@ -209,7 +209,6 @@ class SpooledBlobStore:
         close = getattr(self.remote, "close", None)
         if close is not None:
             close()
-        self.spool.close()
 
     def _enqueue_locked(self, key: str) -> None:
         if key not in self._queued and key not in self._in_flight:

@@ -187,12 +187,11 @@ def query(db_path: Path, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3
 
 
 def blob_files(blob_dir: Path) -> list[Path]:
-    """Every stored blob file (the store's own ``.incoming`` and ``.warm``
-    folders excluded)."""
+    """Every stored blob file (the ``.incoming`` scratch folder excluded)."""
     return sorted(
         p
         for p in blob_dir.rglob("*")
-        if p.is_file() and not p.relative_to(blob_dir).parts[0].startswith(".")
+        if p.is_file() and ".incoming" not in p.relative_to(blob_dir).parts
     )
 
 

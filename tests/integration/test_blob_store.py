@@ -474,72 +474,6 @@ def test_filesystem_store_refuses_a_directory_key(tmp_path: Path) -> None:
     assert list((tmp_path / "blobs" / ".incoming").iterdir()) == []
 
 
-def _warm_files(store: FilesystemBlobStore, at_least: int = 1) -> list[Path]:
-    """The store's warm files ready for blobs, once at least ``at_least`` are
-    (or after 5 s)."""
-    deadline = time.monotonic() + 5
-    while len(store._warm._ready) < at_least and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return list(store._warm._ready)
-
-
-def test_blobs_go_into_warm_files_made_ahead(tmp_path: Path) -> None:
-    """After a first blob says what size they are, warm files are made: the
-    size of that blob, taking no disk space, their pages in the page cache.
-    The next blobs are written into them, whatever their size, and read back
-    whole; a warm file is never a key, and closing removes those not used."""
-    root = tmp_path / "blobs"
-    store = FilesystemBlobStore(root)
-    first = os.urandom(300_000)
-    store.put("s/first", [first[:1000], first[1000:]])
-    warm = _warm_files(store)
-    if not warm:
-        pytest.skip("no warm files on this filesystem (their pages would be storage)")
-    for path in warm:
-        stat = path.stat()
-        assert stat.st_size == 303_104  # rounded up to whole 4 kB pages
-        assert stat.st_blocks == 0
-        assert cached_pages(path) == stat.st_size // mmap.PAGESIZE
-    blobs = {f"s/{size}": os.urandom(size) for size in (300_000, 1, 4096, 303_104, 700_001)}
-    for key, data in blobs.items():
-        ready = _warm_files(store)
-        assert ready, "warm files are made again as blobs take them"
-        assert store.put(key, [data]) == len(data)
-        assert not ready[0].exists(), "the blob went into a new file, with warm files ready"
-    for key, data in blobs.items():
-        assert store.get(key) == data
-        assert (root / key).stat().st_size == len(data)
-    assert sorted(store.keys()) == sorted(["s/first", *blobs])
-    assert list((root / ".incoming").iterdir()) == []
-    store.close()
-    assert list((root / ".warm").iterdir()) == []
-
-
-def test_a_warm_file_removed_under_the_store_is_done_without(tmp_path: Path) -> None:
-    """A second store opened on the same folder by the same process removes
-    the first one's warm files as leftovers: the first one writes new files."""
-    root = tmp_path / "blobs"
-    store = FilesystemBlobStore(root)
-    store.put("s/a", [b"a" * 10_000])
-    if not _warm_files(store):
-        pytest.skip("no warm files on this filesystem")
-    _warm_files(store, at_least=16)  # all it makes until the next blob
-    FilesystemBlobStore(root)
-    assert list((root / ".warm").iterdir()) == []
-    store.put("s/b", [b"b" * 10_000])
-    assert store.get("s/b") == b"b" * 10_000
-    assert list((root / ".incoming").iterdir()) == []
-
-
-def test_warm_files_of_a_dead_process_are_removed_on_open(tmp_path: Path) -> None:
-    root = tmp_path / "blobs"
-    FilesystemBlobStore(root)
-    leftover = root / ".warm" / "999999999-abc"  # no such process
-    leftover.write_bytes(b"")
-    FilesystemBlobStore(root)
-    assert not leftover.exists()
-
-
 @pytest.fixture
 def tiny_tmpfs(tmp_path: Path) -> Iterator[Path]:
     """A 64 KiB tmpfs with 64 inodes (needs root; skipped otherwise)."""
@@ -573,8 +507,6 @@ def test_full_disk_raises_blob_store_full(tiny_tmpfs: Path) -> None:
 def test_no_inode_left_raises_blob_store_full(tiny_tmpfs: Path) -> None:
     store = FilesystemBlobStore(tiny_tmpfs / "blobs")
     store.put("existing/one", [b"1"])
-    # Warm files hold inodes of their own, which a blob would take: without them.
-    store.close()
     filler = tiny_tmpfs / "filler"
     filler.mkdir()
     with pytest.raises(OSError) as info:
