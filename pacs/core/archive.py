@@ -348,7 +348,9 @@ class Archive:
             uids["SOPInstanceUID"],
             functools.partial(_metadata, dataset, uids, layout, transfer_syntax_uid),
         )
-        log.info("stored %s from %s (%s)", uids["SOPInstanceUID"], caller, outcome.value)
+        # At debug: a line per instance costs a C-STORE ~0.3 ms of CPU; the
+        # front ends log one per association or request (``StoreTallies``).
+        log.debug("stored %s from %s (%s)", uids["SOPInstanceUID"], caller, outcome.value)
         return self._result(outcome, uids, transfer_syntax_uid, record.size)
 
     def ingest_part10(

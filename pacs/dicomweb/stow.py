@@ -76,6 +76,13 @@ async def store(request: Request, archive: Archive, study_instance_uid: str | No
         )
     if not referenced and not failed:
         raise DicomWebError(400, "the request holds no multipart/related parts")
+    # One line a request; the instances are at level debug (``Archive.ingest``).
+    log.info(
+        "STOW-RS from %s: %d instance(s) accepted, %d refused",
+        caller.address,
+        len(referenced),
+        len(failed),
+    )
     model: dict[str, Any] = {}
     if study_instance_uid:
         model["00081190"] = {"vr": "UR", "Value": [f"{root}/studies/{study_instance_uid}"]}

@@ -798,6 +798,48 @@ def test_malformed_data_set_is_refused_and_leaves_nothing(
     assert_left_nothing(refusing_server)
 
 
+def test_an_association_is_one_line_in_the_log(tmp_path: Path) -> None:
+    """At the default level, a modality's association is summarised once when
+    it closes (stored, duplicate, refused, the study), not a line per image."""
+    server = start_server(tmp_path / "pacs-data", "--log-level", "info")
+    try:
+        datasets = [make_ct("tally", 1, number) for number in (1, 2, 3)]
+        paths = [
+            write_part10(
+                tmp_path / f"{number}.dcm",
+                CTImageStorage,
+                ds.SOPInstanceUID,
+                ExplicitVRLittleEndian,
+                encode(ds),
+            )
+            for number, ds in enumerate(datasets)
+        ]
+        garbage = write_part10(
+            tmp_path / "garbage.dcm",
+            CTImageStorage,
+            uid("tally", "garbage"),
+            ExplicitVRLittleEndian,
+            _garbage(),
+        )
+        with raw_sending(), association(server, [(CTImageStorage, ExplicitVRLittleEndian)]) as a:
+            statuses = [int(a.send_c_store(p).Status) for p in [*paths, paths[0], garbage]]
+        assert statuses == [SUCCESS] * 4 + [CANNOT_UNDERSTAND], server.log()
+        deadline = time.monotonic() + 10
+        while "C-STORE from" not in server.log() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        stop_server(server)
+    log = server.log()
+    summaries = [line for line in log.splitlines() if "C-STORE from" in line]
+    assert len(summaries) == 1, log
+    summary = summaries[0]
+    assert f"C-STORE from {CALLING_AE} (127.0.0.1): 3 stored, 1 duplicate, 1 refused" in summary
+    assert f"; study {datasets[0].StudyInstanceUID}" in summary
+    assert "MB stored" in summary
+    # Each instance is at level debug only.
+    assert not any(str(ds.SOPInstanceUID) in log for ds in datasets), log
+
+
 def test_error_comment_is_a_single_conformant_value(
     refusing_server: ServerProcess, tmp_path: Path
 ) -> None:
