@@ -80,7 +80,7 @@ async def retrieve(
     if len(instances) == 1 and target not in (None, instances[0].transfer_syntax_uid):
         # One converted instance: convert before answering, so that a failure
         # (a corrupt codestream) is a status with a reason, not a cut-off body.
-        parts: Iterator[bytes] = iter(
+        parts: Iterator[bytes | memoryview] = iter(
             await run_in_threadpool(
                 lambda: list(_dicom_parts(archive, instances, target, multipart))
             )
@@ -108,7 +108,7 @@ def _found(archive: Archive, level: Level, keys: dict[str, str]) -> list[StoredI
 
 def _dicom_parts(
     archive: Archive, instances: list[StoredInstance], target: str | None, multipart: Multipart
-) -> Iterator[bytes]:
+) -> Iterator[bytes | memoryview]:
     for stored in instances:
         syntax, chunks = archive.part10_for_transfer(stored, target)
         yield multipart.head(DICOM, transfer_syntax=syntax)
@@ -117,7 +117,7 @@ def _dicom_parts(
     yield multipart.tail()
 
 
-def _take(parts: Iterator[bytes], budget: int) -> list[bytes]:
+def _take(parts: Iterator[bytes | memoryview], budget: int) -> list[bytes | memoryview]:
     batch, size = [], 0
     for piece in parts:
         batch.append(piece)
@@ -127,7 +127,9 @@ def _take(parts: Iterator[bytes], budget: int) -> list[bytes]:
     return batch
 
 
-async def _in_batches(parts: Iterator[bytes], batch: list[bytes]) -> AsyncIterator[bytes]:
+async def _in_batches(
+    parts: Iterator[bytes | memoryview], batch: list[bytes | memoryview]
+) -> AsyncIterator[bytes | memoryview]:
     """Send ``batch``, then read the next ones in a worker thread, the next one
     while this one is sent. The first batch is small so that the first part
     leaves at once.

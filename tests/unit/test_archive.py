@@ -31,6 +31,7 @@ from pydicom.uid import (
 from pynetdicom.dsutils import split_dataset
 
 from pacs.core import Archive
+from pacs.core import archive as archive_module
 from pacs.core.archive import _FRAME_COLUMNS, DuplicatePolicy, _thread_clock
 from pacs.core.encoding import file_meta_bytes, split_part10
 from pacs.core.rendering import RenderRequest
@@ -483,6 +484,37 @@ def _stored_keys(archive: Archive, name: str) -> dict[str, str]:
 
 def _as(*syntaxes: str | None) -> Any:
     return lambda stored_syntax: list(syntaxes)
+
+
+def test_stored_instance_streams_from_its_mapped_file(file_archive: Archive) -> None:
+    """As stored, a blob goes out as views of its file's pages, chunk by chunk,
+    byte for byte the stored file; still whole if the instance is deleted
+    while it is being sent (the mapping outlives the file)."""
+    keys = _stored_keys(file_archive, "MR_small.dcm")
+    stored = file_archive.instance(keys["SOPInstanceUID"])
+    whole = file_archive.read_instance(keys["SOPInstanceUID"])
+    syntax, chunks = file_archive.part10_for_transfer(stored, None, chunk_size=4096)
+    assert syntax == stored.transfer_syntax_uid
+    first = next(chunks)
+    assert isinstance(first, memoryview) and len(first) == 4096
+    file_archive.delete(Level.IMAGE, keys)
+    rest = list(chunks)
+    assert all(isinstance(chunk, memoryview) and len(chunk) <= 4096 for chunk in rest)
+    assert b"".join([first, *rest]) == whole
+
+
+def test_large_stored_instance_is_read_piece_by_piece(
+    file_archive: Archive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A blob over the mapping limit is read a chunk at a time, not populated
+    whole before its first byte leaves."""
+    monkeypatch.setattr(archive_module, "_MAPPED_STREAM", 1024)
+    keys = _stored_keys(file_archive, "MR_small.dcm")
+    stored = file_archive.instance(keys["SOPInstanceUID"])
+    _, chunks = file_archive.part10_for_transfer(stored, None, chunk_size=4096)
+    parts = list(chunks)
+    assert parts and all(isinstance(chunk, bytes) for chunk in parts)
+    assert b"".join(parts) == file_archive.read_instance(keys["SOPInstanceUID"])
 
 
 @pytest.mark.parametrize(("name", "numbers"), [("CT_small.dcm", [1]), ("rtdose.dcm", [3, 1])])
