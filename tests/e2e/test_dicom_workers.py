@@ -55,11 +55,14 @@ def test_associations_are_shared_between_processes(tmp_path: Path) -> None:
         statuses = [_store_one(server.dicom_port, i) for i in range(1, 13)]
         assert statuses == [0] * 12
         assert _instance_count(server.data_dir) == 12
-        log = server.log()
-        serving = set(
-            re.findall(r" (MainProcess|pacs-dicom-worker-\d) pacs\.core\.archive: stored", log)
-        )
-        assert serving == {"MainProcess", "pacs-dicom-worker-1", "pacs-dicom-worker-2"}
+        # Each association is one line when it closes, from the process that served it.
+        summary = re.compile(r" (MainProcess|pacs-dicom-worker-\d) pacs\.dimse\.scp: C-STORE from")
+        deadline = time.monotonic() + 10
+        while len(summary.findall(server.log())) < 12 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        serving = summary.findall(server.log())
+        assert len(serving) == 12, server.log()
+        assert set(serving) == {"MainProcess", "pacs-dicom-worker-1", "pacs-dicom-worker-2"}
     finally:
         stop_server(server)
     # Workers leave with the main process.
