@@ -1302,7 +1302,7 @@ class Archive:
 
     def _mapped_blob(self, stored: StoredInstance, chunk_size: int) -> Iterator[bytes | memoryview]:
         """The blob in ``chunk_size`` views of its file mapped into memory, or
-        read (``_iter_blob``) where the store cannot map it, or it is small or large.
+        read (``_iter_blob``) where the store cannot map it or it is large.
 
         Study retrieval is bound by the server's CPU copying bytes: read into
         new memory, then into the socket. From a mapping only the second copy
@@ -1313,7 +1313,7 @@ class Archive:
         event loop's sends find the pages in memory.
         """
         mapped = None
-        if _MAPPED_STREAM_MIN <= stored.size <= _MAPPED_STREAM:
+        if 0 < stored.size <= _MAPPED_STREAM:
             try:
                 mapped = self.blobs.map_range(stored.blob_key, 0, stored.size)
             except BlobStoreError:
@@ -1412,8 +1412,6 @@ _MAPPED_READ = 2 << 20
 # Blobs up to this size are streamed from a mapping (``Archive._mapped_blob``);
 # a larger one is read piece by piece, not populated whole before its first byte.
 _MAPPED_STREAM = 64 << 20
-# Below this a read costs less than mapping and unmapping (an SR, a small key image).
-_MAPPED_STREAM_MIN = 64 << 10
 # Instance rows kept for answers on the event loop: a few studies' worth.
 _ROWS_NOW_KEPT = 4096
 # Frames read on the event loop, at most: a page-cache copy of 8 MB is ~1 ms.
