@@ -1314,10 +1314,8 @@ class Archive:
         """
         mapped = None
         if 0 < stored.size <= _MAPPED_STREAM:
-            try:
+            with contextlib.suppress(BlobStoreError):  # the read says what is wrong
                 mapped = self.blobs.map_range(stored.blob_key, 0, stored.size)
-            except BlobStoreError:
-                mapped = None  # the read says what is wrong
         if mapped is None:
             yield from self._iter_blob(stored, chunk_size)
             return

@@ -109,7 +109,7 @@ class StoreTallies:
 
 
 def handle_c_store(
-    event: evt.Event, archive: Archive, settings: Settings, tallies: StoreTallies | None = None
+    event: evt.Event, archive: Archive, settings: Settings, tallies: StoreTallies
 ) -> int | Dataset:
     """PS3.4 B.2.3: store the data set and answer with the outcome's status."""
     request = cast(C_STORE, event.request)
@@ -131,8 +131,7 @@ def handle_c_store(
         )
     except PacsError as exc:
         _audit(archive, "store", "failure", caller, detail=f"C-STORE: {exc}")
-        if tallies is not None:
-            tallies.of(event.assoc).refused += 1
+        tallies.of(event.assoc).refused += 1
         code = status.store_status(exc)
         log.warning(
             "C-STORE %s from %s refused (0x%04X): %s",
@@ -145,12 +144,10 @@ def handle_c_store(
     except Exception:
         # Outermost edge: keep the association and the server up, log once.
         log.exception("C-STORE %s from %s failed", request.AffectedSOPInstanceUID, caller)
-        if tallies is not None:
-            tallies.of(event.assoc).refused += 1
+        tallies.of(event.assoc).refused += 1
         return _failure(status.PROCESSING_FAILURE, "internal error while storing")
     _audit(archive, "store", "success", caller, result.study_instance_uid, "C-STORE")
-    if tallies is not None:
-        tallies.of(event.assoc).count(result)
+    tallies.of(event.assoc).count(result)
     return status.SUCCESS
 
 
