@@ -115,11 +115,13 @@ def handle_c_store(
     request = cast(C_STORE, event.request)
     dataset = request.DataSet
     if not isinstance(dataset, BytesIO):  # pynetdicom may spool to a file when so configured
+        tallies.of(event.assoc).refused += 1
         return _failure(status.PROCESSING_FAILURE, "data set was not received in memory")
     requestor = event.assoc.requestor
     caller = Caller(ae_title=requestor.ae_title, address=requestor.address)
     if not permitted(settings, caller.ae_title, "store", caller.address):
         _audit(archive, "store", "denied", caller, detail="C-STORE: not allowed for this node")
+        tallies.of(event.assoc).refused += 1
         return _failure(status.NOT_AUTHORIZED, f"{caller.ae_title} may not store here")
     try:
         result = archive.ingest(
