@@ -31,7 +31,7 @@ from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_dataset
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from pacs.core import dicomjson, encoding
+from pacs.core import dicomjson, digest, encoding
 from pacs.core.attributes import (
     check_request,
     index_values,
@@ -123,7 +123,11 @@ class DuplicatePolicy(enum.Enum):
 
 
 def _parsed_header(plain: bytes, layout: encoding.Layout, enc: encoding.Encoding) -> Dataset:
-    """The data set up to its pixel data, parsed by pydicom."""
+    """The data set up to its pixel data: built from the walk's elements
+    where it can be, else parsed by pydicom."""
+    dataset = encoding.header_dataset(plain, layout, enc)
+    if dataset is not None:
+        return dataset
     try:
         return read_dataset(
             encoding.header_stream(plain, layout), enc.implicit_vr, enc.little_endian
@@ -140,7 +144,7 @@ def _hashed_and_indexed(
     enc: encoding.Encoding,
 ) -> tuple[str, Dataset, dict[str, Any]]:
     """The content hash, the parsed header and the index values of a data set."""
-    content_hash = hashlib.sha256(dataset_bytes).hexdigest()
+    content_hash = digest.content_hash(dataset_bytes)
     if dataset is None:
         dataset = _parsed_header(plain, layout, enc)
     return content_hash, dataset, index_values(dataset)
@@ -299,8 +303,8 @@ class Archive:
         else:
             if dataset is None:
                 dataset = _parsed_header(plain, layout, enc)
-            content_hash = hashlib.sha256(dataset_bytes).hexdigest()
-            early = self._resolve_duplicate(existing, content_hash)
+            content_hash = digest.content_hash(dataset_bytes)
+            early = self._resolve_duplicate(existing, content_hash, dataset_bytes)
             if early is not None:
                 return early
             values = index_values(dataset)
@@ -331,7 +335,7 @@ class Archive:
                 if raced is not None:
                     # Another association stored the same UID between our lookup
                     # and our insert: settle it as if it had been there first.
-                    early = self._resolve_duplicate(raced, content_hash)
+                    early = self._resolve_duplicate(raced, content_hash, dataset_bytes)
                     if early is not None:
                         self._delete_blob_quietly(key)
                         return early
@@ -403,7 +407,9 @@ class Archive:
             self._delete_blob_quietly(old.blob_key)
         return StoreOutcome.REPLACED
 
-    def _resolve_duplicate(self, existing: StoredInstance, content_hash: str) -> StoreResult | None:
+    def _resolve_duplicate(
+        self, existing: StoredInstance, content_hash: str, dataset_bytes: bytes
+    ) -> StoreResult | None:
         """Answer for a UID already stored, or ``None`` to go on and store."""
         uids = {
             "StudyInstanceUID": existing.study_instance_uid,
@@ -411,7 +417,7 @@ class Archive:
             "SOPInstanceUID": existing.sop_instance_uid,
             "SOPClassUID": existing.sop_class_uid,
         }
-        if existing.content_hash == content_hash:
+        if digest.same_content(existing.content_hash, dataset_bytes, content_hash):
             return self._result(
                 StoreOutcome.DUPLICATE, uids, existing.transfer_syntax_uid, existing.size
             )
@@ -740,9 +746,7 @@ class Archive:
         if enc.deflated:
             plain = encoding.inflate(plain)
         layout = encoding.walk(plain, enc)
-        dataset = read_dataset(
-            encoding.header_stream(plain, layout), enc.implicit_vr, enc.little_endian
-        )
+        dataset = _parsed_header(plain, layout, enc)
         uids = {
             "StudyInstanceUID": stored.study_instance_uid,
             "SeriesInstanceUID": stored.series_instance_uid,

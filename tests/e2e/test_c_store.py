@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from blake3 import blake3
 from pydicom.dataset import Dataset
 from pydicom.uid import (
     UID,
@@ -377,7 +378,7 @@ def test_every_bundled_file_over_pynetdicom(bulk_server: ServerProcess, tmp_path
     for sop_instance_uid, case in first.items():
         row = rows[sop_instance_uid]
         assert row["transfer_syntax_uid"] == case.transfer_syntax_uid, case.path.name
-        assert row["content_hash"] == hashlib.sha256(case.raw).hexdigest(), case.path.name
+        assert row["content_hash"] == "blake3:" + blake3(case.raw).hexdigest(), case.path.name
         assert row["source_ae_title"] == CALLING_AE
         blob = blob_dir(bulk_server) / str(row["blob_key"])
         assert row["size"] == blob.stat().st_size
@@ -667,7 +668,7 @@ def test_default_policy_keeps_the_first_copy(shared_server: ServerProcess) -> No
     assert blobs_of(shared_server, first.SOPInstanceUID) == [blob]
     assert pydicom.dcmread(blob).PixelData == first.PixelData
     assert instance_row(shared_server, first.SOPInstanceUID)["content_hash"] == (
-        hashlib.sha256(encode(first)).hexdigest()
+        "blake3:" + blake3(encode(first)).hexdigest()
     )
 
 
@@ -703,7 +704,7 @@ def test_replace_policy_swaps_content_and_old_blob(replacing_server: ServerProce
     assert blobs_of(replacing_server, first.SOPInstanceUID) == [new_blob]
     assert pydicom.dcmread(new_blob).PixelData == second.PixelData
     row = instance_row(replacing_server, first.SOPInstanceUID)
-    assert row["content_hash"] == hashlib.sha256(encode(second)).hexdigest()
+    assert row["content_hash"] == "blake3:" + blake3(encode(second)).hexdigest()
     assert store(replacing_server, second) == SUCCESS  # identical resend changes nothing
     assert blobs_of(replacing_server, first.SOPInstanceUID) == [new_blob]
     assert table_counts(replacing_server) == {

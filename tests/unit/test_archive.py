@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pydicom
 import pytest
+from blake3 import blake3
 from pydicom import uid
 from pydicom.encaps import generate_frames
 from pydicom.uid import (
@@ -180,7 +181,7 @@ def test_stored_blob_is_meta_plus_the_bytes_received(memory_archive: Archive) ->
     assert parsed.file_meta.SourceApplicationEntityTitle == "MODALITY"
     row = memory_archive.entity(Level.IMAGE, ds.SOPInstanceUID)
     assert row["size"] == len(blob) == result.size
-    assert row["content_hash"] == hashlib.sha256(raw).hexdigest()
+    assert row["content_hash"] == "blake3:" + blake3(raw).hexdigest()
     offset, length = row["pixel_data_offset"], row["pixel_data_length"]
     assert length == 16 * 16 * 2
     assert blob[offset : offset + length] == ds.PixelData
@@ -281,6 +282,40 @@ def test_keep_policy() -> None:
     assert result.outcome is StoreOutcome.KEPT_EXISTING
     assert len(blob_keys(archive)) == 1
     assert stored_data_set(archive, first.SOPInstanceUID) == encode(first)
+
+
+@pytest.mark.parametrize("policy", list(DuplicatePolicy))
+def test_copies_of_instances_hashed_with_sha256_are_still_recognised(
+    tmp_path: Path, policy: DuplicatePolicy
+) -> None:
+    """Archives written before BLAKE3 content hashes hold SHA-256 digests."""
+    first, second = make_ct("legacy", 1, 1), make_ct("legacy", 1, 1, variant=1)
+    archive = Archive(SqliteIndex(tmp_path / "index.sqlite"), FilesystemBlobStore(tmp_path / "b"))
+    archive.ingest_dataset(first, CALLER)
+    archive.close()
+    with sqlite3.connect(tmp_path / "index.sqlite") as connection:
+        connection.execute(
+            "UPDATE instances SET content_hash = ?", (hashlib.sha256(encode(first)).hexdigest(),)
+        )
+    connection.close()
+    archive = Archive(
+        SqliteIndex(tmp_path / "index.sqlite"),
+        FilesystemBlobStore(tmp_path / "b"),
+        duplicate_policy=policy,
+    )
+    try:
+        assert archive.ingest_dataset(first, CALLER).outcome is StoreOutcome.DUPLICATE
+        if policy is DuplicatePolicy.REJECT:
+            with pytest.raises(ConflictError):
+                archive.ingest_dataset(second, CALLER)
+        else:
+            assert archive.ingest_dataset(second, CALLER).outcome is (
+                StoreOutcome.KEPT_EXISTING
+                if policy is DuplicatePolicy.KEEP
+                else StoreOutcome.REPLACED
+            )
+    finally:
+        archive.close()
 
 
 def test_replace_policy() -> None:
@@ -928,11 +963,12 @@ def test_a_header_refused_while_its_blob_is_written_leaves_nothing(
     """The blob is named from the UIDs as encoded and written while pydicom
     parses the header: a header it then refuses must take its blob with it.
     (pydicom is lenient with what the walk lets through, so it is made to
-    refuse here.)"""
+    refuse here, given the header to read.)"""
 
     def refuse(*args: object, **kwargs: object) -> None:
         raise ValueError("unreadable")
 
+    monkeypatch.setattr("pacs.core.encoding.header_dataset", lambda *args: None)
     monkeypatch.setattr("pacs.core.archive.read_dataset", refuse)
     with pytest.raises(InvalidDatasetError, match="cannot be parsed: unreadable"):
         memory_archive.ingest(encode(make_ct("archive", 1, 1)), ExplicitVRLittleEndian, CALLER)
