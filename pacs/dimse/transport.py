@@ -30,7 +30,9 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, cast
 
 from pynetdicom import AE, evt
+from pynetdicom import _config as _pynetdicom_config
 from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dimse_messages import C_STORE_RQ, DIMSEMessage
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import P_DATA_TF
@@ -259,6 +261,12 @@ class PromptDIMSEServiceProvider(GuardedDIMSEServiceProvider):
             if item is not _NUDGE or not block:
                 return item
 
+    def receive_primitive(self, primitive: P_DATA) -> None:
+        # pynetdicom makes a plain DIMSEMessage only when none is under way.
+        if self.message is None:
+            self.message = _IncomingMessage.new()
+        super().receive_primitive(primitive)
+
     def send_msg(self, primitive: Any, context_id: int) -> None:
         """pynetdicom's, but a C-STORE response is written straight to bytes.
 
@@ -286,6 +294,137 @@ class PromptDIMSEServiceProvider(GuardedDIMSEServiceProvider):
                 if send_encoded_pdus(self.assoc, pdu):
                     return
         super().send_msg(primitive, context_id)
+
+
+class _IncomingMessage(DIMSEMessage):
+    """pynetdicom's incoming DIMSE message, but a C-STORE request's command
+    is read from its bytes.
+
+    pynetdicom decodes every command set into a pydicom data set and then
+    walks it to fill the primitive: ~0.35 ms of a C-STORE's CPU for about
+    150 bytes. The usual request (its whole command in the first fragment,
+    the elements of PS3.7 9.3.1.1 without a Move Originator) is read by
+    ``c_store_rq_fields`` into the same primitive, through the same
+    setters; anything else, or an association whose handlers watch received
+    messages, is decoded by pynetdicom.
+    """
+
+    @classmethod
+    def new(cls) -> _IncomingMessage:
+        # DIMSEMessage.__init__ sets up its subclasses by their class name.
+        message = DIMSEMessage()
+        message.__class__ = cls
+        return cast(_IncomingMessage, message)
+
+    def decode_msg(self, primitive: P_DATA, assoc: Association | None = None) -> bool:
+        items = primitive.presentation_data_value_list if type(primitive) is P_DATA else None
+        if (
+            not items
+            or _pynetdicom_config.STORE_RECV_CHUNKED_DATASET
+            or self.encoded_command_set.tell()
+            or items[0][1][0] & 3 != 3  # not a whole command in one fragment
+            or (assoc is not None and assoc.get_handlers(evt.EVT_DIMSE_RECV))
+        ):
+            return super().decode_msg(primitive, assoc)
+        context_id, data = items[0]
+        fields = c_store_rq_fields(data[1:])
+        if fields is None:
+            return super().decode_msg(primitive, assoc)
+        self.context_id = context_id
+        self.__class__ = _IncomingCStoreRequest  # type: ignore[assignment]
+        self.request_fields = fields
+        if len(items) == 1:
+            return False
+        rest = P_DATA()  # the data set fragments after it, read by pynetdicom
+        rest.presentation_data_value_list.extend(items[1:])  # views: not for the setter
+        return DIMSEMessage.decode_msg(self, rest, assoc)
+
+
+class _IncomingCStoreRequest(C_STORE_RQ):
+    """A C-STORE request whose command ``_IncomingMessage`` has read."""
+
+    request_fields: tuple[int, int, str, str]
+
+    def message_to_primitive(self) -> C_STORE:
+        message_id, priority, sop_class_uid, sop_instance_uid = self.request_fields
+        primitive = C_STORE()
+        primitive.MessageID = message_id
+        primitive.Priority = priority
+        primitive.AffectedSOPClassUID = sop_class_uid
+        primitive.AffectedSOPInstanceUID = sop_instance_uid
+        primitive.DataSet = self.data_set
+        primitive._context_id = self.context_id
+        return primitive
+
+
+# The elements of a C-STORE request read by ``c_store_rq_fields`` (PS3.7
+# 9.3.1.1): tag to the length its value must have (0 for a UID's any).
+_C_STORE_RQ_ELEMENTS = {
+    0x00000000: 4,  # Command Group Length
+    0x00000002: 0,  # Affected SOP Class UID
+    0x00000100: 2,  # Command Field
+    0x00000110: 2,  # Message ID
+    0x00000700: 2,  # Priority
+    0x00000800: 2,  # Command Data Set Type
+    0x00001000: 0,  # Affected SOP Instance UID
+}
+_C_STORE_RQ = 0x0001
+_NO_DATA_SET = 0x0101
+_COMMAND_ELEMENT = struct.Struct("<HHL")
+_US = struct.Struct("<H")
+
+
+def c_store_rq_fields(command: bytes | memoryview) -> tuple[int, int, str, str] | None:
+    """Message ID, Priority and the Affected SOP Class and Instance UIDs of a
+    C-STORE request's command set (Implicit VR Little Endian, PS3.7 6.3.1),
+    valued as pydicom decodes them; ``None`` for anything pynetdicom should
+    decode: another command, an element not listed above (a Move Originator),
+    one missing or twice, a value of another length, no data set, a
+    multi-valued or malformed UID (pynetdicom's setters judge a UID that
+    looks well formed)."""
+    view = memoryview(command)
+    end, position = len(view), 0
+    values: dict[int, bytes] = {}
+    while position < end:
+        if end - position < 8:
+            return None
+        group, element, length = _COMMAND_ELEMENT.unpack_from(view, position)
+        tag = group << 16 | element
+        position += 8
+        expected = _C_STORE_RQ_ELEMENTS.get(tag)
+        if (
+            expected is None
+            or tag in values
+            or (expected and length != expected)
+            or position + length > end
+        ):
+            return None
+        values[tag] = view[position : position + length].tobytes()
+        position += length
+    if len(values) != len(_C_STORE_RQ_ELEMENTS):
+        return None
+    if (
+        _US.unpack(values[0x00000100])[0] != _C_STORE_RQ
+        or _US.unpack(values[0x00000800])[0] == _NO_DATA_SET
+    ):
+        return None
+    sop_class_uid = values[0x00000002].decode("latin-1").rstrip("\0 ")
+    sop_instance_uid = values[0x00001000].decode("latin-1").rstrip("\0 ")
+    if not (_plain_uid(sop_class_uid) and _plain_uid(sop_instance_uid)):
+        return None
+    return (
+        _US.unpack(values[0x00000110])[0],
+        _US.unpack(values[0x00000700])[0],
+        sop_class_uid,
+        sop_instance_uid,
+    )
+
+
+def _plain_uid(text: str) -> bool:
+    return 0 < len(text) <= 64 and text.isascii() and _UID_CHARACTERS.issuperset(text)
+
+
+_UID_CHARACTERS = frozenset("0123456789.")
 
 
 def c_store_rsp_command(primitive: C_STORE) -> bytes | None:

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import itertools
 import socket
+import struct
+from io import BytesIO
 from typing import Any
 
 import pytest
 from pydicom.tag import Tag
 from pynetdicom.association import Association
-from pynetdicom.dimse_messages import C_STORE_RSP
+from pynetdicom.dimse_messages import C_STORE_RQ, C_STORE_RSP, DIMSEMessage
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
 from pynetdicom.pdu import P_DATA_TF
@@ -20,7 +22,10 @@ from pynetdicom.transport import AssociationSocket
 from pacs.dimse.transport import (
     BatchingDUL,
     TunedAE,
+    _IncomingCStoreRequest,
+    _IncomingMessage,
     _viewed_pdv_items,
+    c_store_rq_fields,
     c_store_rsp_command,
     make_event_driven,
     p_data_tf,
@@ -149,3 +154,143 @@ def test_a_response_is_sent_at_once_only_with_nothing_queued_before_it() -> None
         assert assoc.dul.socket is not None
         assoc.dul.socket.close()  # and its wake-up sockets
         peer.close()
+
+
+# -- C-STORE requests read from their command bytes ------------------------------------------
+
+
+def _request(
+    mid: int, priority: int, sop_class: str, sop_instance: str, originator: str | None
+) -> C_STORE:
+    primitive = C_STORE()
+    primitive.MessageID = mid
+    primitive.Priority = priority
+    primitive.AffectedSOPClassUID = sop_class
+    primitive.AffectedSOPInstanceUID = sop_instance
+    if originator is not None:
+        primitive.MoveOriginatorApplicationEntityTitle = originator
+        primitive.MoveOriginatorMessageID = 3
+    primitive.DataSet = BytesIO(b"\x08\x00\x18\x00\x04\x00\x00\x001.23" * 40)
+    return primitive
+
+
+def _p_datas(primitive: C_STORE, max_pdu: int) -> list[P_DATA]:
+    message = C_STORE_RQ()
+    message.primitive_to_message(primitive)
+    return list(message.encode_msg(5, max_pdu))
+
+
+def _received(p_datas: list[P_DATA], message: DIMSEMessage) -> tuple[type, C_STORE]:
+    for n, p_data in enumerate(p_datas):
+        if message.decode_msg(p_data, None):
+            assert n == len(p_datas) - 1
+            return type(message), message.message_to_primitive()
+    raise AssertionError("message never complete")
+
+
+def _fields(primitive: C_STORE) -> dict[str, Any]:
+    names = (
+        "MessageID",
+        "Priority",
+        "AffectedSOPClassUID",
+        "AffectedSOPInstanceUID",
+        "MoveOriginatorApplicationEntityTitle",
+        "MoveOriginatorMessageID",
+        "_context_id",
+        "_dataset_path",
+        "_dataset_file",
+    )
+    fields = {name: getattr(primitive, name) for name in names}
+    fields["types"] = [type(value) for value in fields.values()]
+    fields["DataSet"] = primitive.DataSet.getvalue() if primitive.DataSet is not None else None
+    return fields
+
+
+@pytest.mark.parametrize(
+    ("mid", "priority", "sop_class", "sop_instance", "originator", "max_pdu"),
+    list(
+        itertools.product(
+            (1, 65535),
+            (0, 1, 2),
+            ("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.128"),
+            ("1.2.3.4", "1.2.3.45", "2.25." + "1" * 59),
+            (None, "MOVER"),
+            (0, 60),
+        )
+    ),
+)
+def test_c_store_request_is_the_primitive_pynetdicom_reads(
+    mid: int, priority: int, sop_class: str, sop_instance: str, originator: str | None, max_pdu: int
+) -> None:
+    p_datas = _p_datas(_request(mid, priority, sop_class, sop_instance, originator), max_pdu)
+    ours_type, ours = _received(p_datas, _IncomingMessage.new())
+    theirs_type, theirs = _received(p_datas, DIMSEMessage())
+    assert _fields(ours) == _fields(theirs)
+    # Read by hand unless a Move Originator or a command in several fragments.
+    fast = originator is None and max_pdu == 0
+    assert (ours_type is _IncomingCStoreRequest) is fast
+    assert theirs_type is C_STORE_RQ
+
+
+def test_command_and_data_set_in_one_p_data() -> None:
+    p_datas = _p_datas(_request(9, 2, "1.2.840.10008.5.1.4.1.1.2", "1.2.3.4", None), 0)
+    combined = P_DATA()
+    combined.presentation_data_value_list.extend(
+        item for p_data in p_datas for item in p_data.presentation_data_value_list
+    )
+    ours_type, ours = _received([combined], _IncomingMessage.new())
+    assert ours_type is _IncomingCStoreRequest
+    assert _fields(ours) == _fields(_received([combined], DIMSEMessage())[1])
+
+
+def _command(*elements: tuple[int, bytes]) -> bytes:
+    return b"".join(
+        struct.pack("<HHL", tag >> 16, tag & 0xFFFF, len(value)) + value for tag, value in elements
+    )
+
+
+_USUAL = {
+    0x00000000: struct.pack("<L", 0),
+    0x00000002: b"1.2.840.10008.5.1.4.1.1.2\x00",
+    0x00000100: struct.pack("<H", 0x0001),
+    0x00000110: struct.pack("<H", 7),
+    0x00000700: struct.pack("<H", 2),
+    0x00000800: struct.pack("<H", 0x0000),
+    0x00001000: b"1.2.3.4 ",
+}
+
+
+def test_c_store_rq_fields_of_the_usual_command() -> None:
+    assert c_store_rq_fields(_command(*_USUAL.items())) == (
+        7,
+        2,
+        "1.2.840.10008.5.1.4.1.1.2",
+        "1.2.3.4",
+    )
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {0x00000100: struct.pack("<H", 0x0020)},  # a C-FIND
+        {0x00000800: struct.pack("<H", 0x0101)},  # no data set
+        {0x00000110: struct.pack("<L", 7)},  # a US of 4 bytes
+        {0x00001000: b"1.2.3.4\\1.2.3.5 "},  # two UIDs
+        {0x00001000: b"1.2.x"},
+        {0x00001000: b""},
+        {0x00001030: b"MOVER "},  # a Move Originator
+        {0x00000700: None},  # Priority missing
+    ],
+    ids=["c-find", "no-data-set", "long-us", "two-uids", "bad-uid", "empty", "mover", "no-prio"],
+)
+def test_c_store_rq_fields_leaves_the_rest_to_pynetdicom(change: dict[int, bytes | None]) -> None:
+    elements = {**_USUAL, **change}
+    command = _command(*((tag, value) for tag, value in elements.items() if value is not None))
+    assert c_store_rq_fields(command) is None
+
+
+def test_c_store_rq_fields_of_truncated_or_repeated_elements() -> None:
+    command = _command(*_USUAL.items())
+    for cut in range(1, len(command)):
+        assert c_store_rq_fields(command[:cut]) is None
+    assert c_store_rq_fields(command + _command((0x00001000, b"1.2.3.4 "))) is None
