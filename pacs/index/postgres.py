@@ -502,7 +502,7 @@ def _insert_from_json(level: Level, argument: str, parent: str | None) -> str:
     """INSERT of the row held in the JSON ``argument``, with ``parent`` (a variable)
     as its parent's key; ON CONFLICT DO NOTHING: the caller looks again."""
     table = TABLES[level]
-    names = columns(level) + [name for name, _, _ in sql.EXTRA_COLUMNS.get(level, ())]
+    names = [*columns(level), *(name for name, _, _ in sql.EXTRA_COLUMNS.get(level, ()))]
     if parent is not None:
         names.append(sql.PARENT_COLUMN[level])
         argument = f"{argument} || jsonb_build_object('{sql.PARENT_COLUMN[level]}', {parent})"

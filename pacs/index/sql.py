@@ -13,6 +13,7 @@ newer than this server is refused rather than guessed at.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -109,7 +110,8 @@ class Dialect:
         return {"text": self.text, "int": self.integer, "bigint": self.bigint}[kind]
 
 
-def columns(level: Level) -> list[str]:
+@functools.cache  # every ingest asks, and the schema is fixed
+def columns(level: Level) -> tuple[str, ...]:
     names = []
     for attribute in attributes_at(level):
         names.append(attribute.column)
@@ -117,19 +119,32 @@ def columns(level: Level) -> list[str]:
             names.append(norm_column(attribute))
         if attribute.folded:
             names.append(fold_column(attribute))  # added by migration 3
-    return names
+    return tuple(names)
 
 
 def derived_values(values: dict[str, Any]) -> None:
     """Add the folded copies (``*_norm`` of person names, ``*_fold``) an ingest stores."""
-    for attribute in ATTRIBUTES:
-        value = values.get(attribute.column)
+    for column, norm, folded in _DERIVED:
+        value = values.get(column)
         if not value:
             continue
-        if attribute.kind is Kind.PERSON_NAME:
-            values[norm_column(attribute)] = normalise_name(str(value))
-        if attribute.folded:
-            values[fold_column(attribute)] = fold(str(value))
+        if norm is not None:
+            values[norm] = normalise_name(str(value))
+        if folded is not None:
+            values[folded] = fold(str(value))
+
+
+# (column, its *_norm column or None, its *_fold column or None) of each
+# attribute with a derived copy.
+_DERIVED = tuple(
+    (
+        attribute.column,
+        norm_column(attribute) if attribute.kind is Kind.PERSON_NAME else None,
+        fold_column(attribute) if attribute.folded else None,
+    )
+    for attribute in ATTRIBUTES
+    if attribute.kind is Kind.PERSON_NAME or attribute.folded
+)
 
 
 def create_tables(dialect: Dialect) -> list[str]:
