@@ -463,6 +463,35 @@ def test_filesystem_store_clears_incoming_on_open(tmp_path: Path) -> None:
     assert list(reopened.keys()) == [KEY]
 
 
+def test_a_forked_writer_names_its_temporaries_apart_from_its_parent(tmp_path: Path) -> None:
+    """Temporary names lead with the writer's PID (a restart keeps a live
+    writer's, drops a dead one's) and never repeat, not even across a fork of a
+    process that has already written."""
+    root = tmp_path / "blobs"
+    store = FilesystemBlobStore(root)
+    parent_names = {store._temporary_names.next() for _ in range(3)}
+    assert len(parent_names) == 3
+    assert all(Path(n).name.startswith(f"{os.getpid()}-") for n in parent_names)
+    store.put(KEY, [b"parent"])
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child: write its own blob, report a name it would use
+        try:
+            store.put(KEY + ".child", [b"child"])
+            os.write(write_end, store._temporary_names.next().encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        child_name = pipe.read().decode()
+    os.waitpid(child, 0)
+    assert Path(child_name).name.startswith(f"{child}-")
+    assert child_name not in parent_names
+    assert store.get(KEY) == b"parent"
+    assert store.get(KEY + ".child") == b"child"
+    assert list((root / ".incoming").iterdir()) == []
+
+
 def test_filesystem_store_refuses_a_directory_key(tmp_path: Path) -> None:
     store = FilesystemBlobStore(tmp_path / "blobs")
     store.put("a/b", [b"x"])
