@@ -18,7 +18,6 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -54,7 +53,7 @@ from pacs.errors import (
     StorageFullError,
     UnsupportedTransferSyntaxError,
 )
-from pacs.index.base import Index, InstanceRecord, StoredInstance
+from pacs.index.base import Index, InstanceRecord, StoredInstance, stored_at_now
 from pacs.index.query import Condition, Query, SingleValue
 from pacs.index.schema import LEVELS, UNIQUE_KEYS, Level
 from pacs.pixels import (
@@ -324,7 +323,7 @@ class Archive:
             pixel_data_offset=pixel_offset,
             pixel_data_length=None if pixel_offset is None else layout.pixel_data_length,
             source_ae_title=caller.ae_title,
-            stored_at=datetime.now(UTC).isoformat(timespec="milliseconds"),
+            stored_at=stored_at_now(),
         )
         try:
             if existing is not None and self.duplicate_policy is DuplicatePolicy.REPLACE:
@@ -713,14 +712,17 @@ class Archive:
                 close()  # hand the index connection back now
         self._keep_rows(version, rows)
 
-    def _backfill_metadata(self, after: int, limit: int) -> tuple[int, int, int]:
-        """Make the JSON of up to ``limit`` instances lacking it.
+    def _backfill_metadata(
+        self, after: int, limit: int, stored_before: str
+    ) -> tuple[int, int, int]:
+        """Make the JSON of up to ``limit`` instances lacking it, stored before
+        ``stored_before``.
 
         Returns (last position seen, how many were made, how many were looked
         at), or (-1, 0, 0) when none are left; instances whose file cannot be
         read are skipped.
         """
-        missing = self.index.instances_without_metadata(after, limit)
+        missing = self.index.instances_without_metadata(after, limit, stored_before)
         if not missing:
             return -1, 0, 0
         made = []

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from pacs.index.query import Query
 from pacs.index.schema import Level
 from pacs.types import ArchiveStatistics
+
+
+def stored_at_now() -> str:
+    """The time now as ``stored_at`` holds it: UTC, ISO 8601, to the millisecond
+    (so that the text of two times compares as they do)."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,10 +119,11 @@ class Index(Protocol):
         ...
 
     def instances_without_metadata(
-        self, after: int, limit: int
+        self, after: int, limit: int, stored_before: str
     ) -> list[tuple[int, StoredInstance]]:
-        """Up to ``limit`` instances with no DICOM JSON yet, after position ``after``,
-        as (position, instance), in storage order."""
+        """Up to ``limit`` instances with no DICOM JSON yet, after position ``after``
+        and stored before ``stored_before`` (a ``stored_at`` value), as
+        (position, instance), in storage order."""
         ...
 
     def count(self, query: Query) -> int:

@@ -289,7 +289,7 @@ class PostgresIndex(SqlAccessStore):
         self._write(write)
 
     def instances_without_metadata(
-        self, after: int, limit: int
+        self, after: int, limit: int, stored_before: str
     ) -> list[tuple[int, StoredInstance]]:
         rows = self._read(
             lambda db: db.execute(
@@ -300,9 +300,9 @@ class PostgresIndex(SqlAccessStore):
                    JOIN series se ON se.pk = i.series_pk
                    JOIN studies st ON st.pk = se.study_pk
                    LEFT JOIN instance_metadata m ON m.instance_pk = i.pk
-                   WHERE i.pk > %s AND m.instance_pk IS NULL
+                   WHERE i.pk > %s AND m.instance_pk IS NULL AND i.stored_at < %s
                    ORDER BY i.pk LIMIT %s""",
-                (after, limit),
+                (after, stored_before, limit),
             ).fetchall()
         )
         return [(int(row.pop("pk")), StoredInstance(**row)) for row in rows]

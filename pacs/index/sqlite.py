@@ -320,7 +320,7 @@ class SqliteIndex(SqlAccessStore):
             )
 
     def instances_without_metadata(
-        self, after: int, limit: int
+        self, after: int, limit: int, stored_before: str
     ) -> list[tuple[int, StoredInstance]]:
         with self._reading() as db:
             rows = db.execute(
@@ -331,9 +331,9 @@ class SqliteIndex(SqlAccessStore):
                    JOIN series se ON se.pk = i.series_pk
                    JOIN studies st ON st.pk = se.study_pk
                    LEFT JOIN instance_metadata m ON m.instance_pk = i.pk
-                   WHERE i.pk > ? AND m.instance_pk IS NULL
+                   WHERE i.pk > ? AND m.instance_pk IS NULL AND i.stored_at < ?
                    ORDER BY i.pk LIMIT ?""",
-                (after, limit),
+                (after, stored_before, limit),
             ).fetchall()
         return [(int(row[0]), StoredInstance(*row[1:])) for row in rows]
 

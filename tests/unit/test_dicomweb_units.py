@@ -257,6 +257,30 @@ def test_missing_metadata_is_filled_in_when_quiet(tmp_path: Path) -> None:
         second.close()
 
 
+def test_the_backfill_leaves_what_was_stored_after_it_began(tmp_path: Path) -> None:
+    """Another process's new instances are its warmer's, not this backfill's."""
+    from pacs.index.base import stored_at_now
+
+    index_path = tmp_path / "index.sqlite"
+    archive = Archive(SqliteIndex(index_path), FilesystemBlobStore(tmp_path / "blobs"))
+    earlier = make_ct("backfill-bound", 1, 1)
+    archive.ingest_dataset(earlier, CALLER)
+    time.sleep(0.002)
+    began = stored_at_now()
+    time.sleep(0.002)
+    archive.ingest_dataset(make_ct("backfill-bound", 1, 2), CALLER)
+    archive.close()
+    with sqlite3.connect(index_path) as db:
+        db.execute("DELETE FROM instance_metadata")
+    index = SqliteIndex(index_path)
+    try:
+        missing = index.instances_without_metadata(0, 10, began)
+        assert [stored.sop_instance_uid for _, stored in missing] == [earlier.SOPInstanceUID]
+        assert len(index.instances_without_metadata(0, 10, stored_at_now())) == 2
+    finally:
+        index.close()
+
+
 def test_the_app_answers_without_a_server_port(memory_archive: Archive) -> None:
     """Behind a Unix socket (or an in-process transport) the ASGI scope has no port."""
     import httpx
