@@ -44,6 +44,9 @@ from pynetdicom.transport import AddressInformation, AssociationSocket, RequestH
 if TYPE_CHECKING:
     from pynetdicom.association import Association
 
+# Largest buffer a read allocates before data arrives to fill it: 16 MiB,
+# far above the 1 MiB PDUs we accept.
+_LARGEST_BUFFER = 1 << 24
 # Longest a reactor waits before it re-checks its timers and kill flags.
 _MAX_WAIT = 0.05
 # Linux only: ACK at once instead of up to 40 ms later. A sender with Nagle's
@@ -148,6 +151,24 @@ class EventDrivenAssociationSocket(AssociationSocket):
         return self._poller[1]
 
     def recv(self, nr_bytes: int) -> bytearray:
+        """``nr_bytes`` from the socket, or fewer when the peer closed first
+        (pynetdicom then treats the PDU as broken).
+
+        The buffer grows with what arrives, not with what a PDU's length field
+        claims: garbage on the port may claim 4 GB, which would be allocated
+        and zeroed at once (half a gigabyte within 0.3 s, in a test)."""
+        if nr_bytes <= _LARGEST_BUFFER:
+            return self._recv_up_to(nr_bytes)
+        buffer = bytearray()
+        while len(buffer) < nr_bytes:
+            wanted = min(_LARGEST_BUFFER, nr_bytes - len(buffer))
+            part = self._recv_up_to(wanted)
+            buffer += part
+            if len(part) < wanted:
+                break
+        return buffer
+
+    def _recv_up_to(self, nr_bytes: int) -> bytearray:
         sock = self.socket
         assert sock is not None
         if _TCP_QUICKACK is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
@@ -158,7 +179,6 @@ class EventDrivenAssociationSocket(AssociationSocket):
         while received < nr_bytes:
             count = sock.recv_into(view[received:], nr_bytes - received)
             if not count:
-                # Peer closed: return what arrived; pynetdicom treats it as a broken PDU.
                 return buffer[:received]
             received += count
         return buffer

@@ -6,6 +6,7 @@ Every check looks at what the server actually left behind: the SQLite index
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import re
@@ -19,6 +20,7 @@ import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
@@ -961,3 +963,54 @@ def test_unknown_sop_class_is_refused_at_negotiation(shared_server: ServerProces
         "SELECT 1 FROM instances WHERE sop_class_uid = ?",
         (UID(unknown),),
     )
+
+
+def test_a_store_for_a_move_is_stored_like_any_other(shared_server: ServerProcess) -> None:
+    """A request naming a Move Originator is read and served by pynetdicom
+    (not on arrival), with the same outcome."""
+    ds = make_ct("moved-here", 1, 1)
+    with association(shared_server, [(ds.SOPClassUID, ExplicitVRLittleEndian)]) as assoc:
+        status = assoc.send_c_store(ds, originator_aet="MOVER", originator_id=7)
+        assert status.Status == SUCCESS
+        assert store_on(assoc, make_ct("moved-here", 1, 2)) == SUCCESS  # and on it goes
+    assert instance_row(shared_server, ds.SOPInstanceUID)
+
+
+def store_on(assoc: Any, ds: Dataset) -> int:
+    return int(assoc.send_c_store(ds).Status)
+
+
+def _tree_rss_kb(pid: int) -> int:
+    """Resident memory of a process and its children, in kB."""
+    total = 0
+    children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
+    for each in [pid, *map(int, children.stdout.split())]:
+        with contextlib.suppress(OSError):
+            status = Path(f"/proc/{each}/status").read_text()
+            total += int(re.search(r"VmRSS:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
+    return total
+
+
+def test_a_pdu_claiming_gigabytes_ends_only_its_own_association(
+    shared_server: ServerProcess,
+) -> None:
+    """Garbage on an established association: a P-DATA-TF header that claims
+    ~4 GB. The server reads what arrives, not what is claimed, and when the
+    peer goes, drops that association; others store on."""
+    before = _tree_rss_kb(shared_server.process.pid)
+    ds = make_ct("claims-gigabytes", 1, 1)
+    with association(shared_server, [(ds.SOPClassUID, ExplicitVRLittleEndian)]) as other:
+        with association(shared_server, [(Verification, None)]) as assoc:
+            raw = assoc.dul.socket.socket
+            raw.sendall(struct.pack(">BBL", 0x04, 0x00, 0xFFFFFFF0) + b"\x5a" * (1 << 20))
+            time.sleep(0.3)
+            assert store_on(other, ds) == SUCCESS
+            assert _tree_rss_kb(shared_server.process.pid) - before < 256 * 1024
+            raw.shutdown(socket.SHUT_RDWR)
+            deadline = time.monotonic() + 10
+            while assoc.is_established and time.monotonic() < deadline:
+                time.sleep(0.05)
+        assert store_on(other, make_ct("claims-gigabytes", 1, 2)) == SUCCESS
+    assert echo(shared_server) == SUCCESS
+    assert "The received PDU is shorter than expected" in shared_server.log()
+    assert instance_row(shared_server, ds.SOPInstanceUID)

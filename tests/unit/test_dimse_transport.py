@@ -294,3 +294,55 @@ def test_c_store_rq_fields_of_truncated_or_repeated_elements() -> None:
     for cut in range(1, len(command)):
         assert c_store_rq_fields(command[:cut]) is None
     assert c_store_rq_fields(command + _command((0x00001000, b"1.2.3.4 "))) is None
+
+
+def _refragmented(p_datas: list[P_DATA], sizes: list[int], per_p_data: int) -> list[P_DATA]:
+    """The same message with its data set cut into fragments of ``sizes``
+    (the rest in the last), ``per_p_data`` fragments to a P-DATA."""
+    (command,) = p_datas[0].presentation_data_value_list
+    data = b"".join(
+        bytes(value[1:]) for p in p_datas[1:] for _, value in p.presentation_data_value_list
+    )
+    cuts = list(itertools.accumulate(sizes))
+    pieces = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
+    values = [
+        bytes([0x02 if n == len(pieces) - 1 else 0x00]) + piece for n, piece in enumerate(pieces)
+    ]
+    result = [p_datas[0]]
+    for start in range(0, len(values), per_p_data):
+        p_data = P_DATA()
+        p_data.presentation_data_value_list.extend(
+            (command[0], memoryview(value)) for value in values[start : start + per_p_data]
+        )
+        result.append(p_data)
+    return result
+
+
+@pytest.mark.parametrize("sizes", [[1], [1, 7, 100], [0, 3], [2000]])
+@pytest.mark.parametrize("per_p_data", [1, 2, 10])
+def test_data_set_in_many_fragments_is_the_one_pynetdicom_assembles(
+    sizes: list[int], per_p_data: int
+) -> None:
+    request = _request(4, 0, "1.2.840.10008.5.1.4.1.1.2", "1.2.3.4", None)
+    p_datas = _refragmented(_p_datas(request, 0), sizes, per_p_data)
+    ours_type, ours = _received(p_datas, _IncomingMessage.new())
+    assert ours_type is _IncomingCStoreRequest
+    assert _fields(ours) == _fields(_received(p_datas, DIMSEMessage())[1])
+
+
+def test_a_command_amid_the_data_set_is_read_as_pynetdicom_reads_it() -> None:
+    """Only a broken peer sends it; whatever pynetdicom makes of it, so do we."""
+    request = _request(4, 0, "1.2.840.10008.5.1.4.1.1.2", "1.2.3.4", None)
+    first = _refragmented(_p_datas(request, 0), [10], 1)[:2]
+    p_datas = [*first, *_p_datas(request, 0)]
+
+    def outcome(message: DIMSEMessage) -> Any:
+        for p_data in p_datas:
+            try:
+                if message.decode_msg(p_data, None):
+                    return _fields(message.message_to_primitive())
+            except Exception as exc:
+                return type(exc)
+        return "incomplete"
+
+    assert outcome(_IncomingMessage.new()) == outcome(DIMSEMessage())
