@@ -10,9 +10,9 @@ from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pydicom.tag import BaseTag
 from pydicom.valuerep import PersonName
 
+from pacs.core.encoding import shared_tag
 from pacs.errors import DatasetMismatchError, InvalidDatasetError
 from pacs.index.schema import ATTRIBUTES, Kind
 
@@ -27,15 +27,14 @@ def _tag(keyword: str) -> int:
 # (column, kind, sequence tags to descend, tag) for each indexed attribute,
 # resolved once: ingest runs this for every instance.
 _PLAN = tuple(
-    (a.column, a.kind, tuple(_tag(k) for k in a.path), _tag(a.keyword)) for a in ATTRIBUTES
+    (a.column, a.kind, tuple(shared_tag(_tag(k)) for k in a.path), shared_tag(_tag(a.keyword)))
+    for a in ATTRIBUTES
 )
 
 # The same for the attributes read straight from their encoded bytes (see
 # ``_raw_value``): not inside a sequence, and with their dictionary VR.
 _RAW_PLAN = tuple(
-    (column, kind, BaseTag(tag), dictionary_VR(tag))
-    for column, kind, path, tag in _PLAN
-    if not path
+    (column, kind, tag, dictionary_VR(tag)) for column, kind, path, tag in _PLAN if not path
 )
 _NESTED_PLAN = tuple(item for item in _PLAN if item[2])
 
@@ -49,7 +48,7 @@ _BINARY_INTEGERS = {"US": (2, False), "SS": (2, True), "UL": (4, False), "SL": (
 # Character sets in which ASCII bytes mean ASCII text (not ISO_IR 13, whose 0x5C
 # is a yen sign, nor the ISO 2022 ones, whose escape sequences are ASCII bytes).
 _ASCII_CHARSETS = frozenset({"", "ISO_IR 6", "ISO_IR 100", "ISO_IR 192"})
-_SPECIFIC_CHARACTER_SET = BaseTag(0x00080005)
+_SPECIFIC_CHARACTER_SET = shared_tag(0x00080005)
 
 # PS3.5 9.1: digits and dots, no empty component, at most 64 characters. Leading
 # zeros inside a component are tolerated, as Orthanc and dcm4chee do, because

@@ -343,6 +343,24 @@ def header_stream(data: bytes | memoryview, layout: Layout) -> BytesIO:
 
 _SPECIFIC_CHARACTER_SET = 0x00080005
 _VR_NAMES = {vr.encode(): str(vr.value) for vr in VR}
+_SHARED_TAGS: dict[int, BaseTag] = {}
+_MOST_SHARED_TAGS = 8192  # private tags are many; the index reads public ones
+
+
+def shared_tag(tag: int) -> BaseTag:
+    """One ``BaseTag`` object per tag, for the keys of the data sets that
+    ``header_dataset`` builds and for those who look them up.
+
+    ``BaseTag`` compares in Python: a dictionary lookup with an equal but
+    other object calls its ``__eq__`` (~1 us), and the index looks up ~70
+    elements of every instance. The same object matches by identity.
+    """
+    shared = _SHARED_TAGS.get(tag)
+    if shared is None:
+        shared = BaseTag(tag)
+        if len(_SHARED_TAGS) < _MOST_SHARED_TAGS:
+            _SHARED_TAGS[tag] = shared
+    return shared
 
 
 def header_dataset(data: bytes | memoryview, layout: Layout, encoding: Encoding) -> Dataset | None:
@@ -367,10 +385,10 @@ def header_dataset(data: bytes | memoryview, layout: Layout, encoding: Encoding)
         return None
     raw: dict[BaseTag, RawDataElement | DataElement] = {}
     # tuple.__new__ builds the named tuple without its Python-level __new__.
-    new, vr_name = tuple.__new__, _VR_NAMES.get
+    new, vr_name, shared = tuple.__new__, _VR_NAMES.get, _SHARED_TAGS.get
     for tag, encoded_vr, length, offset in elements:
         vr = None if implicit else (vr_name(encoded_vr) or encoded_vr.decode(default_encoding))
-        key = BaseTag(tag)
+        key = shared(tag) or shared_tag(tag)
         value = data[offset : offset + length] if length else empty_value_for_VR(vr, raw=True)
         raw[key] = new(
             RawDataElement, (key, vr, length, value, offset, implicit, little, True, False)
