@@ -231,6 +231,25 @@ def start_orthanc(
     return proc
 
 
+def process_tree_cpu(pid: int) -> float:
+    """Seconds of CPU (user and system) used so far by a process and its
+    living descendants: a server's share of a run, whatever its sender costs.
+    Linux only (``/proc``); 0.0 elsewhere."""
+    total = 0
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            # Each thread lists the children it started.
+            for task in Path(f"/proc/{current}/task").iterdir():
+                pending.extend(int(child) for child in (task / "children").read_text().split())
+        except OSError:
+            continue  # gone, or not Linux
+        total += int(fields[11]) + int(fields[12])  # utime, stime in clock ticks
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def stop_process(proc: subprocess.Popen[Any], timeout: float = 15.0) -> int:
     """Stop ``proc`` gracefully (SIGTERM), killing it if it lingers; return its exit code."""
     if proc.poll() is None:

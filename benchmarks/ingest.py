@@ -3,7 +3,9 @@
 Generates the deterministic 300-slice CT phantom (512x512, 16-bit), then for each
 server and sender starts the server on empty storage, sends the series, checks
 that every instance is really stored, and prints instances/s and MB/s (median of
-``--repeat`` runs) with the pacs/Orthanc ratio.
+``--repeat`` runs) with the pacs/Orthanc ratio, and the CPU each server's
+processes used per instance (a machine's load moves the rates of both; the CPU
+a server needs for an instance moves less).
 
     python benchmarks/ingest.py [--slices N] [--repeat R] [--workdir DIR] [--no-orthanc]
 
@@ -36,6 +38,7 @@ from benchmarks.dicom_nodes import (
     free_port,
     orthanc_get,
     pacs_serve,
+    process_tree_cpu,
     revision,
     send_files,
     send_files_storescu,
@@ -168,7 +171,12 @@ def run_once(
     workdir.mkdir(parents=True, exist_ok=True)
     server = start(workdir)
     try:
+        cpu_before = process_tree_cpu(server.process.pid)
         result = send(server)
+        # Before the count: Orthanc answers it over HTTP, which costs it CPU too.
+        result["cpu_ms_per_instance"] = (
+            1000 * (process_tree_cpu(server.process.pid) - cpu_before) / expected
+        )
         deadline = time.monotonic() + 5
         stored = server.count()
         while stored < expected and time.monotonic() < deadline:
@@ -253,6 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             servers.append(("discard", start_discarding_scp))
 
         table: dict[tuple[str, str], tuple[float, float, int]] = {}
+        cpu_table: dict[tuple[str, str], float] = {}
         drained: dict[str, float] = {}
         for key in args.senders.split(","):
             label, send = senders[key]
@@ -270,10 +279,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 rate = statistics.median(r["instances_per_s"] for r in results)
                 mbps = statistics.median(r["mb_per_s"] for r in results)
                 failures = sum(r["failures"] for r in results)
+                cpu = statistics.median(r["cpu_ms_per_instance"] for r in results)
                 table[(label, server_name)] = (rate, mbps, failures)
+                cpu_table[(label, server_name)] = cpu
                 print(
                     f"  {server_name:8} {label:28} {rate:7.1f} inst/s {mbps:7.1f} MB/s"
-                    f" failures={failures}",
+                    f" {cpu:5.2f} ms CPU/instance failures={failures}",
                     flush=True,
                 )
 
@@ -284,9 +295,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             + (f"; S3: {backends.s3_kind}, PostgreSQL with fsync on" if backends else ""),
             "",
             "| sender | pacs inst/s | pacs MB/s | Orthanc inst/s | Orthanc MB/s | pacs/Orthanc"
+            " | server CPU ms/instance, pacs / Orthanc"
             " | pynetdicom discarding inst/s | pacs S3+PG inst/s | S3+PG / filesystem+SQLite"
             " | S3+PG, all in S3 inst/s |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for key in args.senders.split(","):
             label = senders[key][0]
@@ -308,9 +320,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if scale and label in drained
                 else "-"
             )
+            o_cpu = cpu_table.get((label, "Orthanc"))
+            cpu = f"{cpu_table[(label, 'pacs')]:.1f} / " + (f"{o_cpu:.1f}" if o_cpu else "-")
             lines.append(
                 f"| {label} | {pacs[0]:.0f} | {pacs[1]:.0f} | {o_rate} | {o_mb} | {ratio}"
-                f" | {f_rate} | {s_rate} | {s_ratio} | {s_all} |"
+                f" | {cpu} | {f_rate} | {s_rate} | {s_ratio} | {s_all} |"
             )
         print("\n" + "\n".join(lines))
         if args.record:
