@@ -38,7 +38,7 @@ from pacs.core.attributes import (
     plain_required_uids,
     required_uids,
 )
-from pacs.core.audit import AuditTrail
+from pacs.core.audit import AuditTrail, now_iso
 from pacs.core.metadata import MetadataWarmer
 from pacs.core.query import build_query, row_reader
 from pacs.core.rendering import Picture, RenderRequest, SizeBoundedCache
@@ -53,7 +53,7 @@ from pacs.errors import (
     StorageFullError,
     UnsupportedTransferSyntaxError,
 )
-from pacs.index.base import Index, InstanceRecord, StoredInstance, stored_at_now
+from pacs.index.base import Index, InstanceRecord, StoredInstance
 from pacs.index.query import Condition, Query, SingleValue
 from pacs.index.schema import LEVELS, UNIQUE_KEYS, Level
 from pacs.pixels import (
@@ -323,7 +323,7 @@ class Archive:
             pixel_data_offset=pixel_offset,
             pixel_data_length=None if pixel_offset is None else layout.pixel_data_length,
             source_ae_title=caller.ae_title,
-            stored_at=stored_at_now(),
+            stored_at=now_iso(),
         )
         try:
             if existing is not None and self.duplicate_policy is DuplicatePolicy.REPLACE:

@@ -21,7 +21,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from pacs.index.base import Index, stored_at_now
+from pacs.core.audit import now_iso
+from pacs.index.base import Index
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ class MetadataWarmer:
         # one that receives nothing is always quiet: unbounded, it followed
         # another's ingest, remaking each instance's JSON from its file (1.7 ms
         # of CPU per CT slice, on the same cores as that ingest).
-        stored_before = stored_at_now()
+        stored_before = now_iso()
         position, total, seen = 0, 0, 0
         while not self._closing.is_set():
             if time.monotonic() - self._last_submit < self._quiet or not self._jobs.empty():

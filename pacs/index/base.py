@@ -4,18 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from pacs.index.query import Query
 from pacs.index.schema import Level
 from pacs.types import ArchiveStatistics
-
-
-def stored_at_now() -> str:
-    """The time now as ``stored_at`` holds it: UTC, ISO 8601, to the millisecond
-    (so that the text of two times compares as they do)."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 @dataclass(frozen=True, slots=True)

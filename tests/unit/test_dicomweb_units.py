@@ -259,7 +259,7 @@ def test_missing_metadata_is_filled_in_when_quiet(tmp_path: Path) -> None:
 
 def test_the_backfill_leaves_what_was_stored_after_it_began(tmp_path: Path) -> None:
     """Another process's new instances are its warmer's, not this backfill's."""
-    from pacs.index.base import stored_at_now
+    from pacs.core.audit import now_iso as stored_at_now
 
     index_path = tmp_path / "index.sqlite"
     archive = Archive(SqliteIndex(index_path), FilesystemBlobStore(tmp_path / "blobs"))
