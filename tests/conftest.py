@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,7 +22,7 @@ from pacs.app import configure_libraries
 from pacs.core import Archive
 from pacs.index import SqliteIndex
 from storage import MemoryBlobStore
-from tests.services import PostgresCluster, S3Endpoint
+from tests.services import PostgresCluster, S3Endpoint, free_port
 
 configure_libraries()
 
@@ -34,11 +34,7 @@ def bundled_dicom_files() -> list[Path]:
     return sorted(PYDICOM_TEST_FILES.glob("*.dcm"))
 
 
-def get_port() -> int:
-    """A free TCP port on loopback (as pynetdicom's tests/utils.py does)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+get_port = free_port  # the name the tests import
 
 
 @dataclass
@@ -126,6 +122,30 @@ def stop_server(server: ServerProcess) -> None:
         except subprocess.TimeoutExpired:
             server.process.kill()
             server.process.wait()
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(mount_point: Path, options: str) -> Iterator[Path]:
+    """A tmpfs mounted at ``mount_point`` with ``options`` ("size=64k,..."), to fill.
+
+    Mounting needs root (CI runs as root); the test is skipped otherwise.
+    """
+    mount_point.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount_point)],
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs to fill (needs root): {result.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def resize_tmpfs(mount_point: Path, size: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,size={size}", str(mount_point)], check=True)
 
 
 @pytest.fixture

@@ -34,10 +34,20 @@ from pathlib import Path
 POSTGRES_USER = "pacs-postgres"
 
 
+_PORTS_GIVEN: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A free TCP port on loopback (the kernel picks it), never one given before
+    in this run: the kernel may offer a just-closed port again before the server
+    it was given for has bound it (two servers were once given the same one)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _PORTS_GIVEN:
+            _PORTS_GIVEN.add(port)
+            return port
 
 
 def _wait_for_port(port: int, process: subprocess.Popen[bytes] | None, what: str) -> None:

@@ -453,7 +453,8 @@ class Archive:
         try:
             self.blobs.put(key, (meta, dataset_bytes))
         except BlobStoreFullError as exc:
-            raise StorageFullError(str(exc)) from exc
+            # The reason first: a DIMSE error comment keeps only 64 characters.
+            raise StorageFullError(f"storage full: {exc}") from exc
         except BlobStoreError as exc:
             raise StorageError(str(exc)) from exc
 

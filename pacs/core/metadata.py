@@ -8,9 +8,10 @@ back from its fsync, waits. So the thread waits for a lull: it starts once no
 instance has arrived for ``quiet`` seconds (or a job has waited ``max_delay``),
 works from the header the ingest already parsed, and records a batch per
 index transaction. Whatever it missed (a full queue during a bulk import, a
-crash, instances older than this feature) it fills in from the stored files
-when the archive is quiet: once at start-up, and again after it dropped a
-job. Until then ``Archive.metadata`` computes what it needs on request.
+crash, instances older than this feature, a write of it that failed) it fills
+in from the stored files when the archive is quiet: once at start-up, and again
+after it dropped a job or failed to record one. Until then ``Archive.metadata``
+computes what it needs on request.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class MetadataWarmer:
         batch: int = 200,
         quiet: float = 0.1,
         max_delay: float = 5.0,
+        retry_delay: float = 30.0,
     ) -> None:
         self._index = index
         # Bounded: each job holds a parsed header (tens of kB).
@@ -49,10 +51,14 @@ class MetadataWarmer:
         self._batch = batch
         self._quiet = quiet
         self._max_delay = max_delay
+        # After a failed write (a full disk, an index that is down) the
+        # backfill waits this long before it tries again, so as not to spin.
+        self._retry_delay = retry_delay
         self._last_submit = 0.0
         self._closing = threading.Event()
         self._backfill = backfill
         self._backfill_needed = backfill is not None
+        self._backfill_not_before = 0.0
         self._idle = threading.Event()
         self._idle.set()
         self._thread = threading.Thread(target=self._run, name="metadata-warmer", daemon=True)
@@ -119,6 +125,8 @@ class MetadataWarmer:
         """Backfill in small steps, giving way as soon as new instances arrive."""
         if not self._backfill_needed or self._backfill is None:
             return
+        if time.monotonic() < self._backfill_not_before:
+            return
         self._backfill_needed = False
         # Only what was stored before now: what arrives later is the warmer's
         # of the process that stores it. Several processes share an index, and
@@ -133,8 +141,12 @@ class MetadataWarmer:
                 break
             try:
                 position, done, examined = self._backfill(position, 50, stored_before)
-            except Exception:
-                log.exception("metadata backfill failed")
+            except Exception as exc:
+                log.warning(
+                    "metadata backfill failed (%s); tried again in %g s", exc, self._retry_delay
+                )
+                self._backfill_needed = True
+                self._retry_later()
                 break
             if position < 0:
                 break
@@ -161,8 +173,19 @@ class MetadataWarmer:
             return
         try:
             self._index.set_metadata(done)
-        except Exception:
-            log.exception("metadata of %d instances could not be recorded", len(done))
+        except Exception as exc:
+            # A full disk, say: the instances are stored, only their JSON is
+            # not; the backfill makes it from their files once it can.
+            self._backfill_needed = self._backfill is not None
+            self._retry_later()
+            log.warning(
+                "metadata of %d instances could not be recorded (%s); left for later",
+                len(done),
+                exc,
+            )
+
+    def _retry_later(self) -> None:
+        self._backfill_not_before = time.monotonic() + self._retry_delay
 
 
 __all__ = ["MetadataWarmer"]

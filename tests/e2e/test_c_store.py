@@ -19,9 +19,11 @@ import time
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pydicom
 import pytest
 from blake3 import blake3
@@ -35,7 +37,10 @@ from pydicom.uid import (
     MRImageStorage,
     SecondaryCaptureImageStorage,
 )
+from pynetdicom.dimse_messages import C_STORE_RQ
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import split_dataset
+from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
@@ -44,6 +49,8 @@ from tests.conftest import (
     PYDICOM_TEST_FILES,
     ServerProcess,
     bundled_dicom_files,
+    mounted_tmpfs,
+    resize_tmpfs,
     start_server,
     stop_server,
 )
@@ -799,6 +806,120 @@ def test_malformed_data_set_is_refused_and_leaves_nothing(
     comment = str(response.get("ErrorComment", ""))
     assert 0 < len(comment) <= 64  # the sender is told why
     assert_left_nothing(refusing_server)
+
+
+OUT_OF_RESOURCES = range(0xA700, 0xA800)
+
+
+def test_a_full_disk_refuses_with_out_of_resources_and_loses_nothing(tmp_path: Path) -> None:
+    """The data folder on a small tmpfs: stores until it is full, then on.
+
+    Each C-STORE answered with success must be whole on disk and in the index;
+    each one the full disk refuses gets 0xA7xx with a reason and leaves nothing
+    behind; the server stays up, and stores again once there is room.
+    """
+    with mounted_tmpfs(tmp_path / "disk", "size=6m") as disk:
+        server = start_server(disk / "pacs-data")
+        try:
+            sent = [make_ct("full-disk", 1, n, size=256) for n in range(1, 81)]  # 128 kB each
+            statuses: dict[str, int] = {}
+            comments: dict[str, str] = {}
+            with association(server, [(CTImageStorage, ExplicitVRLittleEndian)]) as assoc:
+                for ds in sent:
+                    response = assoc.send_c_store(ds)
+                    statuses[ds.SOPInstanceUID] = int(response.Status)
+                    comments[ds.SOPInstanceUID] = str(response.get("ErrorComment", ""))
+            stored = [ds for ds in sent if statuses[ds.SOPInstanceUID] == SUCCESS]
+            refused = [ds for ds in sent if statuses[ds.SOPInstanceUID] != SUCCESS]
+            assert stored and refused, statuses  # 10 MB into 6 MB
+            for ds in refused:
+                assert statuses[ds.SOPInstanceUID] in OUT_OF_RESOURCES, server.log()
+                assert 0 < len(comments[ds.SOPInstanceUID]) <= 64
+            assert echo(server) == SUCCESS  # still up
+
+            db = index_path(server)
+            indexed = {r[0] for r in query(db, "SELECT sop_instance_uid FROM instances")}
+            assert indexed == {ds.SOPInstanceUID for ds in stored}
+            for ds in stored:
+                blob = stored_blob(server, ds.SOPInstanceUID)
+                assert pydicom.dcmread(blob).PixelData == ds.PixelData
+            assert len(blob_files(blob_dir(server))) == len(stored)
+            assert incoming_files(blob_dir(server)) == []  # the space of refused ones given back
+            assert server.system()["counts"]["instances"] == len(stored)
+
+            resize_tmpfs(disk, "64m")
+            with association(server, [(CTImageStorage, ExplicitVRLittleEndian)]) as assoc:
+                assert {int(assoc.send_c_store(ds).Status) for ds in refused} == {SUCCESS}
+            assert table_counts(server)["instances"] == len(sent)
+            assert len(blob_files(blob_dir(server))) == len(sent)
+            row = query(db, "SELECT number_of_study_related_instances FROM studies")
+            assert [r[0] for r in row] == [len(sent)]
+            # Their JSON, whose precomputed copy met the full disk too, is served.
+            response = httpx.get(
+                f"{server.http_url}/dicom-web/studies/{sent[0].StudyInstanceUID}/metadata",
+                headers={"Accept": "application/dicom+json"},
+                timeout=30,
+            )
+            assert response.status_code == 200
+            served = {item["00080018"]["Value"][0] for item in response.json()}
+            assert served == {ds.SOPInstanceUID for ds in sent}
+            assert "Traceback" not in server.log()  # a full disk is a warning, not a crash
+        finally:
+            stop_server(server)
+
+
+A_ABORT_PDU = bytes([0x07, 0, 0, 0, 0, 4, 0, 0, 0, 0])  # PS3.8 9.3.8, source: service user
+
+
+def c_store_pdus(ds: Dataset, context_id: int, max_pdu: int) -> list[bytes]:
+    """The P-DATA-TF PDUs of a C-STORE request of ``ds``, as pynetdicom would send them."""
+    primitive = C_STORE()
+    primitive.MessageID = 7
+    primitive.AffectedSOPClassUID = ds.SOPClassUID
+    primitive.AffectedSOPInstanceUID = ds.SOPInstanceUID
+    primitive.DataSet = BytesIO(encode(ds))
+    message = C_STORE_RQ()
+    message.primitive_to_message(primitive)
+    pdus = []
+    for p_data in message.encode_msg(context_id, max_pdu):
+        pdu = P_DATA_TF()
+        pdu.from_primitive(p_data)
+        pdus.append(pdu.encode())
+    return pdus
+
+
+@pytest.mark.parametrize("goes", ["closes the connection", "aborts the association"])
+def test_a_sender_that_goes_mid_data_set_leaves_nothing(
+    shared_server: ServerProcess, goes: str
+) -> None:
+    """Half of a 128 kB image sent, then the modality is gone (switched off,
+    its cable pulled, or it aborts): nothing of it is stored, and the server
+    serves the next association as before."""
+    server = shared_server
+    ds = make_ct("goes-mid-transfer", goes, 1, size=256)
+    blobs_before = blob_files(blob_dir(server))
+    with association(server, [(CTImageStorage, ExplicitVRLittleEndian)]) as assoc:
+        context_id = assoc.accepted_contexts[0].context_id
+        pdus = c_store_pdus(ds, context_id, 16384)
+        assert len(pdus) > 4
+        raw = assoc.dul.socket.socket
+        raw.sendall(b"".join(pdus[: len(pdus) // 2]))
+        time.sleep(0.3)  # the server has read it and waits for the rest
+        if goes == "aborts the association":
+            raw.sendall(A_ABORT_PDU)  # the server closes; our reactor then does
+        else:
+            raw.shutdown(socket.SHUT_RDWR)
+        deadline = time.monotonic() + 10
+        while assoc.is_established and time.monotonic() < deadline:
+            time.sleep(0.05)
+        raw.close()
+    sql = "SELECT 1 FROM instances WHERE sop_instance_uid = ?"
+    assert not query(index_path(server), sql, (ds.SOPInstanceUID,))
+    assert blob_files(blob_dir(server)) == blobs_before
+    assert incoming_files(blob_dir(server)) == []
+    assert store(server, ds) == SUCCESS  # the same image, sent again whole
+    assert pydicom.dcmread(stored_blob(server, ds.SOPInstanceUID)).PixelData == ds.PixelData
+    assert incoming_files(blob_dir(server)) == []
 
 
 def test_an_association_is_one_line_in_the_log(tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ from storage import (
     validate_key,
 )
 from storage.s3 import S3BlobStore
+from tests.conftest import mounted_tmpfs
 from tests.page_cache import cached_pages, drop_from_page_cache, nowait_reads
 from tests.services import S3Endpoint, TcpRelay, free_port, new_bucket_name
 
@@ -506,19 +507,8 @@ def test_filesystem_store_refuses_a_directory_key(tmp_path: Path) -> None:
 @pytest.fixture
 def tiny_tmpfs(tmp_path: Path) -> Iterator[Path]:
     """A 64 KiB tmpfs with 64 inodes (needs root; skipped otherwise)."""
-    mount_point = tmp_path / "tiny"
-    mount_point.mkdir()
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64k,nr_inodes=64", "tmpfs", str(mount_point)],
-        capture_output=True,
-        text=True,
-    )
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs to fill (needs root): {result.stderr.strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "tiny", "size=64k,nr_inodes=64") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
 def test_full_disk_raises_blob_store_full(tiny_tmpfs: Path) -> None:

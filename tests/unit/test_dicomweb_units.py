@@ -17,6 +17,7 @@ from pydicom.dataset import Dataset
 
 from pacs.core import Archive
 from pacs.core.dicomjson import BASE_PLACEHOLDER, attributes, instance_metadata
+from pacs.core.metadata import MetadataWarmer
 from pacs.dicomweb.errors import DicomWebError
 from pacs.dicomweb.media import OCTET_STREAM, Multipart, parse_accept, require_json
 from pacs.dicomweb.stow import _boundary, _parts
@@ -255,6 +256,43 @@ def test_missing_metadata_is_filled_in_when_quiet(tmp_path: Path) -> None:
         assert len(rows) == 2 and all(row["metadata"] for row in rows)
     finally:
         second.close()
+
+
+class _IndexOnAFullDisk(SqliteIndex):
+    """The disk is full for the first ``full_writes`` writes of metadata, then has room."""
+
+    full_writes = 1
+
+    def set_metadata(self, items: Any) -> None:
+        if self.full_writes:
+            self.full_writes -= 1
+            raise sqlite3.OperationalError("database or disk is full")
+        super().set_metadata(items)
+
+
+def test_metadata_that_could_not_be_recorded_is_filled_in_later(tmp_path: Path) -> None:
+    """Instances whose JSON met a full disk get it once there is room (not at the next start)."""
+    index = _IndexOnAFullDisk(tmp_path / "index.sqlite")
+    archive = Archive(index, FilesystemBlobStore(tmp_path / "blobs"))
+    query = Query(Level.IMAGE, columns=((Level.IMAGE, "metadata"),))
+    try:
+        archive.ingest_dataset(make_ct("full", 1, 1), CALLER)
+        archive.wait_for_metadata(timeout=10)
+        assert [row["metadata"] for row in index.find(query)] == [None]  # the write failed
+        assert index.full_writes == 0
+        warmer = MetadataWarmer(index, archive._backfill_metadata, retry_delay=0.2)
+        index.full_writes = 2  # this warmer's first backfill fails too, then waits
+        try:
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and not all(r["metadata"] for r in index.find(query)):
+                time.sleep(0.05)
+        finally:
+            warmer.close()
+        assert index.full_writes == 0  # both failures were met
+        rows = list(index.find(query))
+        assert len(rows) == 1 and orjson.loads(rows[0]["metadata"])["00080018"]["Value"]
+    finally:
+        archive.close()
 
 
 def test_the_backfill_leaves_what_was_stored_after_it_began(tmp_path: Path) -> None:

@@ -88,10 +88,10 @@ export class StudyList {
       event.preventDefault();
       this.search();
     });
-    let timer = 0;
+    this.typingTimer = 0;
     this.form.addEventListener("input", () => {
-      clearTimeout(timer);
-      timer = setTimeout(() => this.search(), 350);
+      clearTimeout(this.typingTimer);
+      this.typingTimer = setTimeout(() => this.search(), 350);
     });
     this.root.querySelector("[data-action=clear]").addEventListener("click", () => {
       this.form.reset();
@@ -194,6 +194,8 @@ export class StudyList {
   }
 
   async search(page = 0) {
+    // Enter while typing searches now: the search the typing queued is this one.
+    clearTimeout(this.typingTimer);
     const generation = ++this.generation;
     const keys = this.#keys();
     this.#setState("Searching…", "busy");
