@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import shutil
 import socket
 import sqlite3
 import ssl
@@ -90,11 +91,18 @@ def build_blob_store(settings: Settings, *, spool: bool | None = None) -> BlobSt
     """The blob store ``storage_url`` names; S3 behind the local spool unless
     ``upload_spool`` (or ``spool``) is off."""
     try:
+        keep_free_bytes, keep_free_percent = settings.keep_free()
         store = open_blob_store(
-            settings.blob_store_url, settings.s3_credentials(), direct_io=settings.direct_io
+            settings.blob_store_url,
+            settings.s3_credentials(),
+            direct_io=settings.direct_io,
+            keep_free_bytes=keep_free_bytes,
+            keep_free_percent=keep_free_percent,
         )
     except OSError as exc:
         raise ConfigError(f"blob store {settings.blob_store_url}: {exc}") from None
+    if isinstance(store, FilesystemBlobStore):
+        _warn_if_short_of_space(store)
     if not isinstance(store, S3BlobStore):
         return store
     spooled = settings.upload_spool if spool is None else spool
@@ -112,10 +120,27 @@ def build_blob_store(settings: Settings, *, spool: bool | None = None) -> BlobSt
     if not spooled:
         return store
     return SpooledBlobStore(
-        FilesystemBlobStore(settings.spool_dir, direct_io=settings.direct_io),
+        FilesystemBlobStore(
+            settings.spool_dir,
+            direct_io=settings.direct_io,
+            keep_free_bytes=keep_free_bytes,
+            keep_free_percent=keep_free_percent,
+        ),
         store,
         uploaders=settings.upload_workers,
     )
+
+
+def _warn_if_short_of_space(store: FilesystemBlobStore) -> None:
+    free = shutil.disk_usage(store.root).free
+    if free < store.keep_free:
+        log.warning(
+            "%s has %.1f MB free, under the %.1f MB kept free (min_free_space):"
+            " images are refused until there is more",
+            store.root,
+            free / 1e6,
+            store.keep_free / 1e6,
+        )
 
 
 def _bind(host: str, port: int, what: str) -> socket.socket:

@@ -33,6 +33,11 @@ def _common(parser: argparse.ArgumentParser) -> None:
         " but a just-stored study is read from the disk",
     )
     parser.add_argument(
+        "--min-free-space",
+        metavar="SIZE",
+        help="space stores leave free on the images' disk: 500MB, 2GiB, 1%% (default) or 0",
+    )
+    parser.add_argument(
         "--index-url",
         metavar="URL",
         help="metadata index: postgresql://USER@HOST:PORT/DB (default: SQLite in the data folder)",

@@ -118,6 +118,13 @@ class Settings:
     page cache: less CPU per stored image where fresh memory is dear (a virtual
     machine whose host takes back free guest memory), but a just-stored study is
     then read from the disk (``storage.filesystem``)."""
+    min_free_space: str = "1%"
+    """Space a store must leave free where the data folder's images (or the S3
+    spool) are: a size (``500MB``, ``2GiB``) or a share of that filesystem
+    (``1%``); ``0``: none. The index and its journal usually share that disk and
+    need room to record what was stored; an image that would go below it is
+    refused as out of resources (0xA700), as dcm4chee refuses past its storage
+    threshold."""
     upload_spool: bool = True
     """With S3: acknowledge once fsynced in ``spool/`` in the data folder, upload after."""
     upload_workers: int = 4
@@ -161,6 +168,10 @@ class Settings:
     @property
     def uses_s3(self) -> bool:
         return isinstance(parse_storage_url(self.blob_store_url), S3Location)
+
+    def keep_free(self) -> tuple[int, float]:
+        """``min_free_space`` as (bytes, percent): one of them is 0."""
+        return _parse_space(self.min_free_space)
 
     def s3_credentials(self) -> S3Credentials:
         return S3Credentials(
@@ -427,6 +438,36 @@ def _as_number(name: str, value: Any) -> float:
     return number
 
 
+_SPACE = re.compile(r"\s*(\d+(?:\.\d*)?)\s*(%|[kmgt]i?b?|b)?\s*", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
+
+
+def _parse_space(text: str) -> tuple[int, float]:
+    match = _SPACE.fullmatch(text)
+    if match is None:
+        raise ValueError(text)
+    number, unit = float(match[1]), (match[2] or "").lower()
+    if unit == "%":
+        if number >= 50:
+            raise ValueError(text)
+        return 0, number
+    base = unit[:1]
+    scale = 1024 ** "bkmgt".index(base) if unit[1:2] == "i" else _UNITS[base]
+    return int(number * scale), 0.0
+
+
+def _as_space(name: str, value: Any) -> str:
+    text = str(value).strip()
+    try:
+        _parse_space(text)
+    except ValueError:
+        raise ConfigError(
+            f"{name} must be a size (500MB, 2GiB), a share of the disk under 50% (1%)"
+            f" or 0, not {value!r}"
+        ) from None
+    return text
+
+
 def _as_bool(name: str, value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -516,6 +557,7 @@ _CONVERTERS = {
     "index_url": _as_index_url,
     "upload_spool": _as_bool,
     "direct_io": _as_bool,
+    "min_free_space": _as_space,
     "upload_workers": _as_positive_int,
     "index_pool_size": _as_positive_int,
     "tls_cert": _as_file,

@@ -33,10 +33,24 @@ _IDLE_DIRECTORY_STATES = 64
 
 
 class FilesystemBlobStore:
-    def __init__(self, root: str | os.PathLike[str], *, direct_io: bool = False) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        direct_io: bool = False,
+        keep_free_bytes: int = 0,
+        keep_free_percent: float = 0.0,
+    ) -> None:
         self.root = Path(root).resolve()
         self._incoming = self.root / _INCOMING
         self._incoming.mkdir(parents=True, exist_ok=True)
+        # Space a put must leave free on the filesystem (the larger of the two):
+        # the index, its journal and the logs usually share it, and they need
+        # room to record what was stored. dcm4chee's storage threshold is alike.
+        disk = os.statvfs(self.root)
+        self.keep_free = max(
+            keep_free_bytes, int(disk.f_blocks * disk.f_frsize * keep_free_percent / 100)
+        )
         self._remove_orphaned_temporaries()
         self._known_dirs: set[str] = set()
         self._temporary_names = _TemporaryNames(str(self._incoming))
@@ -90,6 +104,8 @@ class FilesystemBlobStore:
         folder = target.rpartition("/")[0]
         temporary = self._temporary_names.next()
         size = 0
+        if self.keep_free:
+            self._check_room(key, chunks)
         try:
             # Inside the try: on a full disk the new study folder is what fails first.
             self._ensure_dir(folder)
@@ -123,6 +139,17 @@ class FilesystemBlobStore:
             _unlink_quietly(temporary)
             raise
         return size
+
+    def _check_room(self, key: str, chunks: Iterable[bytes]) -> None:
+        size = sum(map(len, chunks)) if isinstance(chunks, (list, tuple)) else 0
+        try:
+            disk = os.statvfs(self.root)
+        except OSError as exc:
+            raise BlobStoreError(f"cannot store {key!r}: {exc}") from exc
+        free = disk.f_bavail * disk.f_frsize
+        if free - size < self.keep_free:
+            left, kept = _megabytes(free), _megabytes(self.keep_free)
+            raise BlobStoreFullError(f"{left} left, {kept} kept free; not storing {key!r}")
 
     def get(self, key: str) -> bytes:
         try:
@@ -456,6 +483,10 @@ class _TemporaryNames:
             self._pid = pid
             self._prefix = f"{self._folder}/{pid}-{uuid.uuid4().hex[:12]}-"
         return f"{self._prefix}{next(self._counter)}"
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1e6:.1f} MB"
 
 
 def _unlink_quietly(path: str) -> None:

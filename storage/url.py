@@ -102,13 +102,23 @@ def parse_storage_url(url: str) -> Path | S3Location:
 
 
 def open_blob_store(
-    url: str, credentials: S3Credentials | None = None, *, direct_io: bool = False
+    url: str,
+    credentials: S3Credentials | None = None,
+    *,
+    direct_io: bool = False,
+    keep_free_bytes: int = 0,
+    keep_free_percent: float = 0.0,
 ) -> BlobStore:
     """The store ``url`` names. An S3 store does not contact the service yet
-    (see ``S3BlobStore.ensure_bucket``)."""
+    (see ``S3BlobStore.ensure_bucket``); the space kept free is a folder's."""
     location = parse_storage_url(url)
     if isinstance(location, Path):
-        return FilesystemBlobStore(location, direct_io=direct_io)
+        return FilesystemBlobStore(
+            location,
+            direct_io=direct_io,
+            keep_free_bytes=keep_free_bytes,
+            keep_free_percent=keep_free_percent,
+        )
     from storage.s3 import S3BlobStore  # the minio client only when S3 is used
 
     credentials = credentials or S3Credentials()

@@ -811,15 +811,20 @@ def test_malformed_data_set_is_refused_and_leaves_nothing(
 OUT_OF_RESOURCES = range(0xA700, 0xA800)
 
 
-def test_a_full_disk_refuses_with_out_of_resources_and_loses_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("min_free_space", ["0", "2MB"])
+def test_a_full_disk_refuses_with_out_of_resources_and_loses_nothing(
+    tmp_path: Path, min_free_space: str
+) -> None:
     """The data folder on a small tmpfs: stores until it is full, then on.
 
     Each C-STORE answered with success must be whole on disk and in the index;
     each one the full disk refuses gets 0xA7xx with a reason and leaves nothing
-    behind; the server stays up, and stores again once there is room.
+    behind; the server stays up, and stores again once there is room. With no
+    space kept free the disk really fills (the index meets it too); with 2 MB
+    kept free the stores stop short of it.
     """
     with mounted_tmpfs(tmp_path / "disk", "size=6m") as disk:
-        server = start_server(disk / "pacs-data")
+        server = start_server(disk / "pacs-data", "--min-free-space", min_free_space)
         try:
             sent = [make_ct("full-disk", 1, n, size=256) for n in range(1, 81)]  # 128 kB each
             statuses: dict[str, int] = {}
@@ -834,7 +839,13 @@ def test_a_full_disk_refuses_with_out_of_resources_and_loses_nothing(tmp_path: P
             assert stored and refused, statuses  # 10 MB into 6 MB
             for ds in refused:
                 assert statuses[ds.SOPInstanceUID] in OUT_OF_RESOURCES, server.log()
-                assert 0 < len(comments[ds.SOPInstanceUID]) <= 64
+                comment = comments[ds.SOPInstanceUID]
+                assert comment.startswith("storage full: ") and len(comment) <= 64, comment
+            if min_free_space == "2MB":
+                assert "kept free" in comments[refused[0].SOPInstanceUID]
+                # The reserve is for the index: it wrote its rows and JSON in it since.
+                assert shutil.disk_usage(disk).free >= 1_000_000
+                assert "could not be recorded" not in server.log()  # the index had room
             assert echo(server) == SUCCESS  # still up
 
             db = index_path(server)

@@ -523,6 +523,24 @@ def test_full_disk_raises_blob_store_full(tiny_tmpfs: Path) -> None:
     assert store.get("study/small") == b"fits"
 
 
+def test_a_put_leaves_the_space_kept_free(tmp_path: Path) -> None:
+    """A quarter of a 4 MiB disk kept free: what would go below it is refused
+    before a byte is written, and smaller blobs still fit."""
+    with mounted_tmpfs(tmp_path / "disk", "size=4m") as disk:
+        store = FilesystemBlobStore(disk / "blobs", keep_free_percent=25)
+        assert store.keep_free == 1024 * 1024
+        store.put("study/first", [b"a" * (2 * 1024 * 1024)])  # 2 MiB left
+        with pytest.raises(BlobStoreFullError, match=r"MB left, 1\.0 MB kept free"):
+            store.put("study/second", [b"b" * (1536 * 1024)])  # would leave 0.5 MiB
+        assert not store.exists("study/second")
+        assert list((disk / "blobs" / ".incoming").iterdir()) == []
+        store.put("study/third", [b"c" * (512 * 1024)])  # leaves 1.5 MiB
+        assert sorted(store.keys()) == ["study/first", "study/third"]
+        store.delete("study/first")  # room again
+        store.put("study/second", [b"b" * (1536 * 1024)])
+        assert store.get("study/second") == b"b" * (1536 * 1024)
+
+
 def test_no_inode_left_raises_blob_store_full(tiny_tmpfs: Path) -> None:
     store = FilesystemBlobStore(tiny_tmpfs / "blobs")
     store.put("existing/one", [b"1"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -186,6 +187,9 @@ BAD_VALUES = [
     ("known_nodes_only", "maybe", "true or false"),
     ("cors_origins", "viewer.example.org", "not an origin"),
     ("case_insensitive_names", "2", "true or false"),
+    ("min_free_space", "60%", "under 50%"),
+    ("min_free_space", "-1GB", "must be a size"),
+    ("min_free_space", "lots", "must be a size"),
 ]
 
 
@@ -404,6 +408,41 @@ def test_direct_io_is_off_unless_asked_and_reaches_the_blob_stores(
     try:
         assert isinstance(spool, SpooledBlobStore)
         assert spool.spool._direct is (os.O_DIRECT != 0)
+    finally:
+        spool.close()
+
+
+@pytest.mark.parametrize(
+    ("text", "kept"),
+    [
+        ("1%", (0, 1.0)),
+        ("0", (0, 0.0)),
+        ("500MB", (500_000_000, 0.0)),
+        ("500 mb", (500_000_000, 0.0)),
+        ("2GiB", (2 * 1024**3, 0.0)),
+        ("1.5G", (1_500_000_000, 0.0)),
+        ("64k", (64_000, 0.0)),
+        ("4096", (4096, 0.0)),
+    ],
+)
+def test_min_free_space_as_a_size_or_a_share(text: str, kept: tuple[int, float]) -> None:
+    assert load_settings({"min_free_space": text}, environ=NO_ENV).keep_free() == kept
+
+
+def test_min_free_space_reaches_the_blob_stores(tmp_path: Path) -> None:
+    """1% of the disk by default; the archive's folder and the S3 spool alike."""
+    args = build_parser().parse_args(["serve", "--min-free-space", "2GiB"])
+    assert args.min_free_space == "2GiB"
+    default = build_blob_store(load_settings({"data_dir": str(tmp_path / "a")}, environ=NO_ENV))
+    assert isinstance(default, FilesystemBlobStore)
+    total = shutil.disk_usage(tmp_path).total
+    assert default.keep_free == int(total * 0.01)
+    sized = load_settings({"data_dir": str(tmp_path), "min_free_space": "3MB"}, environ=NO_ENV)
+    spooled = dataclasses.replace(sized, storage_url="s3://bucket/archive?endpoint=127.0.0.1:9")
+    spool = build_blob_store(spooled)
+    try:
+        assert isinstance(spool, SpooledBlobStore)
+        assert spool.spool.keep_free == 3_000_000
     finally:
         spool.close()
 
