@@ -74,7 +74,9 @@ ENCODED_TARGETS = frozenset((RLELossless, *LOSSLESS_ENCODINGS, *LOSSY_ENCODINGS)
 """Compressed syntaxes we write; whether one fits an image is ``refusal``'s answer."""
 LOSSY_TARGETS = LOSSY_ENCODINGS
 """Syntaxes that lose information; written only when asked for by name."""
-_EXPLICIT_AND_IMPLICIT = frozenset((ExplicitVRLittleEndian, ImplicitVRLittleEndian))
+_NATIVE_LITTLE_ENDIAN = frozenset(
+    (ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian)
+)
 _DECODE_ERRORS = (ValueError, TypeError, AttributeError, RuntimeError, NotImplementedError)
 
 
@@ -164,22 +166,45 @@ def transcode(data: bytes, source: str, target: str, quality: LossyQuality | Non
             f"cannot convert {UID(source).name} to {UID(target).name}"
             " (a codec may be missing: install pylibjpeg with its plugins and imagecodecs)"
         )
-    if {source, target} == _EXPLICIT_AND_IMPLICIT:
-        # Only the element headers differ: rewritten on the bytes, ~20-30x
-        # faster than through a pydicom data set (None: a case left to pydicom).
-        reencoded = reencode_little_endian(data, to_implicit=target == ImplicitVRLittleEndian)
-        if reencoded is not None:
-            return reencoded
+    if source in _NATIVE_LITTLE_ENDIAN and target in _NATIVE_LITTLE_ENDIAN:
+        rewritten = _rewritten(data, source, target)
+        if rewritten is not None:
+            return rewritten
     dataset = _read(data, source)
     if target in ENCODED_TARGETS:
         _compress(dataset, UID(target), quality or LossyQuality())
         return _encode(dataset, ExplicitVRLittleEndian)
     if target == DeflatedExplicitVRLittleEndian:
-        # Level 1: ~5x faster than the default for ~2% more bytes on a CT slice.
-        deflater = zlib.compressobj(1, zlib.DEFLATED, -zlib.MAX_WBITS)
-        plain = _encode(dataset, ExplicitVRLittleEndian)
-        return deflater.compress(plain) + deflater.flush()
+        return _deflated(_encode(dataset, ExplicitVRLittleEndian))
     return _encode(dataset, UID(target))
+
+
+def _rewritten(data: bytes, source: str, target: str) -> bytes | None:
+    """Between native little endian syntaxes only the element headers differ
+    (and deflate): rewritten on the bytes, 20-30x faster than through a pydicom
+    data set. ``None``: a case left to pydicom (see ``reencoding``)."""
+    if source == DeflatedExplicitVRLittleEndian:
+        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        try:
+            data = inflater.decompress(data) + inflater.flush()
+        except zlib.error:
+            return None  # pydicom's way says what is wrong
+        if not inflater.eof:
+            return None
+        source = ExplicitVRLittleEndian
+    plain_target = ExplicitVRLittleEndian if target == DeflatedExplicitVRLittleEndian else target
+    if source != plain_target:
+        reencoded = reencode_little_endian(data, to_implicit=plain_target == ImplicitVRLittleEndian)
+        if reencoded is None:
+            return None
+        data = reencoded
+    return _deflated(data) if target == DeflatedExplicitVRLittleEndian else data
+
+
+def _deflated(plain: bytes) -> bytes:
+    # Level 1: ~5x faster than the default for ~2% more bytes on a CT slice.
+    deflater = zlib.compressobj(1, zlib.DEFLATED, -zlib.MAX_WBITS)
+    return deflater.compress(plain) + deflater.flush()
 
 
 def _read(data: bytes, source: str) -> Dataset:
