@@ -29,6 +29,7 @@ from pydicom.uid import (
 )
 from pydicom.valuerep import VR
 
+from pacs.encoded import ITEM, ITEM_DELIMITER, LONG_VRS, SEQUENCE_DELIMITER, UNDEFINED_LENGTH
 from pacs.errors import InvalidDatasetError
 
 # A 2.25 (UUID-derived, PS3.5 B.2) root of our own: no registered OID needed.
@@ -36,12 +37,6 @@ IMPLEMENTATION_CLASS_UID = "2.25.252894703297567797333250391299420438754"
 IMPLEMENTATION_VERSION_NAME = "PACS_010"
 PREAMBLE = b"\x00" * 128 + b"DICM"
 
-# VRs whose explicit-VR header has 2 reserved bytes and a 4-byte length (PS3.5 7.1.2).
-_LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
-_UNDEFINED = 0xFFFFFFFF
-_ITEM = 0xFFFEE000
-_ITEM_END = 0xFFFEE00D
-_SEQUENCE_END = 0xFFFEE0DD
 _PIXEL_DATA = 0x7FE00010
 _PIXEL_DATA_TAGS = frozenset((0x7FE00008, 0x7FE00009, 0x7FE00010))
 # SOP Class, SOP Instance, Study and Series Instance UIDs: the walk keeps their
@@ -143,15 +138,15 @@ class _Walker:
                 raise self._fail(position, "truncated element header")
             group, element, length = self.tag_length.unpack_from(view, position)
             tag = group << 16 | element
-            if tag == _ITEM_END:
+            if tag == ITEM_DELIMITER:
                 return position + 8
-            if tag in (_ITEM, _SEQUENCE_END):
+            if tag in (ITEM, SEQUENCE_DELIMITER):
                 raise self._fail(position, f"unexpected delimiter ({group:04X},{element:04X})")
             header = 8
             vr = b""
             if not self.implicit:
                 group, element, vr, length = self.tag_vr_short.unpack_from(view, position)
-                if vr in _LONG_VRS:
+                if vr in LONG_VRS:
                     if end - position < 12:
                         raise self._fail(position, "truncated element header")
                     (length,) = self.long_length.unpack_from(view, position + 8)
@@ -164,7 +159,7 @@ class _Walker:
             if tag == _PIXEL_DATA and top_level:
                 self.pixel_offset, self.pixel_length = value_start, length
             if top_level and self.header_end is None and self.header_elements is not None:
-                if length == _UNDEFINED:
+                if length == UNDEFINED_LENGTH:
                     self.header_elements = None
                 else:
                     self.header_elements.append((tag, vr, length, value_start))
@@ -176,7 +171,7 @@ class _Walker:
                     if plain and end_of_value <= end
                     else None
                 )
-            if length == _UNDEFINED:
+            if length == UNDEFINED_LENGTH:
                 if tag == _PIXEL_DATA:
                     position = self.fragments(value_start, end)
                 elif vr == b"UN":
@@ -219,12 +214,12 @@ class _Walker:
                 raise self._fail(position, "truncated sequence")
             group, element, length = self.tag_length_le_or_be(position)
             tag = group << 16 | element
-            if tag == _SEQUENCE_END and not defined:
+            if tag == SEQUENCE_DELIMITER and not defined:
                 return position + 8
-            if tag != _ITEM:
+            if tag != ITEM:
                 raise self._fail(position, f"expected an item, found ({group:04X},{element:04X})")
             position += 8
-            if length == _UNDEFINED:
+            if length == UNDEFINED_LENGTH:
                 position = self.elements(position, end, depth + 1)
                 if self.view[position - 8 : position].tobytes()[:4] not in (
                     b"\xfe\xff\x0d\xe0",
@@ -247,9 +242,9 @@ class _Walker:
             group, element, length = self.tag_length_le_or_be(position)
             tag = group << 16 | element
             position += 8
-            if tag == _SEQUENCE_END:
+            if tag == SEQUENCE_DELIMITER:
                 return position
-            if tag != _ITEM or length == _UNDEFINED:
+            if tag != ITEM or length == UNDEFINED_LENGTH:
                 raise self._fail(position - 8, "bad fragment in encapsulated pixel data")
             position += length
             if position > end:
@@ -278,13 +273,13 @@ def split_part10(data: bytes) -> tuple[dict[int, bytes], int]:
         if group != 0x0002:
             break
         vr = bytes(view[position + 4 : position + 6])
-        if vr in _LONG_VRS:
+        if vr in LONG_VRS:
             (length,) = struct.unpack_from("<L", view, position + 8)
             header = 12
         else:
             (length,) = struct.unpack_from("<H", view, position + 6)
             header = 8
-        if length == _UNDEFINED or position + header + length > len(data):
+        if length == UNDEFINED_LENGTH or position + header + length > len(data):
             raise InvalidDatasetError(f"malformed file meta information at byte {position}")
         elements[group << 16 | element] = bytes(
             view[position + header : position + header + length]
@@ -331,7 +326,7 @@ def _text(text: str) -> bytes:
 
 
 def _meta_element(element: int, vr: bytes, value: bytes) -> bytes:
-    if vr in _LONG_VRS:
+    if vr in LONG_VRS:
         return struct.pack("<HH2sHL", 0x0002, element, vr, 0, len(value)) + value
     return struct.pack("<HH2sH", 0x0002, element, vr, len(value)) + value
 

@@ -28,11 +28,8 @@ import struct
 
 from pydicom.datadict import dictionary_VR
 
-_LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
-_UNDEFINED = 0xFFFFFFFF
-_ITEM = 0xFFFEE000
-_ITEM_END = 0xFFFEE00D
-_SEQUENCE_END = 0xFFFEE0DD
+from pacs.encoded import ITEM, ITEM_DELIMITER, LONG_VRS, SEQUENCE_DELIMITER, UNDEFINED_LENGTH
+
 _PIXEL_REPRESENTATION = 0x00280103
 # 'US or SS' elements whose VR follows Pixel Representation (0028,0103): pixel
 # values, LUT descriptors and the like; the list pydicom's writer corrects.
@@ -66,7 +63,7 @@ _TAG_LENGTH = struct.Struct("<HHL")
 _TAG_VR_SHORT = struct.Struct("<HH2sH")
 _TAG_VR_LONG = struct.Struct("<HH2s2xL")
 _LENGTH = struct.Struct("<L")
-_ITEM_START = _TAG_LENGTH.pack(0xFFFE, 0xE000, _UNDEFINED)
+_ITEM_START = _TAG_LENGTH.pack(0xFFFE, 0xE000, UNDEFINED_LENGTH)
 _ITEM_STOP = _TAG_LENGTH.pack(0xFFFE, 0xE00D, 0)
 _SEQUENCE_STOP = _TAG_LENGTH.pack(0xFFFE, 0xE0DD, 0)
 
@@ -104,16 +101,16 @@ class _Converter:
         while position < end:
             group, element, length = _TAG_LENGTH.unpack_from(view, position)
             tag = group << 16 | element
-            if tag == _ITEM_END:
+            if tag == ITEM_DELIMITER:
                 if not closed_by_delimiter:
                     raise _Unsettled
                 return position + 8
-            if tag in (_ITEM, _SEQUENCE_END):
+            if tag in (ITEM, SEQUENCE_DELIMITER):
                 raise _Unsettled
             if self.to_implicit:
                 _, _, explicit_vr, length = _TAG_VR_SHORT.unpack_from(view, position)
                 vr = bytes(explicit_vr)
-                if vr in _LONG_VRS:
+                if vr in LONG_VRS:
                     (length,) = _LENGTH.unpack_from(view, position + 8)
                     value_start = position + 12
                 else:
@@ -122,11 +119,11 @@ class _Converter:
                 value_start = position + 8
                 vr = self._vr(tag, length)
             if vr == b"SQ":
-                self.out.append(self._header(group, element, b"SQ", _UNDEFINED))
+                self.out.append(self._header(group, element, b"SQ", UNDEFINED_LENGTH))
                 position = self.items(value_start, length, end, depth)
                 self.out.append(_SEQUENCE_STOP)
                 continue
-            if length == _UNDEFINED:
+            if length == UNDEFINED_LENGTH:
                 raise _Unsettled  # encapsulated pixel data, an undefined-length UN
             value_end = value_start + length
             if value_end > end:
@@ -143,22 +140,22 @@ class _Converter:
     def items(self, start: int, length: int, end: int, depth: int) -> int:
         """Convert a sequence's items; return the offset after the sequence."""
         view = self.view
-        stop = end if length == _UNDEFINED else start + length
+        stop = end if length == UNDEFINED_LENGTH else start + length
         if stop > end:
             raise _Unsettled
         position = start
         while position < stop:
             group, element, item_length = _TAG_LENGTH.unpack_from(view, position)
             tag = group << 16 | element
-            if tag == _SEQUENCE_END:
-                if length != _UNDEFINED:
+            if tag == SEQUENCE_DELIMITER:
+                if length != UNDEFINED_LENGTH:
                     raise _Unsettled
                 return position + 8
-            if tag != _ITEM:
+            if tag != ITEM:
                 raise _Unsettled
             self.out.append(_ITEM_START)
             self.pixel_representations.append(None)
-            if item_length == _UNDEFINED:
+            if item_length == UNDEFINED_LENGTH:
                 position = self.elements(position + 8, stop, depth + 1, closed_by_delimiter=True)
             else:
                 item_end = position + 8 + item_length
@@ -169,14 +166,14 @@ class _Converter:
                 )
             self.pixel_representations.pop()
             self.out.append(_ITEM_STOP)
-        if length == _UNDEFINED or position != stop:
+        if length == UNDEFINED_LENGTH or position != stop:
             raise _Unsettled  # no sequence delimiter, or an item past the length
         return position
 
     def _header(self, group: int, element: int, vr: bytes, length: int) -> bytes:
         if self.to_implicit:
             return _TAG_LENGTH.pack(group, element, length)
-        if vr in _LONG_VRS:
+        if vr in LONG_VRS:
             return _TAG_VR_LONG.pack(group, element, vr, length)
         if length > 0xFFFF:
             raise _Unsettled  # pydicom writes it as UN
@@ -196,13 +193,13 @@ class _Converter:
         if tag >> 16 & 1:
             if 0x10 <= element <= 0xFF:
                 return b"LO"  # private creator
-            if length == _UNDEFINED:
+            if length == UNDEFINED_LENGTH:
                 return b"SQ"  # PS3.5 7.5: only a sequence has an undefined length
             return b"UN"
         try:
             vr = dictionary_VR(tag)
         except KeyError:
-            return b"SQ" if length == _UNDEFINED else b"UN"
+            return b"SQ" if length == UNDEFINED_LENGTH else b"UN"
         if vr == "OB or OW":
             # Pixel Data, Overlay Data, waveform data: OW in Implicit VR (PS3.5 A.1, 8.1.2).
             return b"OW"
@@ -214,7 +211,7 @@ class _Converter:
             return b"SS" if known[-1] == 1 else b"US"
         if len(vr) != 2:
             raise _Unsettled
-        if length == _UNDEFINED and vr != "SQ":
+        if length == UNDEFINED_LENGTH and vr != "SQ":
             raise _Unsettled
         return vr.encode()
 
