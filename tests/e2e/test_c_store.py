@@ -841,6 +841,8 @@ def test_a_full_disk_refuses_with_out_of_resources_and_loses_nothing(
                 assert statuses[ds.SOPInstanceUID] in OUT_OF_RESOURCES, server.log()
                 comment = comments[ds.SOPInstanceUID]
                 assert comment.startswith("storage full: ") and len(comment) <= 64, comment
+            kept = server.system()["storage"]["kept_free_bytes"]
+            assert kept == (2_000_000 if min_free_space == "2MB" else 0)
             if min_free_space == "2MB":
                 assert "kept free" in comments[refused[0].SOPInstanceUID]
                 # The reserve is for the index: it wrote its rows and JSON in it since.
