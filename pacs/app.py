@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import shutil
 import socket
 import sqlite3
 import ssl
@@ -132,7 +131,7 @@ def build_blob_store(settings: Settings, *, spool: bool | None = None) -> BlobSt
 
 
 def _warn_if_short_of_space(store: FilesystemBlobStore) -> None:
-    free = shutil.disk_usage(store.root).free
+    free = store.free_space()
     if free < store.keep_free:
         log.warning(
             "%s has %.1f MB free, under the %.1f MB kept free (min_free_space):"

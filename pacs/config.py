@@ -24,7 +24,13 @@ from pacs.core.archive import DuplicatePolicy
 from pacs.errors import ConfigError
 from pacs.index import is_postgres_url
 from pacs.types import Scope, fold
-from storage import S3Credentials, S3Location, StorageUrlError, parse_storage_url
+from storage import (
+    S3Credentials,
+    S3Location,
+    StorageUrlError,
+    parse_storage_url,
+    space_kept_free,
+)
 
 ENV_PREFIX = "PACS_"
 # The AWS SDKs' variables, taken when neither a PACS_ variable nor the file sets the key.
@@ -172,6 +178,10 @@ class Settings:
     def keep_free(self) -> tuple[int, float]:
         """``min_free_space`` as (bytes, percent): one of them is 0."""
         return _parse_space(self.min_free_space)
+
+    def kept_free_bytes(self, total: int) -> int:
+        """``min_free_space`` on a filesystem of ``total`` bytes, as the stores keep it."""
+        return space_kept_free(total, *self.keep_free())
 
     def s3_credentials(self) -> S3Credentials:
         return S3Credentials(

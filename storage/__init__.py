@@ -15,7 +15,7 @@ from storage.base import (
     InvalidBlobKeyError,
     validate_key,
 )
-from storage.filesystem import FilesystemBlobStore
+from storage.filesystem import FilesystemBlobStore, space_kept_free
 from storage.memory import MemoryBlobStore
 from storage.spooled import SpooledBlobStore
 from storage.url import (
@@ -42,5 +42,6 @@ __all__ = [
     "StorageUrlError",
     "open_blob_store",
     "parse_storage_url",
+    "space_kept_free",
     "validate_key",
 ]

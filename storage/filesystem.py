@@ -48,8 +48,8 @@ class FilesystemBlobStore:
         # the index, its journal and the logs usually share it, and they need
         # room to record what was stored. dcm4chee's storage threshold is alike.
         disk = os.statvfs(self.root)
-        self.keep_free = max(
-            keep_free_bytes, int(disk.f_blocks * disk.f_frsize * keep_free_percent / 100)
+        self.keep_free = space_kept_free(
+            disk.f_blocks * disk.f_frsize, keep_free_bytes, keep_free_percent
         )
         self._remove_orphaned_temporaries()
         self._known_dirs: set[str] = set()
@@ -140,13 +140,17 @@ class FilesystemBlobStore:
             raise
         return size
 
+    def free_space(self) -> int:
+        """Bytes an unprivileged writer may still use on the store's filesystem."""
+        disk = os.statvfs(self.root)
+        return disk.f_bavail * disk.f_frsize
+
     def _check_room(self, key: str, chunks: Iterable[bytes]) -> None:
         size = sum(map(len, chunks)) if isinstance(chunks, (list, tuple)) else 0
         try:
-            disk = os.statvfs(self.root)
+            free = self.free_space()
         except OSError as exc:
             raise BlobStoreError(f"cannot store {key!r}: {exc}") from exc
-        free = disk.f_bavail * disk.f_frsize
         if free - size < self.keep_free:
             left, kept = _megabytes(free), _megabytes(self.keep_free)
             raise BlobStoreFullError(f"{left} left, {kept} kept free; not storing {key!r}")
@@ -483,6 +487,12 @@ class _TemporaryNames:
             self._pid = pid
             self._prefix = f"{self._folder}/{pid}-{uuid.uuid4().hex[:12]}-"
         return f"{self._prefix}{next(self._counter)}"
+
+
+def space_kept_free(total: int, keep_free_bytes: int, keep_free_percent: float) -> int:
+    """The space stores leave free on a filesystem of ``total`` bytes: the larger
+    of a size and a share of it."""
+    return max(keep_free_bytes, int(total * keep_free_percent / 100))
 
 
 def _megabytes(size: int) -> str:

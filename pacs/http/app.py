@@ -64,7 +64,6 @@ def create_http_app(
             )
         stats = await run_in_threadpool(archive.statistics)
         disk = await run_in_threadpool(shutil.disk_usage, settings.data_dir)
-        keep_bytes, keep_percent = settings.keep_free()
         # Acknowledged blobs still in the local spool, not yet in S3 (null: no spool).
         uploads_pending = await run_in_threadpool(archive.uploads_pending)
         return JSONResponse(
@@ -85,7 +84,7 @@ def create_http_app(
                     "stored_bytes": stats.stored_bytes,
                     "disk_free_bytes": disk.free,
                     # Stores are refused below this (min_free_space).
-                    "kept_free_bytes": max(keep_bytes, int(disk.total * keep_percent / 100)),
+                    "kept_free_bytes": settings.kept_free_bytes(disk.total),
                     "disk_total_bytes": disk.total,
                     "uploads_pending": uploads_pending,
                 },
